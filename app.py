@@ -1,0 +1,69 @@
+"""ec2-eds: the whole surface of the service, routes and triggers, on one screen."""
+
+import os
+
+from chalice import Chalice, Rate, Response
+
+from chalicelib import api, discovery, runtime
+from chalicelib.observability import flush, logger
+
+app = Chalice(app_name="ec2-eds")
+YAML_OR_JSON = ["application/json", "application/yaml", "application/x-yaml", "text/yaml"]
+
+
+def respond(reply: api.Reply) -> Response:
+    return Response(body=reply.text(), status_code=reply.status, headers=reply.headers)
+
+
+@app.middleware("all")
+def observe(event, get_response):
+    """Request context in every log line; metrics flushed after every invocation."""
+    logger.append_keys(request_id=getattr(getattr(event, "context", None), "aws_request_id", None))
+    try:
+        return get_response(event)
+    finally:
+        flush()
+
+
+@app.route("/healthz", methods=["GET"])
+def healthz():
+    return {"status": "ok"}
+
+
+@app.route("/upstreams", methods=["GET"])
+def list_upstreams():
+    return respond(api.list_upstreams(runtime.store()))
+
+
+@app.route("/upstreams/{namespace}/{name}", methods=["PUT"], content_types=YAML_OR_JSON)
+def put_upstream(namespace, name):
+    request = app.current_request
+    return respond(api.put_upstream(runtime.store(), namespace, name, request.raw_body,
+                                    request.headers.get("content-type"), runtime.now()))
+
+
+@app.route("/upstreams/{namespace}/{name}", methods=["GET"])
+def get_upstream(namespace, name):
+    return respond(api.get_upstream(runtime.store(), namespace, name))
+
+
+@app.route("/upstreams/{namespace}/{name}", methods=["DELETE"])
+def delete_upstream(namespace, name):
+    return respond(api.delete_upstream(runtime.store(), namespace, name))
+
+
+@app.route("/scan", methods=["POST"])
+def scan():
+    return respond(api.scan(runtime.store(), runtime.inventory(), runtime.now))
+
+
+@app.route("/endpoints/{namespace}/{name}", methods=["GET"])
+def get_endpoints(namespace, name):
+    if_none_match = app.current_request.headers.get("if-none-match")
+    return respond(api.get_endpoints(runtime.store(), namespace, name, if_none_match))
+
+
+# The rate is a deployment setting: Chalice loads the app with the stage's variables.
+@app.schedule(Rate(int(os.environ.get("SCAN_RATE_MINUTES", "5")), unit=Rate.MINUTES))
+def scheduled_scan(event):
+    return discovery.full_scan(runtime.store(), runtime.inventory(), runtime.now).as_dict()

@@ -1,0 +1,125 @@
+"""What each HTTP route does, as plain functions returning a `Reply`.
+
+`app.py` turns a Reply into a Chalice Response; nothing here knows Chalice,
+so the same functions serve the CLI and the tests.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable
+
+from .config import settings
+from .discovery import full_scan, iso, last_scan
+from .inventory import InstanceLister
+from .spec import SpecError, check_label, load_one, parse_upstream
+from .store import Store, StoredUpstream
+
+JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        if self.body is None:
+            return ""
+        return json.dumps(self.body, separators=(",", ":"))
+
+
+def error(status: int, message: str, field_path: str | None = None) -> Reply:
+    return Reply(status, {"error": message, "field": field_path}, {"Content-Type": JSON})
+
+
+def ok(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, body, {"Content-Type": JSON, **(headers or {})})
+
+
+def _path_names(namespace: str, name: str) -> Reply | None:
+    try:
+        check_label(namespace, "namespace")
+        check_label(name, "name")
+    except SpecError as err:
+        return error(400, err.message, err.field)
+    return None
+
+
+def describe(entry: StoredUpstream, marks: dict[str, str]) -> dict[str, Any]:
+    """The document as stored plus its status; secret values are never stored, so never shown."""
+    status = entry.status.as_dict()
+    status["lastScan"] = last_scan(entry, marks)
+    document = entry.document
+    return {**document, "status": status}
+
+
+def put_upstream(
+    store: Store, namespace: str, name: str, body: bytes | str, content_type: str | None, now: datetime
+) -> Reply:
+    bad = _path_names(namespace, name)
+    if bad:
+        return bad
+    try:
+        upstream = parse_upstream(load_one(body, content_type, settings().max_body_bytes), namespace, name)
+    except SpecError as err:
+        return error(400, err.message, err.field)
+    existed = store.get_upstream(namespace, name) is not None
+    store.put_upstream(upstream, iso(now))
+    entry = store.get_upstream(namespace, name)
+    assert entry is not None
+    return ok(describe(entry, {}), 200 if existed else 201)
+
+
+def get_upstream(store: Store, namespace: str, name: str) -> Reply:
+    bad = _path_names(namespace, name)
+    if bad:
+        return bad
+    entry = store.get_upstream(namespace, name)
+    if entry is None:
+        return error(404, f"upstream {namespace}/{name} not found")
+    return ok(describe(entry, store.get_scan_marks()))
+
+
+def list_upstreams(store: Store) -> Reply:
+    marks = store.get_scan_marks()
+    return ok({"upstreams": [describe(entry, marks) for entry in store.list_upstreams()]})
+
+
+def delete_upstream(store: Store, namespace: str, name: str) -> Reply:
+    bad = _path_names(namespace, name)
+    if bad:
+        return bad
+    if not store.delete_upstream(namespace, name):
+        return error(404, f"upstream {namespace}/{name} not found")
+    return ok({"deleted": f"{namespace}/{name}"})
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    candidates = [tag.strip().removeprefix("W/") for tag in header.split(",")]
+    return "*" in candidates or etag in candidates
+
+
+def get_endpoints(store: Store, namespace: str, name: str, if_none_match: str | None) -> Reply:
+    bad = _path_names(namespace, name)
+    if bad:
+        return bad
+    endpoint_set = store.get_endpoint_set(namespace, name)
+    if endpoint_set is None:
+        if store.get_upstream(namespace, name) is None:
+            return error(404, f"upstream {namespace}/{name} not found")
+        return error(404, f"upstream {namespace}/{name} has no endpoint set yet: wait for the next scan")
+    etag = f'"{endpoint_set.version}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if _etag_matches(if_none_match, etag):
+        return Reply(304, None, headers)
+    return ok(endpoint_set.public(), headers=headers)
+
+
+def scan(store: Store, lister: InstanceLister, clock: Callable[[], datetime]) -> Reply:
+    return ok(full_scan(store, lister, clock).as_dict())

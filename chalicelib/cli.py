@@ -1,0 +1,200 @@
+"""Operator CLI: `python -m chalicelib.cli [--stage dev] COMMAND`.
+
+Works against whatever AWS the environment points at (`AWS_ENDPOINT_URL`
+for an emulator). The stage's variables come from `.chalice/config.json`;
+a variable already set in the environment wins. Exit status 0 on success,
+non-zero with a one-line error otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from . import api, aws, runtime
+from .config import ConfigError, settings
+from .credentials import secret_document, secret_id
+from .discovery import full_scan, iso
+from .spec import SpecError, check_label, iter_upstreams, load_documents
+from .store import table_definitions
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+class CliError(Exception):
+    """A failure worth one line to the operator."""
+
+
+def stage_environment(stage: str, project_dir: Path = PROJECT_DIR) -> dict[str, str]:
+    """The variables Chalice would give a function of this stage."""
+    path = project_dir / ".chalice" / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except OSError:
+        return {}
+    if stage not in config.get("stages", {}):
+        raise CliError(f"stage {stage!r} is not in {path} (stages: {', '.join(sorted(config.get('stages', {})))})")
+    return {**config.get("environment_variables", {}), **config["stages"][stage].get("environment_variables", {})}
+
+
+def use_stage(stage: str) -> None:
+    for key, value in stage_environment(stage).items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")  # EMF lines are for Lambda, not a terminal
+    runtime.reset()
+
+
+def emit(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=False))
+
+
+def cmd_bootstrap(_: argparse.Namespace) -> None:
+    conf = settings()
+    db = aws.clients().client("dynamodb")
+    created = []
+    for definition in table_definitions(conf.upstreams_table, conf.endpoints_table):
+        try:
+            db.create_table(**definition)
+            created.append(definition["TableName"])
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "ResourceInUseException":
+                raise
+    for definition in table_definitions(conf.upstreams_table, conf.endpoints_table):
+        db.get_waiter("table_exists").wait(TableName=definition["TableName"], WaiterConfig={"Delay": 1})
+    emit({"created": created, "tables": [conf.upstreams_table, conf.endpoints_table]})
+
+
+def cmd_apply(args: argparse.Namespace) -> None:
+    path = Path(args.file)
+    try:
+        body = path.read_bytes() if args.file != "-" else sys.stdin.buffer.read()
+    except OSError as err:
+        raise CliError(f"cannot read {args.file}: {err.strerror}") from None
+    content_type = "application/json" if path.suffix == ".json" else "application/yaml"
+    upstreams = list(iter_upstreams(load_documents(body, content_type, settings().max_body_bytes)))
+    if not upstreams:
+        raise CliError(f"{args.file} holds no document")
+    store = runtime.store()
+    now = iso(runtime.now())
+    for upstream in upstreams:
+        store.put_upstream(upstream, now)
+    emit({"applied": [upstream.key for upstream in upstreams]})
+
+
+def cmd_get(args: argparse.Namespace) -> None:
+    store = runtime.store()
+    if args.what == "upstreams":
+        reply = api.list_upstreams(store)
+    elif len(args.names) != 2:
+        raise CliError(f"usage: get {args.what} NAMESPACE NAME")
+    elif args.what == "upstream":
+        reply = api.get_upstream(store, *args.names)
+    else:
+        reply = api.get_endpoints(store, *args.names, if_none_match=None)
+    if reply.status >= 400:
+        raise CliError(reply.body["error"])
+    emit(reply.body)
+
+
+def cmd_delete(args: argparse.Namespace) -> None:
+    check_label(args.namespace, "namespace")
+    check_label(args.name, "name")
+    if not runtime.store().delete_upstream(args.namespace, args.name):
+        raise CliError(f"upstream {args.namespace}/{args.name} not found")
+    emit({"deleted": f"{args.namespace}/{args.name}"})
+
+
+def cmd_secret(args: argparse.Namespace) -> None:
+    check_label(args.namespace, "--namespace")
+    sid = secret_id(args.namespace, args.name)
+    value = json.dumps(secret_document(args.access_key, args.secret_key, args.session_token))
+    client = aws.clients().client("secretsmanager")
+    try:
+        client.create_secret(Name=sid, SecretString=value)
+        action = "created"
+    except ClientError as err:
+        if err.response["Error"]["Code"] != "ResourceExistsException":
+            raise
+        client.put_secret_value(SecretId=sid, SecretString=value)
+        action = "updated"
+    emit({action: sid, "secretRef": {"name": args.name, "namespace": args.namespace}})
+
+
+def cmd_scan(_: argparse.Namespace) -> None:
+    emit(full_scan(runtime.store(), runtime.inventory(), runtime.now).as_dict())
+
+
+def cmd_event(args: argparse.Namespace) -> None:
+    raise CliError("event delivery is not supported yet")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m chalicelib.cli", description="Operate ec2-eds.")
+    top.add_argument("--stage", default="dev", help="Chalice stage whose settings to use (default dev)")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("bootstrap", help="create the tables (idempotent)").set_defaults(run=cmd_bootstrap)
+
+    apply = commands.add_parser("apply", help="create or replace the upstream(s) in a YAML/JSON file")
+    apply.add_argument("-f", "--file", required=True, help="file with one or more Upstream documents, - for stdin")
+    apply.set_defaults(run=cmd_apply)
+
+    get = commands.add_parser("get", help="print upstreams, one upstream or its endpoints as JSON")
+    get.add_argument("what", choices=["upstreams", "upstream", "endpoints"])
+    get.add_argument("names", nargs="*", metavar="NAMESPACE NAME")
+    get.set_defaults(run=cmd_get)
+
+    delete = commands.add_parser("delete", help="remove an upstream and its endpoint set")
+    delete.add_argument("kind", choices=["upstream"])
+    delete.add_argument("namespace")
+    delete.add_argument("name")
+    delete.set_defaults(run=cmd_delete)
+
+    secret = commands.add_parser("secret", help="store credentials where a secretRef finds them")
+    secret_kinds = secret.add_subparsers(dest="kind", required=True, metavar="KIND")
+    create = secret_kinds.add_parser("create-aws", help="as `glooctl create secret aws` does")
+    create.add_argument("--name", required=True)
+    create.add_argument("--namespace", default="gloo-system")
+    create.add_argument("--access-key", required=True)
+    create.add_argument("--secret-key", required=True)
+    create.add_argument("--session-token")
+    create.set_defaults(run=cmd_secret)
+
+    commands.add_parser("scan", help="run a full reconcile and print its summary").set_defaults(run=cmd_scan)
+
+    event = commands.add_parser("event", help="deliver an EventBridge event (JSON file) to the event handler")
+    event.add_argument("file")
+    event.set_defaults(run=cmd_event)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        use_stage(args.stage)
+        args.run(args)
+    except SpecError as err:
+        print(f"error: {err.field + ': ' if err.field and not err.message.startswith(err.field) else ''}"
+              f"{err.message}", file=sys.stderr)
+        return 2
+    except (CliError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        print(f"error: AWS {error.get('Code')}: {error.get('Message')}", file=sys.stderr)
+        return 1
+    except BotoCoreError as err:
+        print(f"error: AWS: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

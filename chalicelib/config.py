@@ -1,0 +1,56 @@
+"""Settings read from the environment, once, on first use.
+
+Nothing here runs at import time, so tests and stages can set the
+environment first (the pattern of Chalice's own samples). `reset()` drops
+the cached value after a test changed the environment.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+
+class Settings(BaseModel):
+    """The project's own variables; the standard AWS ones are read by botocore."""
+
+    upstreams_table: str = Field("ec2-eds-dev-upstreams", alias="UPSTREAMS_TABLE")
+    endpoints_table: str = Field("ec2-eds-dev-endpoints", alias="ENDPOINTS_TABLE")
+    secret_prefix: str = Field("ec2-eds/", alias="SECRET_PREFIX")
+    secret_cache_seconds: int = Field(300, ge=0, alias="SECRET_CACHE_SECONDS")
+    credentials_refresh_margin_seconds: int = Field(300, ge=0, alias="CREDENTIALS_REFRESH_MARGIN_SECONDS")
+    last_scan_resolution_seconds: int = Field(60, ge=0, alias="LAST_SCAN_RESOLUTION_SECONDS")
+    scan_concurrency: int = Field(8, ge=1, le=64, alias="SCAN_CONCURRENCY")
+    retry_mode: Literal["standard", "adaptive", "legacy"] = Field("adaptive", alias="AWS_RETRY_MODE")
+    max_attempts: int = Field(5, ge=1, le=20, alias="AWS_MAX_ATTEMPTS")
+    connect_timeout: float = Field(5.0, gt=0, alias="AWS_CONNECT_TIMEOUT")
+    read_timeout: float = Field(10.0, gt=0, alias="AWS_READ_TIMEOUT")
+    home_region: str = Field("us-east-1", alias="AWS_REGION")
+    max_body_bytes: int = Field(1024 * 1024, ge=1, alias="MAX_BODY_BYTES")
+
+    model_config = {"populate_by_name": True, "frozen": True}
+
+
+class ConfigError(RuntimeError):
+    """The environment holds a value the service cannot run with."""
+
+
+@functools.cache
+def settings() -> Settings:
+    """The settings of this process, validated on first use."""
+    env = {key: value for key, value in os.environ.items() if value != ""}
+    if "AWS_REGION" not in env and "AWS_DEFAULT_REGION" in env:
+        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"]
+    try:
+        return Settings.model_validate(env)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ConfigError(f"bad setting {first['loc'][0]}: {first['msg']}") from err
+
+
+def reset() -> None:
+    """Forget the cached settings (tests that change the environment call this)."""
+    settings.cache_clear()

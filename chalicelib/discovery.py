@@ -1,0 +1,200 @@
+"""The full reconcile: every upstream, one listing per (credentials, region) group.
+
+A failure of one group (missing secret, AccessDenied, unknown region) marks
+only that group's upstreams `Error` and keeps their last good endpoint sets;
+every other group is still listed and written in the same scan. Endpoint
+sets and statuses are written only when they changed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+from . import aws
+from .config import settings
+from .endpoints import Instance, reconcile
+from .inventory import DiscoveryError, InstanceLister
+from .observability import count, count_with, distribution, logger, record_aws_calls
+from .spec import GroupKey, Upstream
+from .store import ACCEPTED, ERROR, Status, Store, StoredUpstream
+
+REPORTED_CALLS = ("ec2:DescribeInstances", "sts:AssumeRole", "secretsmanager:GetSecretValue")
+
+
+@dataclass
+class ScanSummary:
+    upstreams: int = 0
+    instances: int = 0
+    changed: int = 0
+    errors: int = 0
+    conflicts: int = 0
+    groups: int = 0
+    aws_calls: dict[str, int] = field(default_factory=dict)
+    endpoint_counts: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        calls = {name: self.aws_calls.get(name, 0) for name in REPORTED_CALLS}
+        calls.update(self.aws_calls)
+        return {
+            "upstreams": self.upstreams,
+            "instances": self.instances,
+            "changed": self.changed,
+            "errors": self.errors,
+            "groups": self.groups,
+            "conflicts": self.conflicts,
+            "aws_calls": calls,
+        }
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def last_scan(entry: StoredUpstream, marks: dict[str, str]) -> str | None:
+    """When the upstream's group was last listed successfully, if after the upstream was stored."""
+    if entry.upstream is None:
+        return None
+    mark = marks.get(str(entry.upstream.group))
+    return mark if mark and mark >= entry.updated_at else None
+
+
+def group_upstreams(upstreams: list[Upstream]) -> dict[GroupKey, list[Upstream]]:
+    groups: dict[GroupKey, list[Upstream]] = defaultdict(list)
+    for upstream in upstreams:
+        groups[upstream.group].append(upstream)
+    return groups
+
+
+def _list_groups(
+    lister: InstanceLister, groups: list[GroupKey]
+) -> dict[GroupKey, list[Instance] | DiscoveryError]:
+    """One listing per group, several at once: AWS latency, not CPU, bounds a scan."""
+
+    def one(group: GroupKey) -> list[Instance] | DiscoveryError:
+        try:
+            return lister.list_running(group.credentials, group.region)
+        except DiscoveryError as err:
+            return err
+
+    if len(groups) <= 1:
+        return {group: one(group) for group in groups}
+    with ThreadPoolExecutor(max_workers=min(settings().scan_concurrency, len(groups))) as pool:
+        futures = {group: pool.submit(contextvars.copy_context().run, one, group) for group in groups}
+        return {group: future.result() for group, future in futures.items()}
+
+
+def _record_failure(store: Store, group: GroupKey, members: list[Upstream], entries: dict[str, StoredUpstream],
+                    err: DiscoveryError, summary: ScanSummary) -> None:
+    logger.warning(
+        "discovery failed for a group; its upstreams keep their last endpoints",
+        extra={"group": str(group), "error_code": err.code, "reason": str(err),
+               "upstreams": [upstream.key for upstream in members]},
+    )
+    count_with("DiscoveryErrors", 1, {"group": str(group), "code": err.code})
+    for upstream in members:
+        summary.errors += 1
+        previous = entries[upstream.key].status
+        status = Status(ERROR, str(err), previous.endpoints, previous.skipped, err.code)
+        count_with("DiscoveryErrors", 1, {"upstream": upstream.key})
+        if status != previous:
+            store.put_status(upstream.namespace, upstream.name, status)
+
+
+def apply_group(
+    store: Store,
+    members: list[Upstream],
+    instances: list[Instance],
+    entries: dict[str, StoredUpstream],
+    versions: dict[str, str],
+    summary: ScanSummary,
+    draining: frozenset[str] = frozenset(),
+) -> None:
+    """Write the sets and statuses of one successfully listed group that changed."""
+    for key, (endpoint_set, derived) in reconcile(members, instances, draining).items():
+        entry = entries[key]
+        summary.endpoint_counts.append(len(endpoint_set.endpoints))
+        if endpoint_set.version != versions.get(key):
+            if store.put_endpoint_set(endpoint_set, versions.get(key)):
+                summary.changed += 1
+                versions[key] = endpoint_set.version
+                logger.info("endpoint set changed", extra={"upstream": key, "endpoints": len(endpoint_set.endpoints),
+                                                           "version": endpoint_set.version})
+            else:
+                summary.conflicts += 1
+                logger.info("endpoint set written by another writer meanwhile; the next scan rechecks",
+                            extra={"upstream": key})
+        status = Status(ACCEPTED, "", len(derived.endpoints), len(derived.skipped))
+        if status != entry.status:
+            store.put_status(entry.namespace, entry.name, status)
+
+
+def full_scan(store: Store, lister: InstanceLister, clock: Callable[[], datetime]) -> ScanSummary:
+    """List every group once, recompute every upstream, write what changed."""
+    summary = ScanSummary()
+    with aws.counting() as counter:
+        started = clock()
+        entries = {entry.key: entry for entry in store.list_upstreams()}
+        summary.upstreams = len(entries)
+        for entry in entries.values():
+            if entry.recorded is not None and entry.status != entry.recorded:
+                store.put_status(entry.namespace, entry.name, entry.status)
+        groups = group_upstreams([entry.upstream for entry in entries.values() if entry.upstream])
+        summary.groups = len(groups)
+        versions = store.endpoint_versions()
+        listings = _list_groups(lister, list(groups))
+        marks = store.get_scan_marks()
+        fresh_marks = dict(marks)
+        for group, members in groups.items():
+            listing = listings[group]
+            if isinstance(listing, DiscoveryError):
+                _record_failure(store, group, members, entries, listing, summary)
+                continue
+            summary.instances += len(listing)
+            apply_group(store, members, listing, entries, versions, summary)
+            fresh_marks[str(group)] = iso(started)
+        for key in set(versions) - set(entries):
+            namespace, _, name = key.partition("/")
+            store.delete_endpoint_set(namespace, name)  # its upstream was deleted during a scan
+        renewed = {
+            str(group)
+            for group, members in groups.items()
+            if any(entries[member.key].updated_at >= marks.get(str(group), "") for member in members)
+        }
+        _save_marks(store, marks, fresh_marks, {str(group) for group in groups}, renewed, started)
+    summary.aws_calls = counter.as_dict()
+    _report(summary)
+    return summary
+
+
+def _save_marks(
+    store: Store, old: dict[str, str], new: dict[str, str], live: set[str], renewed: set[str], now: datetime
+) -> None:
+    """Record group listing times, at most once per LAST_SCAN_RESOLUTION_SECONDS.
+
+    The item is written sooner when the groups changed or a group holds an
+    upstream stored after its mark, whose `lastScan` would otherwise stay null.
+    """
+    new = {group: mark for group, mark in new.items() if group in live}
+    if new == old:
+        return
+    stale = iso(now - timedelta(seconds=settings().last_scan_resolution_seconds))
+    if set(new) == set(old) and all(
+        old[group] == mark or (old[group] > stale and group not in renewed) for group, mark in new.items()
+    ):
+        return
+    store.put_scan_marks(new)
+
+
+def _report(summary: ScanSummary) -> None:
+    logger.info("scan finished", extra={"summary": summary.as_dict()})
+    count("ScansCompleted")
+    count("InstancesSeen", summary.instances)
+    count("EndpointSetsChanged", summary.changed)
+    count("DiscoveryErrorsTotal", summary.errors)
+    distribution("EndpointsPerUpstream", [float(n) for n in summary.endpoint_counts])
+    record_aws_calls(summary.aws_calls)

@@ -1,0 +1,188 @@
+"""Instances to endpoints, and the versioned endpoint set of one upstream.
+
+Pure: plain dataclasses in, plain dataclasses out. The version of a set is
+derived from its content, so equal content has an equal version and the
+store can skip writes that would change nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from .filters import Matcher, TagIndex
+from .spec import Upstream
+
+HEALTHY = "HEALTHY"
+DRAINING = "DRAINING"
+RUNNING = "running"
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """What discovery needs of one EC2 instance, as DescribeInstances reports it."""
+
+    instance_id: str
+    state: str
+    zone: str
+    private_ip: str | None = None
+    public_ip: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+    instance_type: str | None = None
+    vpc_id: str | None = None
+    subnet_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One address of an upstream, with what Prometheus and Envoy want to know of it."""
+
+    address: str
+    port: int
+    instance_id: str
+    zone: str
+    health: str = HEALTHY
+    private_ip: str | None = None
+    public_ip: str | None = None
+    instance_type: str | None = None
+    vpc_id: str | None = None
+    subnet_id: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+
+    def sort_key(self) -> tuple[Any, ...]:
+        try:
+            ip: Any = ipaddress.ip_address(self.address)
+            return (ip.version, ip, self.port, self.instance_id)
+        except ValueError:
+            return (9, self.address, self.port, self.instance_id)
+
+    def public(self) -> dict[str, Any]:
+        """The entry of `GET /endpoints`, as DESIGN.md gives it."""
+        return {
+            "address": self.address,
+            "port": self.port,
+            "instance_id": self.instance_id,
+            "zone": self.zone,
+            "health": self.health,
+        }
+
+    def record(self) -> dict[str, Any]:
+        """Everything, for storage; `from_record` reads it back."""
+        data = self.public()
+        for name in ("private_ip", "public_ip", "instance_type", "vpc_id", "subnet_id"):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
+        if self.tags:
+            data["tags"] = [list(pair) for pair in self.tags]
+        return data
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Endpoint:
+        tags = tuple((str(key), str(value)) for key, value in data.get("tags", ()))
+        return cls(**{**data, "port": int(data["port"]), "tags": tags})
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSet:
+    """The endpoints of one upstream, sorted, with a version derived from them."""
+
+    namespace: str
+    name: str
+    region: str
+    endpoints: tuple[Endpoint, ...]
+    version: str = field(default="")
+
+    @classmethod
+    def build(cls, namespace: str, name: str, region: str, endpoints: Iterable[Endpoint]) -> EndpointSet:
+        ordered = tuple(sorted(endpoints, key=Endpoint.sort_key))
+        return cls(namespace, name, region, ordered, content_version(region, ordered))
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def cluster_name(self) -> str:
+        return f"{self.name}_{self.namespace}"
+
+    def public(self) -> dict[str, Any]:
+        """The body of `GET /endpoints/{namespace}/{name}`."""
+        return {
+            "cluster_name": self.cluster_name,
+            "namespace": self.namespace,
+            "name": self.name,
+            "version": self.version,
+            "endpoints": [endpoint.public() for endpoint in self.endpoints],
+        }
+
+
+def content_version(region: str, endpoints: Sequence[Endpoint]) -> str:
+    """A short digest of the content: it changes exactly when the content changes."""
+    canonical = json.dumps(
+        {"region": region, "endpoints": [endpoint.record() for endpoint in endpoints]},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    """An upstream's endpoints from one listing, and the instances it had to skip."""
+
+    endpoints: tuple[Endpoint, ...]
+    skipped: tuple[str, ...]
+
+
+def endpoint_of(upstream: Upstream, instance: Instance, draining: frozenset[str] = frozenset()) -> Endpoint | None:
+    """The endpoint an instance gives an upstream, or None without the chosen address."""
+    address = instance.public_ip if upstream.ec2.publicIp else instance.private_ip
+    if not address:
+        return None
+    return Endpoint(
+        address=address,
+        port=upstream.ec2.port,
+        instance_id=instance.instance_id,
+        zone=instance.zone,
+        health=DRAINING if instance.instance_id in draining else HEALTHY,
+        private_ip=instance.private_ip,
+        public_ip=instance.public_ip,
+        instance_type=instance.instance_type,
+        vpc_id=instance.vpc_id,
+        subnet_id=instance.subnet_id,
+        tags=instance.tags,
+    )
+
+
+def derive(
+    upstream: Upstream, matching: Iterable[Instance], draining: frozenset[str] = frozenset()
+) -> Derived:
+    """Endpoints of the running instances among those that matched the upstream's filters."""
+    endpoints: list[Endpoint] = []
+    skipped: list[str] = []
+    for instance in matching:
+        if instance.state != RUNNING:
+            continue
+        endpoint = endpoint_of(upstream, instance, draining)
+        if endpoint is None:
+            skipped.append(instance.instance_id)
+        else:
+            endpoints.append(endpoint)
+    return Derived(tuple(endpoints), tuple(skipped))
+
+
+def reconcile(
+    upstreams: Sequence[Upstream], instances: Sequence[Instance], draining: frozenset[str] = frozenset()
+) -> dict[str, tuple[EndpointSet, Derived]]:
+    """Every upstream of one (credentials, region) group against that group's listing."""
+    index = TagIndex(instances)
+    result: dict[str, tuple[EndpointSet, Derived]] = {}
+    for upstream in upstreams:
+        derived = derive(upstream, index.select(Matcher.compile(upstream.ec2.filters)), draining)
+        endpoint_set = EndpointSet.build(upstream.namespace, upstream.name, upstream.ec2.region, derived.endpoints)
+        result[upstream.key] = (endpoint_set, derived)
+    return result

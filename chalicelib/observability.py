@@ -1,0 +1,60 @@
+"""The one home of the logger, tracer and metrics (Powertools).
+
+Logs are structured JSON (service `ec2-eds` unless POWERTOOLS_SERVICE_NAME
+says otherwise); metrics are CloudWatch EMF in namespace `ec2-eds`
+(POWERTOOLS_METRICS_NAMESPACE), flushed by the app middleware after each
+Lambda invocation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Mapping
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "ec2-eds")
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ec2-eds")
+
+logger = Logger(service=SERVICE, stream=sys.stderr)  # stdout stays free for the CLI's JSON
+tracer = Tracer(service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+
+
+def count(name: str, value: float = 1, unit: MetricUnit = MetricUnit.Count) -> None:
+    """A metric with the service dimension only."""
+    metrics.add_metric(name=name, unit=unit, value=value)
+
+
+def count_with(name: str, value: float, dimensions: Mapping[str, str], unit: MetricUnit = MetricUnit.Count) -> None:
+    """A metric with its own dimensions (per group, per upstream), emitted at once.
+
+    Every distinct dimension value is a CloudWatch metric of its own, so keep
+    these for rare events (errors), not for every upstream on every scan.
+    """
+    metric = EphemeralMetrics(namespace=NAMESPACE, service=SERVICE)
+    for key, dim in dimensions.items():
+        metric.add_dimension(name=key, value=dim[:250])
+    metric.add_metric(name=name, unit=unit, value=value)
+    metric.flush_metrics()
+
+
+def distribution(name: str, values: list[float], unit: MetricUnit = MetricUnit.Count) -> None:
+    """Many values of one metric (say, endpoints per upstream) as one CloudWatch metric."""
+    if is_metrics_disabled():
+        return  # past 100 values Powertools prints a batch itself, ignoring the setting
+    for value in values:
+        metrics.add_metric(name=name, unit=unit, value=value)
+
+
+def record_aws_calls(calls: Mapping[str, int]) -> None:
+    for operation, number in calls.items():
+        count_with("AwsCalls", number, {"operation": operation})
+
+
+def flush(**_: Any) -> None:
+    """Publish the metrics gathered so far (the middleware calls this after each invocation)."""
+    metrics.flush_metrics(raise_on_empty_metrics=False)

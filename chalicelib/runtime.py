@@ -1,0 +1,54 @@
+"""The process-wide dependencies, built on first use from the settings.
+
+Handlers and the CLI ask here for the store and the lister; tests either
+call `reset()` after changing the environment or pass their own objects to
+the logic directly.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from . import aws, config
+from .config import settings
+from .credentials import CredentialResolver
+from .inventory import Ec2Inventory
+from .store import DynamoStore
+
+_store: DynamoStore | None = None
+_resolver: CredentialResolver | None = None
+_inventory: Ec2Inventory | None = None
+
+
+def store() -> DynamoStore:
+    global _store
+    if _store is None:
+        conf = settings()
+        _store = DynamoStore(aws.clients().client("dynamodb"), conf.upstreams_table, conf.endpoints_table)
+    return _store
+
+
+def resolver() -> CredentialResolver:
+    global _resolver
+    if _resolver is None:
+        _resolver = CredentialResolver(aws.clients())
+    return _resolver
+
+
+def inventory() -> Ec2Inventory:
+    global _inventory
+    if _inventory is None:
+        _inventory = Ec2Inventory(aws.clients(), resolver())
+    return _inventory
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def reset() -> None:
+    """Forget every dependency and client, e.g. after pointing at another emulator."""
+    global _store, _resolver, _inventory
+    _store = _resolver = _inventory = None
+    aws.reset()
+    config.reset()

@@ -1,0 +1,353 @@
+"""Gloo `Upstream` documents with an `awsEc2` block: loading and validation.
+
+Pure: no AWS, no Chalice. Every rejection is a `SpecError` that names the
+path of the offending field in the document the user wrote, so the API can
+answer 400 `{"error", "field"}` and store nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
+ROLE_ARN = re.compile(r"^arn:aws(-[a-z]+)*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}$")
+MAX_DEPTH = 64
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
+JSON_TYPES = ("application/json",)
+
+
+class SpecError(ValueError):
+    """A document that is not a valid EC2 upstream; `field` is its path or None."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"error": self.message, "field": self.field}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class KvPair(_Strict):
+    key: str = Field(min_length=1, max_length=128)
+    value: str = Field(max_length=256)
+
+
+class TagFilter(_Strict):
+    """Gloo's filter: exactly one of `key` (the tag is present) or `kvPair`."""
+
+    key: str | None = Field(None, min_length=1, max_length=128)
+    kvPair: KvPair | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TagFilter:
+        if (self.key is None) == (self.kvPair is None):
+            raise ValueError("a filter needs exactly one of key or kvPair")
+        return self
+
+
+class ResourceRef(_Strict):
+    name: str
+    namespace: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not DNS1123_SUBDOMAIN.match(value):
+            raise ValueError("must be a DNS-1123 subdomain (lower case letters, digits, '-' and '.')")
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        return _label(value)
+
+
+class AwsEc2Spec(_Strict):
+    """The `awsEc2` block, Gloo's fields exactly."""
+
+    region: str
+    filters: list[TagFilter] = Field(default_factory=list, max_length=50)
+    publicIp: bool = False
+    port: int = Field(80, ge=1, le=65535)
+    secretRef: ResourceRef | None = None
+    roleArn: str | None = None
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not REGION.match(value):
+            raise ValueError("must be an AWS region name such as us-east-1")
+        return value
+
+    @field_validator("roleArn")
+    @classmethod
+    def _role(cls, value: str | None) -> str | None:
+        if value is not None and not ROLE_ARN.match(value):
+            raise ValueError("must be an IAM role ARN: arn:aws:iam::<12-digit account>:role/<name>")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Whose eyes an upstream looks through: the function's role, a secret, a role."""
+
+    secret: tuple[str, str] | None = None  # (namespace, name)
+    role_arn: str | None = None
+
+    @property
+    def account(self) -> str | None:
+        """The account the role lives in, when a role is named."""
+        match = ROLE_ARN.match(self.role_arn or "")
+        return match.group(2) if match else None
+
+    def describe(self) -> str:
+        parts = []
+        if self.secret:
+            parts.append(f"secret {self.secret[0]}/{self.secret[1]}")
+        if self.role_arn:
+            parts.append(f"role {self.role_arn}")
+        return " + ".join(parts) or "the function's role"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupKey:
+    """Upstreams that share credentials and region share one listing."""
+
+    credentials: Credentials
+    region: str
+
+    def __str__(self) -> str:
+        secret = "/".join(self.credentials.secret) if self.credentials.secret else "-"
+        return f"{self.region}|{secret}|{self.credentials.role_arn or '-'}"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    namespace: str
+    name: str
+    ec2: AwsEc2Spec
+    document: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def cluster_name(self) -> str:
+        return cluster_name(self.namespace, self.name)
+
+    @property
+    def credentials(self) -> Credentials:
+        ref = self.ec2.secretRef
+        return Credentials(secret=(ref.namespace, ref.name) if ref else None, role_arn=self.ec2.roleArn)
+
+    @property
+    def group(self) -> GroupKey:
+        return GroupKey(self.credentials, self.ec2.region)
+
+
+def cluster_name(namespace: str, name: str) -> str:
+    """Gloo's cluster name for an upstream: `{name}_{namespace}`."""
+    return f"{name}_{namespace}"
+
+
+def parse_cluster_name(cluster: str) -> tuple[str, str] | None:
+    """(namespace, name) of a cluster name, or None when it cannot be one of ours."""
+    name, sep, namespace = cluster.rpartition("_")
+    if not sep or not DNS1123_LABEL.match(name) or not DNS1123_LABEL.match(namespace):
+        return None
+    return namespace, name
+
+
+def _label(value: str) -> str:
+    if not DNS1123_LABEL.match(value):
+        raise ValueError("must be a DNS-1123 label: at most 63 lower case letters, digits and '-'")
+    return value
+
+
+def check_label(value: str, field: str) -> str:
+    """`value` if it is a DNS-1123 label, else a SpecError for `field`."""
+    try:
+        return _label(value)
+    except ValueError as err:
+        raise SpecError(f"{field} {str(err)}", field) from None
+
+
+def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    path = prefix
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def _expect_mapping(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SpecError(f"{field} must be a mapping", field)
+    return value
+
+
+def parse_upstream(
+    document: Any, namespace: str | None = None, name: str | None = None
+) -> Upstream:
+    """Validate a Gloo Upstream document; `namespace`/`name` come from the URL when given."""
+    doc = _expect_mapping(document, "(document)")
+    if doc.get("apiVersion", "gloo.solo.io/v1") != "gloo.solo.io/v1":
+        raise SpecError("apiVersion must be gloo.solo.io/v1", "apiVersion")
+    if doc.get("kind", "Upstream") != "Upstream":
+        raise SpecError("kind must be Upstream", "kind")
+    metadata = _expect_mapping(doc.get("metadata") or {}, "metadata")
+    for field, from_url in (("name", name), ("namespace", namespace)):
+        given = metadata.get(field)
+        if given is not None and not isinstance(given, str):
+            raise SpecError(f"metadata.{field} must be a string", f"metadata.{field}")
+        if given is not None and from_url is not None and given != from_url:
+            raise SpecError(
+                f"metadata.{field} {given!r} differs from the {field} in the path {from_url!r}",
+                f"metadata.{field}",
+            )
+    ns = metadata.get("namespace") or namespace
+    nm = metadata.get("name") or name
+    if not ns:
+        raise SpecError("metadata.namespace is required", "metadata.namespace")
+    if not nm:
+        raise SpecError("metadata.name is required", "metadata.name")
+    check_label(ns, "metadata.namespace")
+    check_label(nm, "metadata.name")
+
+    spec = _expect_mapping(doc.get("spec"), "spec")
+    if "awsEc2" in spec and "upstreamSpec" in spec:
+        raise SpecError("give either spec.awsEc2 or spec.upstreamSpec.awsEc2, not both", "spec")
+    if "upstreamSpec" in spec:
+        prefix = "spec.upstreamSpec.awsEc2"
+        block = _expect_mapping(spec["upstreamSpec"], "spec.upstreamSpec").get("awsEc2")
+    else:
+        prefix = "spec.awsEc2"
+        block = spec.get("awsEc2")
+    if block is None:
+        raise SpecError(f"{prefix} is required: this is not an EC2 upstream", prefix)
+    _expect_mapping(block, prefix)
+    try:
+        ec2 = AwsEc2Spec.model_validate(block)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = _path(prefix, tuple(part for part in first["loc"] if part != "tagged-union"))
+        message = first["msg"].removeprefix("Value error, ")
+        raise SpecError(f"{field}: {message}", field) from None
+    canonical = dict(doc)
+    canonical.setdefault("apiVersion", "gloo.solo.io/v1")
+    canonical.setdefault("kind", "Upstream")
+    canonical["metadata"] = {**metadata, "name": nm, "namespace": ns}
+    return Upstream(namespace=ns, name=nm, ec2=ec2, document=canonical)
+
+
+# --- loading YAML and JSON bodies safely ------------------------------------
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """SafeLoader without aliases (no alias bombs), timestamps or deep nesting."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases are not accepted", event.start_mark)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nesting deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+            )
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _check_depth(value: Any, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise SpecError(f"the document nests deeper than {MAX_DEPTH} levels")
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for child in children:
+        _check_depth(child, depth + 1)
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def load_documents(body: bytes | str, content_type: str | None, max_bytes: int) -> list[Any]:
+    """Every document in a JSON or (multi-document) YAML body."""
+    raw = body.encode() if isinstance(body, str) else body
+    if len(raw) > max_bytes:
+        raise SpecError(f"the document is larger than {max_bytes} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError("the body is not UTF-8 text") from None
+    media = _media_type(content_type)
+    if media in JSON_TYPES:
+        try:
+            doc = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise SpecError(f"the body is not valid JSON: {err}") from None
+        _check_depth(doc)
+        return [doc]
+    try:
+        docs = [doc for doc in yaml.load_all(text, Loader=_SafeLoader) if doc is not None]
+    except yaml.YAMLError as err:
+        raise SpecError(f"the body is not valid YAML: {_yaml_message(err)}") from None
+    except RecursionError:
+        raise SpecError(f"the document nests deeper than {MAX_DEPTH} levels") from None
+    for doc in docs:
+        _check_json_safe(doc)
+    return docs
+
+
+def _yaml_message(err: yaml.YAMLError) -> str:
+    return " ".join(str(err).split())
+
+
+def _check_json_safe(value: Any) -> None:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        raise SpecError("the YAML holds values JSON cannot represent (binary or non-string keys)") from None
+
+
+def load_one(body: bytes | str, content_type: str | None, max_bytes: int) -> Any:
+    """The single document of a PUT body."""
+    docs = load_documents(body, content_type, max_bytes)
+    if len(docs) != 1:
+        raise SpecError(f"expected exactly one document, got {len(docs)}")
+    return docs[0]
+
+
+def iter_upstreams(docs: list[Any]) -> Iterator[Upstream]:
+    """Parse each document, naming its position in a multi-document file on error."""
+    for index, doc in enumerate(docs):
+        try:
+            yield parse_upstream(doc)
+        except SpecError as err:
+            if len(docs) == 1:
+                raise
+            raise SpecError(f"document {index + 1}: {err.message}", err.field) from None

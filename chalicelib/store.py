@@ -1,0 +1,369 @@
+"""Where upstreams, their status and their endpoint sets live.
+
+`Store` is the interface the logic sees, with two implementations: in
+memory (tests, benchmarks) and DynamoDB. Endpoint sets are written with a
+condition on the version the writer last read, so two writers (a scan and
+an event) never overwrite each other's newer result unnoticed.
+
+Tables (partition key `id`, a string):
+- upstreams: `namespace/name` -> document (JSON), status, updatedAt; plus one
+  item `~scan` holding the last successful listing time of each group.
+- endpoints: `namespace/name` -> namespace, name, region, version, count and
+  `body`, the endpoint records as zlib-compressed JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol
+
+from botocore.exceptions import ClientError
+
+from .endpoints import Endpoint, EndpointSet
+from .spec import SpecError, Upstream, parse_upstream
+
+SCAN_MARKS_ID = "~scan"
+ACCEPTED, REJECTED, ERROR = "Accepted", "Rejected", "Error"
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    state: str
+    reason: str
+    endpoints: int = 0
+    skipped: int = 0
+    code: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "state": self.state,
+            "reason": self.reason,
+            "endpoints": self.endpoints,
+            "skipped": self.skipped,
+        }
+        if self.code:
+            data["code"] = self.code
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Status:
+        if not data:
+            return PENDING
+        return cls(
+            state=str(data["state"]),
+            reason=str(data.get("reason", "")),
+            endpoints=int(data.get("endpoints", 0)),
+            skipped=int(data.get("skipped", 0)),
+            code=data.get("code"),
+        )
+
+
+PENDING = Status(ACCEPTED, "waiting for the first scan")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUpstream:
+    """An upstream as stored: its document, the parsed upstream (None if it no longer parses), status."""
+
+    namespace: str
+    name: str
+    document: dict[str, Any]
+    status: Status
+    updated_at: str
+    upstream: Upstream | None = None
+    problem: SpecError | None = field(default=None)
+    recorded: Status | None = None  # the status in the store, when `status` differs from it
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def stored(namespace: str, name: str, document: dict[str, Any], status: Status, updated_at: str) -> StoredUpstream:
+    """Re-validate a stored document, so a document that no longer parses is `Rejected`, not a crash."""
+    try:
+        upstream = parse_upstream(document, namespace, name)
+        return StoredUpstream(namespace, name, document, status, updated_at, upstream)
+    except SpecError as err:
+        rejected = Status(REJECTED, err.message)
+        return StoredUpstream(namespace, name, document, rejected, updated_at, None, err, status)
+
+
+class Store(Protocol):
+    def put_upstream(self, upstream: Upstream, now: str) -> None: ...
+
+    def get_upstream(self, namespace: str, name: str) -> StoredUpstream | None: ...
+
+    def list_upstreams(self) -> list[StoredUpstream]: ...
+
+    def delete_upstream(self, namespace: str, name: str) -> bool: ...
+
+    def put_status(self, namespace: str, name: str, status: Status) -> None: ...
+
+    def get_endpoint_set(self, namespace: str, name: str) -> EndpointSet | None: ...
+
+    def list_endpoint_sets(self) -> list[EndpointSet]: ...
+
+    def endpoint_versions(self) -> dict[str, str]: ...
+
+    def put_endpoint_set(self, endpoint_set: EndpointSet, expected_version: str | None) -> bool: ...
+
+    def delete_endpoint_set(self, namespace: str, name: str) -> None: ...
+
+    def get_scan_marks(self) -> dict[str, str]: ...
+
+    def put_scan_marks(self, marks: dict[str, str]) -> None: ...
+
+
+def encode_endpoints(endpoints: Iterable[Endpoint]) -> bytes:
+    records = [endpoint.record() for endpoint in endpoints]
+    return zlib.compress(json.dumps(records, separators=(",", ":")).encode(), 6)
+
+
+def decode_endpoints(body: bytes) -> tuple[Endpoint, ...]:
+    return tuple(Endpoint.from_record(record) for record in json.loads(zlib.decompress(body)))
+
+
+class MemoryStore:
+    """The in-memory twin of `DynamoStore`, for the pure tests and benchmarks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.upstreams: dict[str, dict[str, Any]] = {}
+        self.sets: dict[str, EndpointSet] = {}
+        self.marks: dict[str, str] = {}
+        self.writes = 0
+
+    def put_upstream(self, upstream: Upstream, now: str) -> None:
+        with self._lock:
+            self.writes += 1
+            self.upstreams[upstream.key] = {
+                "namespace": upstream.namespace,
+                "name": upstream.name,
+                "document": json.dumps(upstream.document),
+                "status": PENDING.as_dict(),
+                "updatedAt": now,
+            }
+
+    def _load(self, item: dict[str, Any]) -> StoredUpstream:
+        return stored(
+            item["namespace"],
+            item["name"],
+            json.loads(item["document"]),
+            Status.from_dict(copy.deepcopy(item["status"])),
+            item["updatedAt"],
+        )
+
+    def get_upstream(self, namespace: str, name: str) -> StoredUpstream | None:
+        item = self.upstreams.get(f"{namespace}/{name}")
+        return self._load(item) if item else None
+
+    def list_upstreams(self) -> list[StoredUpstream]:
+        return [self._load(item) for _, item in sorted(self.upstreams.items())]
+
+    def delete_upstream(self, namespace: str, name: str) -> bool:
+        with self._lock:
+            existed = self.upstreams.pop(f"{namespace}/{name}", None) is not None
+            self.sets.pop(f"{namespace}/{name}", None)
+            self.writes += 2
+        return existed
+
+    def put_status(self, namespace: str, name: str, status: Status) -> None:
+        with self._lock:
+            item = self.upstreams.get(f"{namespace}/{name}")
+            if item is not None:
+                self.writes += 1
+                item["status"] = status.as_dict()
+
+    def get_endpoint_set(self, namespace: str, name: str) -> EndpointSet | None:
+        return self.sets.get(f"{namespace}/{name}")
+
+    def list_endpoint_sets(self) -> list[EndpointSet]:
+        return [self.sets[key] for key in sorted(self.sets)]
+
+    def endpoint_versions(self) -> dict[str, str]:
+        return {key: endpoint_set.version for key, endpoint_set in self.sets.items()}
+
+    def put_endpoint_set(self, endpoint_set: EndpointSet, expected_version: str | None) -> bool:
+        with self._lock:
+            current = self.sets.get(endpoint_set.key)
+            if (current.version if current else None) != expected_version:
+                return False
+            self.writes += 1
+            self.sets[endpoint_set.key] = endpoint_set
+            return True
+
+    def delete_endpoint_set(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self.writes += 1
+            self.sets.pop(f"{namespace}/{name}", None)
+
+    def get_scan_marks(self) -> dict[str, str]:
+        return dict(self.marks)
+
+    def put_scan_marks(self, marks: dict[str, str]) -> None:
+        with self._lock:
+            self.writes += 1
+            self.marks = dict(marks)
+
+
+def _conditional_failed(err: ClientError) -> bool:
+    return err.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+class DynamoStore:
+    """`Store` over two DynamoDB tables, through the low-level client."""
+
+    def __init__(self, client: Any, upstreams_table: str, endpoints_table: str) -> None:
+        self._db = client
+        self.upstreams_table = upstreams_table
+        self.endpoints_table = endpoints_table
+
+    # -- upstreams -------------------------------------------------------------
+
+    def put_upstream(self, upstream: Upstream, now: str) -> None:
+        self._db.put_item(
+            TableName=self.upstreams_table,
+            Item={
+                "id": {"S": upstream.key},
+                "namespace": {"S": upstream.namespace},
+                "name": {"S": upstream.name},
+                "document": {"S": json.dumps(upstream.document, separators=(",", ":"))},
+                "status": {"S": json.dumps(PENDING.as_dict())},
+                "updatedAt": {"S": now},
+            },
+        )
+
+    @staticmethod
+    def _load(item: dict[str, Any]) -> StoredUpstream:
+        return stored(
+            item["namespace"]["S"],
+            item["name"]["S"],
+            json.loads(item["document"]["S"]),
+            Status.from_dict(json.loads(item["status"]["S"])) if "status" in item else PENDING,
+            item.get("updatedAt", {}).get("S", ""),
+        )
+
+    def get_upstream(self, namespace: str, name: str) -> StoredUpstream | None:
+        answer = self._db.get_item(
+            TableName=self.upstreams_table, Key={"id": {"S": f"{namespace}/{name}"}}, ConsistentRead=True
+        )
+        return self._load(answer["Item"]) if "Item" in answer else None
+
+    def list_upstreams(self) -> list[StoredUpstream]:
+        items = self._scan(self.upstreams_table, ConsistentRead=True)
+        return sorted(
+            (self._load(item) for item in items if not item["id"]["S"].startswith("~")),
+            key=lambda entry: entry.key,
+        )
+
+    def delete_upstream(self, namespace: str, name: str) -> bool:
+        answer = self._db.delete_item(
+            TableName=self.upstreams_table,
+            Key={"id": {"S": f"{namespace}/{name}"}},
+            ReturnValues="ALL_OLD",
+        )
+        self.delete_endpoint_set(namespace, name)
+        return "Attributes" in answer
+
+    def put_status(self, namespace: str, name: str, status: Status) -> None:
+        try:
+            self._db.update_item(
+                TableName=self.upstreams_table,
+                Key={"id": {"S": f"{namespace}/{name}"}},
+                UpdateExpression="SET #s = :s",
+                ConditionExpression="attribute_exists(id)",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={":s": {"S": json.dumps(status.as_dict())}},
+            )
+        except ClientError as err:
+            if not _conditional_failed(err):
+                raise  # deleted meanwhile: nothing to record
+
+    # -- endpoint sets ---------------------------------------------------------
+
+    @staticmethod
+    def _set(item: dict[str, Any]) -> EndpointSet:
+        return EndpointSet(
+            namespace=item["namespace"]["S"],
+            name=item["name"]["S"],
+            region=item["region"]["S"],
+            endpoints=decode_endpoints(item["body"]["B"]),
+            version=item["version"]["S"],
+        )
+
+    def get_endpoint_set(self, namespace: str, name: str) -> EndpointSet | None:
+        answer = self._db.get_item(TableName=self.endpoints_table, Key={"id": {"S": f"{namespace}/{name}"}})
+        return self._set(answer["Item"]) if "Item" in answer else None
+
+    def list_endpoint_sets(self) -> list[EndpointSet]:
+        return sorted((self._set(item) for item in self._scan(self.endpoints_table)), key=lambda s: s.key)
+
+    def endpoint_versions(self) -> dict[str, str]:
+        items = self._scan(self.endpoints_table, ProjectionExpression="id, version", ConsistentRead=True)
+        return {item["id"]["S"]: item["version"]["S"] for item in items}
+
+    def put_endpoint_set(self, endpoint_set: EndpointSet, expected_version: str | None) -> bool:
+        if expected_version is None:
+            condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(id)"}
+        else:
+            condition = {
+                "ConditionExpression": "version = :expected",
+                "ExpressionAttributeValues": {":expected": {"S": expected_version}},
+            }
+        try:
+            self._db.put_item(
+                TableName=self.endpoints_table,
+                Item={
+                    "id": {"S": endpoint_set.key},
+                    "namespace": {"S": endpoint_set.namespace},
+                    "name": {"S": endpoint_set.name},
+                    "region": {"S": endpoint_set.region},
+                    "version": {"S": endpoint_set.version},
+                    "count": {"N": str(len(endpoint_set.endpoints))},
+                    "body": {"B": encode_endpoints(endpoint_set.endpoints)},
+                },
+                **condition,
+            )
+            return True
+        except ClientError as err:
+            if _conditional_failed(err):
+                return False
+            raise
+
+    def delete_endpoint_set(self, namespace: str, name: str) -> None:
+        self._db.delete_item(TableName=self.endpoints_table, Key={"id": {"S": f"{namespace}/{name}"}})
+
+    # -- scan marks ------------------------------------------------------------
+
+    def get_scan_marks(self) -> dict[str, str]:
+        answer = self._db.get_item(TableName=self.upstreams_table, Key={"id": {"S": SCAN_MARKS_ID}})
+        return json.loads(answer["Item"]["marks"]["S"]) if "Item" in answer else {}
+
+    def put_scan_marks(self, marks: dict[str, str]) -> None:
+        self._db.put_item(
+            TableName=self.upstreams_table,
+            Item={"id": {"S": SCAN_MARKS_ID}, "marks": {"S": json.dumps(marks, sort_keys=True)}},
+        )
+
+    def _scan(self, table: str, **request: Any) -> list[dict[str, Any]]:
+        paginator = self._db.get_paginator("scan")
+        return [item for page in paginator.paginate(TableName=table, **request) for item in page.get("Items", ())]
+
+
+def table_definitions(upstreams_table: str, endpoints_table: str) -> list[dict[str, Any]]:
+    """CreateTable requests for both tables (the CloudFormation template mirrors these)."""
+    return [
+        {
+            "TableName": name,
+            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+            "BillingMode": "PAY_PER_REQUEST",
+            "SSESpecification": {"Enabled": True},
+        }
+        for name in (upstreams_table, endpoints_table)
+    ]
