@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any, Mapping
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -57,4 +58,6 @@ def record_aws_calls(calls: Mapping[str, int]) -> None:
 
 def flush(**_: Any) -> None:
     """Publish the metrics gathered so far (the middleware calls this after each invocation)."""
-    metrics.flush_metrics(raise_on_empty_metrics=False)
+    with warnings.catch_warnings():  # an invocation without metrics is normal here (say, /healthz)
+        warnings.simplefilter("ignore", UserWarning)
+        metrics.flush_metrics(raise_on_empty_metrics=False)

@@ -1,0 +1,57 @@
+"""Shared fixtures: an isolated environment, moto in-process, the project's paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+import pytest
+
+from chalicelib import runtime
+from chalicelib.config import settings
+from chalicelib.store import DynamoStore, table_definitions
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "upstreams"
+EVENTS = Path(__file__).resolve().parent / "fixtures" / "events"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test sees the developer's AWS settings or another test's cached clients."""
+    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+                "UPSTREAMS_TABLE", "ENDPOINTS_TABLE", "SECRET_PREFIX", "AWS_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    runtime.reset()
+    yield
+    runtime.reset()
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    """moto in-process, with the tables created as `bootstrap` creates them."""
+    from moto import mock_aws
+
+    with mock_aws():
+        conf = settings()
+        db = boto3.client("dynamodb", region_name="us-east-1")
+        for definition in table_definitions(conf.upstreams_table, conf.endpoints_table):
+            db.create_table(**definition)
+        yield
+        runtime.reset()
+
+
+@pytest.fixture
+def dynamo_store(aws: None) -> DynamoStore:
+    return runtime.store()
+
+
+def load_event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())
