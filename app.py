@@ -63,6 +63,17 @@ def get_endpoints(namespace, name):
     return respond(api.get_endpoints(runtime.store(), namespace, name, if_none_match))
 
 
+@app.route("/v3/discovery:endpoints", methods=["POST"])
+def envoy_eds():
+    return respond(api.discovery_endpoints(runtime.store(), app.current_request.raw_body))
+
+
+@app.route("/prometheus/targets", methods=["GET"])
+def prometheus_targets():
+    params = app.current_request.query_params or {}
+    return respond(api.prometheus_targets(runtime.store(), params.get("namespace"), params.get("name")))
+
+
 # The rate is a deployment setting: Chalice loads the app with the stage's variables.
 @app.schedule(Rate(int(os.environ.get("SCAN_RATE_MINUTES", "5")), unit=Rate.MINUTES))
 def scheduled_scan(event):

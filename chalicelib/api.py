@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
+from . import eds, prometheus
 from .config import settings
 from .discovery import full_scan, iso, last_scan
 from .inventory import InstanceLister
-from .spec import SpecError, check_label, load_one, parse_upstream
+from .spec import SpecError, check_label, load_one, parse_cluster_name, parse_upstream
 from .store import Store, StoredUpstream
 
 JSON = "application/json"
@@ -123,3 +124,32 @@ def get_endpoints(store: Store, namespace: str, name: str, if_none_match: str | 
 
 def scan(store: Store, lister: InstanceLister, clock: Callable[[], datetime]) -> Reply:
     return ok(full_scan(store, lister, clock).as_dict())
+
+
+def discovery_endpoints(store: Store, raw_body: bytes | None) -> Reply:
+    """Envoy REST-JSON EDS: one read per requested cluster; 304 when Envoy's version is current."""
+    try:
+        request = eds.parse_request(raw_body)
+    except eds.EdsRequestError as err:
+        return error(400, str(err))
+    sets = {}
+    for cluster in request.clusters:
+        names = parse_cluster_name(cluster)
+        sets[cluster] = store.get_endpoint_set(*names) if names else None
+    if request.version_info == eds.response_version(request.clusters, sets):
+        return Reply(304)
+    return ok(eds.response(request.clusters, sets))
+
+
+def prometheus_targets(store: Store, namespace: str | None, name: str | None) -> Reply:
+    """HTTP SD target groups of every upstream, or of those `namespace`/`name` select. Never 304."""
+    if namespace and name:
+        one = store.get_endpoint_set(namespace, name) if parse_cluster_name(f"{name}_{namespace}") else None
+        sets = [one] if one else []
+    else:
+        sets = [
+            endpoint_set
+            for endpoint_set in store.list_endpoint_sets()
+            if (not namespace or endpoint_set.namespace == namespace) and (not name or endpoint_set.name == name)
+        ]
+    return ok(prometheus.target_groups(sets))

@@ -80,3 +80,62 @@ def seed(iam: Any, ec2: Any) -> dict[str, str]:
         if run(["apply", "-f", str(EXAMPLES / file)]) != 0:
             raise RuntimeError(f"could not apply {file}")
     return ids
+
+
+def find(ec2: Any, name: str) -> str:
+    """The id of the demo instance called `name` (its Name tag)."""
+    answer = ec2.describe_instances(Filters=[{"Name": "tag:Name", "Values": [name]}])
+    ids = [i["InstanceId"] for r in answer["Reservations"] for i in r["Instances"]
+           if i["State"]["Name"] != "terminated"]
+    if not ids:
+        raise SystemExit(f"error: no demo instance named {name}")
+    return str(ids[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Change the demo fleet in the emulator: `python -m devtools.fleet stop web-1`."""
+    import argparse
+    import os
+
+    import boto3
+
+    parser = argparse.ArgumentParser(prog="python -m devtools.fleet", description=main.__doc__)
+    parser.add_argument("action", choices=["seed", "stop", "start", "terminate", "tag", "untag", "list"])
+    parser.add_argument("name", nargs="?", help="the instance's Name tag (web-1 ... web-7, api-1, api-2)")
+    parser.add_argument("tags", nargs="*", help="KEY=VALUE for tag, KEY for untag")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(key, value)
+    ec2 = boto3.client("ec2")
+    if args.action == "seed":
+        print(json.dumps(seed(boto3.client("iam"), ec2)))
+        return 0
+    if args.action == "list":
+        answer = ec2.describe_instances()
+        rows = [{"id": i["InstanceId"], "state": i["State"]["Name"], "public_ip": i.get("PublicIpAddress"),
+                 "private_ip": i.get("PrivateIpAddress"), "tags": {t["Key"]: t["Value"] for t in i.get("Tags", [])}}
+                for r in answer["Reservations"] for i in r["Instances"]]
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not args.name:
+        parser.error(f"{args.action} needs an instance name")
+    instance = find(ec2, args.name)
+    if args.action == "stop":
+        ec2.stop_instances(InstanceIds=[instance])
+    elif args.action == "start":
+        ec2.start_instances(InstanceIds=[instance])
+    elif args.action == "terminate":
+        ec2.terminate_instances(InstanceIds=[instance])
+    elif args.action == "tag":
+        pairs = [tag.partition("=") for tag in args.tags]
+        ec2.create_tags(Resources=[instance], Tags=[{"Key": k, "Value": v} for k, _, v in pairs])
+    else:
+        ec2.delete_tags(Resources=[instance], Tags=[{"Key": key} for key in args.tags])
+    print(json.dumps({args.action: args.name, "instance_id": instance}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -64,9 +64,10 @@ def main() -> int:
             f"  curl -s {base}/endpoints/gloo-system/ec2-demo-upstream\n"
             f"  curl -s {base}/upstreams/gloo-system/ec2-demo-upstream\n"
             f"  curl -s -XPOST {base}/scan\n"
-            f"  AWS_ENDPOINT_URL={endpoint} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
-            f"aws ec2 stop-instances --region us-east-1 --instance-ids {ids['web-1']}\n"
-            f"  (web-1; the next scan, within {args.interval:g} s, drops it)\n"
+            f"  .venv/bin/python devtools/envoy_rest_poll.py {base} ec2-demo-upstream_gloo-system\n"
+            f"  curl -s {base}/prometheus/targets\n"
+            f"  AWS_ENDPOINT_URL={endpoint} .venv/bin/python -m devtools.fleet stop web-1"
+            f"   (the next scan, within {args.interval:g} s, drops it)\n"
             f"scanning every {args.interval:g} s; Ctrl-C stops everything\n",
             flush=True,
         )

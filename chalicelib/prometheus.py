@@ -1,0 +1,54 @@
+"""Prometheus HTTP service discovery target groups. Pure.
+
+Labels are named as Prometheus' own `ec2_sd_configs` names them, so
+relabelling rules written for ec2_sd work unchanged; the upstream adds its
+own under `__meta_ec2eds_`. One target group per endpoint, since every
+instance carries labels of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+from .endpoints import EndpointSet
+
+_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def sanitize(name: str) -> str:
+    """Prometheus' strutil.SanitizeLabelName: every invalid character becomes `_`."""
+    return _INVALID.sub("_", name)
+
+
+def target_groups(sets: Iterable[EndpointSet]) -> list[dict[str, Any]]:
+    groups = []
+    for endpoint_set in sets:
+        for endpoint in endpoint_set.endpoints:
+            labels = {
+                "__meta_ec2_instance_id": endpoint.instance_id,
+                "__meta_ec2_instance_state": "running",
+                "__meta_ec2_availability_zone": endpoint.zone,
+                "__meta_ec2_region": endpoint_set.region,
+            }
+            optional = {
+                "__meta_ec2_private_ip": endpoint.private_ip,
+                "__meta_ec2_public_ip": endpoint.public_ip,
+                "__meta_ec2_instance_type": endpoint.instance_type,
+                "__meta_ec2_vpc_id": endpoint.vpc_id,
+                "__meta_ec2_subnet_id": endpoint.subnet_id,
+            }
+            labels.update({name: value for name, value in optional.items() if value})
+            for key, value in sorted(endpoint.tags):
+                labels[f"__meta_ec2_tag_{sanitize(key)}"] = value
+            labels.update(
+                {
+                    "__meta_ec2eds_namespace": endpoint_set.namespace,
+                    "__meta_ec2eds_upstream": endpoint_set.name,
+                    "__meta_ec2eds_cluster_name": endpoint_set.cluster_name,
+                    "__meta_ec2eds_health": endpoint.health,
+                }
+            )
+            host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
+            groups.append({"targets": [f"{host}:{endpoint.port}"], "labels": labels})
+    return groups
