@@ -1,0 +1,63 @@
+"""The stack as a user runs it: moto's server and `chalice local` as real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+from devtools import stack
+
+
+@dataclass
+class LocalStack:
+    base: str  # the API
+    endpoint: str  # the AWS emulator
+    env: dict[str, str]
+    ids: dict[str, str]  # demo instance name -> id
+
+    def run(self, module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", module, *args], cwd=stack.PROJECT_DIR, env=self.env,
+            capture_output=True, text=True, timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"{module} {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def fleet(self, *args: str) -> Any:
+        return json.loads(self.run("devtools.fleet", *args).stdout)
+
+    def scan(self) -> dict[str, Any]:
+        answer = requests.post(f"{self.base}/scan", timeout=60)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(f"{self.base}{path}", timeout=30, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    logs = tmp_path_factory.mktemp("stack")
+    moto, endpoint = stack.start_moto(stack.free_port(), open(logs / "moto.log", "wb"))
+    api = None
+    try:
+        env = stack.aws_environment(endpoint)
+        env["POWERTOOLS_METRICS_DISABLED"] = "true"
+        env["SECRET_CACHE_SECONDS"] = "0"  # the tests change secrets between scans
+        seeding = subprocess.run([sys.executable, "-m", "devtools.fleet", "seed"], cwd=stack.PROJECT_DIR,
+                                 env=env, capture_output=True, text=True, timeout=120)
+        assert seeding.returncode == 0, seeding.stderr
+        ids = json.loads(seeding.stdout.strip().splitlines()[-1])
+        api, base = stack.start_chalice(stack.free_port(), env, log=open(logs / "chalice.log", "wb"))
+        yield LocalStack(base, endpoint, env, ids)
+    finally:
+        if api is not None:
+            api.stop()
+        moto.stop()
