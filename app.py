@@ -4,7 +4,7 @@ import os
 
 from chalice import Chalice, Rate, Response
 
-from chalicelib import api, discovery, runtime
+from chalicelib import api, discovery, events, runtime
 from chalicelib.observability import flush, logger
 
 app = Chalice(app_name="ec2-eds")
@@ -38,8 +38,11 @@ def list_upstreams():
 @app.route("/upstreams/{namespace}/{name}", methods=["PUT"], content_types=YAML_OR_JSON)
 def put_upstream(namespace, name):
     request = app.current_request
-    return respond(api.put_upstream(runtime.store(), namespace, name, request.raw_body,
-                                    request.headers.get("content-type"), runtime.now()))
+    return respond(
+        api.put_upstream(
+            runtime.store(), namespace, name, request.raw_body, request.headers.get("content-type"), runtime.now()
+        )
+    )
 
 
 @app.route("/upstreams/{namespace}/{name}", methods=["GET"])
@@ -72,6 +75,33 @@ def envoy_eds():
 def prometheus_targets():
     params = app.current_request.query_params or {}
     return respond(api.prometheus_targets(runtime.store(), params.get("namespace"), params.get("name")))
+
+
+# EventBridge rules, one per event kind; each delivers to the same handler code as `cli event`.
+@app.on_cw_event({"source": ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"]})
+def ec2_state_change(event):
+    return events.deliver(event.to_dict())
+
+
+@app.on_cw_event({"source": ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning"]})
+def ec2_spot_interruption(event):
+    return events.deliver(event.to_dict())
+
+
+@app.on_cw_event(
+    {
+        "source": ["aws.tag"],
+        "detail-type": ["Tag Change on Resource"],
+        "detail": {"service": ["ec2"], "resource-type": ["instance"]},
+    }
+)
+def ec2_tag_change(event):
+    return events.deliver(event.to_dict())
+
+
+@app.on_cw_event({"source": ["aws.autoscaling"], "detail-type": ["EC2 Instance-terminate Lifecycle Action"]})
+def asg_terminate_lifecycle(event):
+    return events.deliver(event.to_dict())
 
 
 # The rate is a deployment setting: Chalice loads the app with the stage's variables.

@@ -7,9 +7,10 @@ so the same functions serve the CLI and the tests.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from . import eds, prometheus
 from .config import settings

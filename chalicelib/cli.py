@@ -12,12 +12,13 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import api, aws, runtime
+from . import api, aws, events, runtime
 from .config import ConfigError, settings
 from .credentials import secret_document, secret_id
 from .discovery import full_scan, iso
@@ -94,9 +95,10 @@ def cmd_get(args: argparse.Namespace) -> None:
     elif len(args.names) != 2:
         raise CliError(f"usage: get {args.what} NAMESPACE NAME")
     elif args.what == "upstream":
-        reply = api.get_upstream(store, *args.names)
+        reply = api.get_upstream(store, args.names[0], args.names[1])
     else:
-        reply = api.get_endpoints(store, *args.names, if_none_match=None)
+        namespace, name = args.names
+        reply = api.get_endpoints(store, namespace, name, None)
     if reply.status >= 400:
         raise CliError(reply.body["error"])
     emit(reply.body)
@@ -131,7 +133,16 @@ def cmd_scan(_: argparse.Namespace) -> None:
 
 
 def cmd_event(args: argparse.Namespace) -> None:
-    raise CliError("event delivery is not supported yet")
+    try:
+        raw = json.loads(Path(args.file).read_text() if args.file != "-" else sys.stdin.read())
+    except OSError as err:
+        raise CliError(f"cannot read {args.file}: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise CliError(f"{args.file} is not JSON: {err}") from None
+    result = events.deliver(raw)
+    emit(result)
+    if result.get("ignored") and not result.get("kind"):
+        raise CliError(result["ignored"])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -180,8 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         use_stage(args.stage)
         args.run(args)
     except SpecError as err:
-        print(f"error: {err.field + ': ' if err.field and not err.message.startswith(err.field) else ''}"
-              f"{err.message}", file=sys.stderr)
+        print(
+            f"error: {err.field + ': ' if err.field and not err.message.startswith(err.field) else ''}{err.message}",
+            file=sys.stderr,
+        )
         return 2
     except (CliError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)

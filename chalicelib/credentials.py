@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from aws_lambda_powertools.utilities import parameters
 from botocore.exceptions import BotoCoreError, ClientError
@@ -91,9 +92,7 @@ class CredentialResolver:
         try:
             value: Any = self._secrets.get(sid, max_age=settings().secret_cache_seconds, transform="json")
         except parameters.TransformParameterError:
-            raise CredentialsError(
-                f"secret {namespace}/{name} ({sid}) does not hold JSON", "SecretMalformed"
-            ) from None
+            raise CredentialsError(f"secret {namespace}/{name} ({sid}) does not hold JSON", "SecretMalformed") from None
         except parameters.GetParameterError as err:
             code = error_code(err)
             if code == "ResourceNotFoundException":
@@ -101,7 +100,9 @@ class CredentialResolver:
             else:
                 message = f"secret {namespace}/{name} could not be read ({code})"
             raise CredentialsError(message, code) from err
-        if not isinstance(value, dict) or not all(isinstance(value.get(key), str) and value[key] for key in SECRET_KEYS):
+        if not isinstance(value, dict) or not all(
+            isinstance(value.get(key), str) and value[key] for key in SECRET_KEYS
+        ):
             raise CredentialsError(
                 f"secret {namespace}/{name} ({sid}) must hold JSON with access_key and secret_key",
                 "SecretMalformed",

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextvars
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from . import aws
 from .config import settings
@@ -21,7 +22,7 @@ from .endpoints import Instance, reconcile
 from .inventory import DiscoveryError, InstanceLister
 from .observability import count, count_with, distribution, logger, record_aws_calls
 from .spec import GroupKey, Upstream
-from .store import ACCEPTED, ERROR, Status, Store, StoredUpstream
+from .store import ACCEPTED, ERROR, Status, Store, StoredUpstream, active_draining
 
 REPORTED_CALLS = ("ec2:DescribeInstances", "sts:AssumeRole", "secretsmanager:GetSecretValue")
 
@@ -70,9 +71,7 @@ def group_upstreams(upstreams: list[Upstream]) -> dict[GroupKey, list[Upstream]]
     return groups
 
 
-def _list_groups(
-    lister: InstanceLister, groups: list[GroupKey]
-) -> dict[GroupKey, list[Instance] | DiscoveryError]:
+def _list_groups(lister: InstanceLister, groups: list[GroupKey]) -> dict[GroupKey, list[Instance] | DiscoveryError]:
     """One listing per group, several at once: AWS latency, not CPU, bounds a scan."""
 
     def one(group: GroupKey) -> list[Instance] | DiscoveryError:
@@ -88,12 +87,22 @@ def _list_groups(
         return {group: future.result() for group, future in futures.items()}
 
 
-def _record_failure(store: Store, group: GroupKey, members: list[Upstream], entries: dict[str, StoredUpstream],
-                    err: DiscoveryError, summary: ScanSummary) -> None:
+def _record_failure(
+    store: Store,
+    group: GroupKey,
+    members: list[Upstream],
+    entries: dict[str, StoredUpstream],
+    err: DiscoveryError,
+    summary: ScanSummary,
+) -> None:
     logger.warning(
         "discovery failed for a group; its upstreams keep their last endpoints",
-        extra={"group": str(group), "error_code": err.code, "reason": str(err),
-               "upstreams": [upstream.key for upstream in members]},
+        extra={
+            "group": str(group),
+            "error_code": err.code,
+            "reason": str(err),
+            "upstreams": [upstream.key for upstream in members],
+        },
     )
     count_with("DiscoveryErrors", 1, {"group": str(group), "code": err.code})
     for upstream in members:
@@ -122,12 +131,15 @@ def apply_group(
             if store.put_endpoint_set(endpoint_set, versions.get(key)):
                 summary.changed += 1
                 versions[key] = endpoint_set.version
-                logger.info("endpoint set changed", extra={"upstream": key, "endpoints": len(endpoint_set.endpoints),
-                                                           "version": endpoint_set.version})
+                logger.info(
+                    "endpoint set changed",
+                    extra={"upstream": key, "endpoints": len(endpoint_set.endpoints), "version": endpoint_set.version},
+                )
             else:
                 summary.conflicts += 1
-                logger.info("endpoint set written by another writer meanwhile; the next scan rechecks",
-                            extra={"upstream": key})
+                logger.info(
+                    "endpoint set written by another writer meanwhile; the next scan rechecks", extra={"upstream": key}
+                )
         status = Status(ACCEPTED, "", len(derived.endpoints), len(derived.skipped))
         if status != entry.status:
             store.put_status(entry.namespace, entry.name, status)
@@ -146,17 +158,22 @@ def full_scan(store: Store, lister: InstanceLister, clock: Callable[[], datetime
         groups = group_upstreams([entry.upstream for entry in entries.values() if entry.upstream])
         summary.groups = len(groups)
         versions = store.endpoint_versions()
+        draining_marks = store.get_draining()
+        draining = active_draining(draining_marks, iso(started))
         listings = _list_groups(lister, list(groups))
         marks = store.get_scan_marks()
         fresh_marks = dict(marks)
+        running: set[str] = set()
         for group, members in groups.items():
             listing = listings[group]
             if isinstance(listing, DiscoveryError):
                 _record_failure(store, group, members, entries, listing, summary)
                 continue
             summary.instances += len(listing)
-            apply_group(store, members, listing, entries, versions, summary)
+            running.update(instance.instance_id for instance in listing)
+            apply_group(store, members, listing, entries, versions, summary, draining)
             fresh_marks[str(group)] = iso(started)
+        _prune_draining(store, draining_marks, draining, running, complete=summary.errors == 0)
         for key in set(versions) - set(entries):
             namespace, _, name = key.partition("/")
             store.delete_endpoint_set(namespace, name)  # its upstream was deleted during a scan
@@ -169,6 +186,15 @@ def full_scan(store: Store, lister: InstanceLister, clock: Callable[[], datetime
     summary.aws_calls = counter.as_dict()
     _report(summary)
     return summary
+
+
+def _prune_draining(
+    store: Store, marks: dict[str, str], active: frozenset[str], running: set[str], complete: bool
+) -> None:
+    """Forget expired marks, and, after a scan that saw every group, marks of instances no longer running."""
+    stale = {instance for instance in marks if instance not in active or (complete and instance not in running)}
+    if stale:
+        store.forget_draining(stale)
 
 
 def _save_marks(

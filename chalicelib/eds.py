@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from .endpoints import EndpointSet
 
@@ -81,8 +82,7 @@ def assignment(cluster: str, endpoint_set: EndpointSet | None) -> dict[str, Any]
     for endpoint in endpoint_set.endpoints:
         localities.setdefault(endpoint.zone, []).append(
             {
-                "endpoint": {"address": {"socket_address": {"address": endpoint.address,
-                                                            "port_value": endpoint.port}}},
+                "endpoint": {"address": {"socket_address": {"address": endpoint.address, "port_value": endpoint.port}}},
                 "health_status": endpoint.health,
                 "metadata": {"filter_metadata": {"envoy.lb": {"instance_id": endpoint.instance_id}}},
             }

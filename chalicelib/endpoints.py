@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from .filters import Matcher, TagIndex
 from .spec import Upstream
@@ -158,9 +159,7 @@ def endpoint_of(upstream: Upstream, instance: Instance, draining: frozenset[str]
     )
 
 
-def derive(
-    upstream: Upstream, matching: Iterable[Instance], draining: frozenset[str] = frozenset()
-) -> Derived:
+def derive(upstream: Upstream, matching: Iterable[Instance], draining: frozenset[str] = frozenset()) -> Derived:
     """Endpoints of the running instances among those that matched the upstream's filters."""
     endpoints: list[Endpoint] = []
     skipped: list[str] = []

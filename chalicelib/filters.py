@@ -9,8 +9,9 @@ Pure: instances are anything with a `tags` sequence of (key, value) pairs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Iterable, Protocol, Sequence, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from .spec import TagFilter
 

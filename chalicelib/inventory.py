@@ -8,7 +8,8 @@ every upstream of a group).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 

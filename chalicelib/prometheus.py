@@ -9,7 +9,8 @@ instance carries labels of its own.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .endpoints import EndpointSet
 

@@ -7,17 +7,19 @@ the logic directly.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from . import aws, config
 from .config import settings
 from .credentials import CredentialResolver
+from .events import AccountResolver
 from .inventory import Ec2Inventory
 from .store import DynamoStore
 
 _store: DynamoStore | None = None
 _resolver: CredentialResolver | None = None
 _inventory: Ec2Inventory | None = None
+_accounts: AccountResolver | None = None
 
 
 def store() -> DynamoStore:
@@ -42,13 +44,20 @@ def inventory() -> Ec2Inventory:
     return _inventory
 
 
+def accounts() -> AccountResolver:
+    global _accounts
+    if _accounts is None:
+        _accounts = AccountResolver(resolver(), aws.clients())
+    return _accounts
+
+
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def reset() -> None:
     """Forget every dependency and client, e.g. after pointing at another emulator."""
-    global _store, _resolver, _inventory
-    _store = _resolver = _inventory = None
+    global _store, _resolver, _inventory, _accounts
+    _store = _resolver = _inventory = _accounts = None
     aws.reset()
     config.reset()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -199,9 +200,7 @@ def _expect_mapping(value: Any, field: str) -> dict[str, Any]:
     return value
 
 
-def parse_upstream(
-    document: Any, namespace: str | None = None, name: str | None = None
-) -> Upstream:
+def parse_upstream(document: Any, namespace: str | None = None, name: str | None = None) -> Upstream:
     """Validate a Gloo Upstream document; `namespace`/`name` come from the URL when given."""
     doc = _expect_mapping(document, "(document)")
     if doc.get("apiVersion", "gloo.solo.io/v1") != "gloo.solo.io/v1":

@@ -18,8 +18,9 @@ import copy
 import json
 import threading
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
@@ -27,6 +28,7 @@ from .endpoints import Endpoint, EndpointSet
 from .spec import SpecError, Upstream, parse_upstream
 
 SCAN_MARKS_ID = "~scan"
+DRAINING_ID = "~draining"
 ACCEPTED, REJECTED, ERROR = "Accepted", "Rejected", "Error"
 
 
@@ -118,6 +120,17 @@ class Store(Protocol):
 
     def put_scan_marks(self, marks: dict[str, str]) -> None: ...
 
+    def mark_draining(self, instance_id: str, until: str) -> None: ...
+
+    def get_draining(self) -> dict[str, str]: ...
+
+    def forget_draining(self, instance_ids: Iterable[str]) -> None: ...
+
+
+def active_draining(marks: dict[str, str], now: str) -> frozenset[str]:
+    """The instances whose draining mark has not expired."""
+    return frozenset(instance for instance, until in marks.items() if until > now)
+
 
 def encode_endpoints(endpoints: Iterable[Endpoint]) -> bytes:
     records = [endpoint.record() for endpoint in endpoints]
@@ -136,6 +149,7 @@ class MemoryStore:
         self.upstreams: dict[str, dict[str, Any]] = {}
         self.sets: dict[str, EndpointSet] = {}
         self.marks: dict[str, str] = {}
+        self.draining: dict[str, str] = {}
         self.writes = 0
 
     def put_upstream(self, upstream: Upstream, now: str) -> None:
@@ -209,6 +223,20 @@ class MemoryStore:
         with self._lock:
             self.writes += 1
             self.marks = dict(marks)
+
+    def mark_draining(self, instance_id: str, until: str) -> None:
+        with self._lock:
+            self.writes += 1
+            self.draining[instance_id] = until
+
+    def get_draining(self) -> dict[str, str]:
+        return dict(self.draining)
+
+    def forget_draining(self, instance_ids: Iterable[str]) -> None:
+        with self._lock:
+            self.writes += 1
+            for instance in instance_ids:
+                self.draining.pop(instance, None)
 
 
 def _conditional_failed(err: ClientError) -> bool:
@@ -349,6 +377,58 @@ class DynamoStore:
             TableName=self.upstreams_table,
             Item={"id": {"S": SCAN_MARKS_ID}, "marks": {"S": json.dumps(marks, sort_keys=True)}},
         )
+
+    # -- draining instances ---------------------------------------------------
+
+    def mark_draining(self, instance_id: str, until: str) -> None:
+        """One attribute per instance in one item, so concurrent marks never overwrite each other."""
+        for _ in range(3):
+            try:
+                self._db.update_item(
+                    TableName=self.upstreams_table,
+                    Key={"id": {"S": DRAINING_ID}},
+                    UpdateExpression="SET instances.#i = :until",
+                    ConditionExpression="attribute_exists(instances)",
+                    ExpressionAttributeNames={"#i": instance_id},
+                    ExpressionAttributeValues={":until": {"S": until}},
+                )
+                return
+            except ClientError as err:
+                if not _conditional_failed(err):
+                    raise
+            try:  # first mark ever: create the map, then set the attribute
+                self._db.put_item(
+                    TableName=self.upstreams_table,
+                    Item={"id": {"S": DRAINING_ID}, "instances": {"M": {}}},
+                    ConditionExpression="attribute_not_exists(id)",
+                )
+            except ClientError as err:
+                if not _conditional_failed(err):
+                    raise
+        raise RuntimeError(f"could not mark {instance_id} draining")
+
+    def get_draining(self) -> dict[str, str]:
+        """Every marked instance with the time its mark expires."""
+        answer = self._db.get_item(TableName=self.upstreams_table, Key={"id": {"S": DRAINING_ID}}, ConsistentRead=True)
+        instances = answer.get("Item", {}).get("instances", {}).get("M", {})
+        return {instance: value["S"] for instance, value in instances.items()}
+
+    def forget_draining(self, instance_ids: Iterable[str]) -> None:
+        ids = sorted(instance_ids)
+        if not ids:
+            return
+        names = {f"#i{number}": instance for number, instance in enumerate(ids)}
+        try:
+            self._db.update_item(
+                TableName=self.upstreams_table,
+                Key={"id": {"S": DRAINING_ID}},
+                UpdateExpression="REMOVE " + ", ".join(f"instances.{name}" for name in names),
+                ConditionExpression="attribute_exists(instances)",
+                ExpressionAttributeNames=names,
+            )
+        except ClientError as err:
+            if not _conditional_failed(err):
+                raise
 
     def _scan(self, table: str, **request: Any) -> list[dict[str, Any]]:
         paginator = self._db.get_paginator("scan")

@@ -13,14 +13,15 @@ violation, naming it.
 
 Needs: pip install xds-protos (it brings protobuf and grpcio).
 """
+
 import argparse
 import json
 import sys
 import urllib.error
 import urllib.request
 
-from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: F401  registers the CLA type
 from envoy.config.core.v3 import health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: F401  registers the CLA type
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
@@ -75,12 +76,14 @@ def check_assignment(cla, cluster):
                 raise Violation(f"port {sock.port_value} out of range")
             if lb.HasField("load_balancing_weight") and lb.load_balancing_weight.value < 1:
                 raise Violation("lb_endpoint load_balancing_weight must be >= 1")
-            endpoints.append({
-                "address": sock.address,
-                "port": sock.port_value,
-                "zone": loc.locality.zone,
-                "health": health_check_pb2.HealthStatus.Name(lb.health_status),
-            })
+            endpoints.append(
+                {
+                    "address": sock.address,
+                    "port": sock.port_value,
+                    "zone": loc.locality.zone,
+                    "health": health_check_pb2.HealthStatus.Name(lb.health_status),
+                }
+            )
     return endpoints
 
 

@@ -51,7 +51,10 @@ def create_fleet(ec2: Any) -> dict[str, str]:
     for member in FLEET:
         tags = [{"Key": key, "Value": value} for key, value in {"Name": member.name, **member.tags}.items()]
         request: dict[str, Any] = {
-            "ImageId": AMI, "MinCount": 1, "MaxCount": 1, "InstanceType": "t3.micro",
+            "ImageId": AMI,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "InstanceType": "t3.micro",
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}],
         }
         if not member.public:
@@ -68,12 +71,31 @@ def seed(iam: Any, ec2: Any) -> dict[str, str]:
     run = cli.main
     if run(["bootstrap"]) != 0:
         raise RuntimeError("bootstrap failed")
-    trust = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "sts:AssumeRole"}]}
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "sts:AssumeRole"}
+        ],
+    }
     iam.create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=json.dumps(trust))
     for name, namespace in SECRETS:
-        if run(["secret", "create-aws", "--name", name, "--namespace", namespace,
-                "--access-key", "AKIAIOSFODNN7EXAMPLE", "--secret-key", "demo-secret-key"]) != 0:
+        if (
+            run(
+                [
+                    "secret",
+                    "create-aws",
+                    "--name",
+                    name,
+                    "--namespace",
+                    namespace,
+                    "--access-key",
+                    "AKIAIOSFODNN7EXAMPLE",
+                    "--secret-key",
+                    "demo-secret-key",
+                ]
+            )
+            != 0
+        ):
             raise RuntimeError(f"could not store secret {namespace}/{name}")
     ids = create_fleet(ec2)
     for file in SEEDS:
@@ -85,8 +107,9 @@ def seed(iam: Any, ec2: Any) -> dict[str, str]:
 def find(ec2: Any, name: str) -> str:
     """The id of the demo instance called `name` (its Name tag)."""
     answer = ec2.describe_instances(Filters=[{"Name": "tag:Name", "Values": [name]}])
-    ids = [i["InstanceId"] for r in answer["Reservations"] for i in r["Instances"]
-           if i["State"]["Name"] != "terminated"]
+    ids = [
+        i["InstanceId"] for r in answer["Reservations"] for i in r["Instances"] if i["State"]["Name"] != "terminated"
+    ]
     if not ids:
         raise SystemExit(f"error: no demo instance named {name}")
     return str(ids[0])
@@ -105,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("tags", nargs="*", help="KEY=VALUE for tag, KEY for untag")
     args = parser.parse_args(argv)
     os.environ.setdefault("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1")):
+    for key, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         os.environ.setdefault(key, value)
     ec2 = boto3.client("ec2")
     if args.action == "seed":
@@ -114,9 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.action == "list":
         answer = ec2.describe_instances()
-        rows = [{"id": i["InstanceId"], "state": i["State"]["Name"], "public_ip": i.get("PublicIpAddress"),
-                 "private_ip": i.get("PrivateIpAddress"), "tags": {t["Key"]: t["Value"] for t in i.get("Tags", [])}}
-                for r in answer["Reservations"] for i in r["Instances"]]
+        rows = [
+            {
+                "id": i["InstanceId"],
+                "state": i["State"]["Name"],
+                "public_ip": i.get("PublicIpAddress"),
+                "private_ip": i.get("PrivateIpAddress"),
+                "tags": {t["Key"]: t["Value"] for t in i.get("Tags", [])},
+            }
+            for r in answer["Reservations"]
+            for i in r["Instances"]
+        ]
         print(json.dumps(rows, indent=2))
         return 0
     if not args.name:

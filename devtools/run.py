@@ -28,10 +28,12 @@ from devtools import fleet, stack
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")), help="API port (8000)")
-    parser.add_argument("--aws-port", type=int, default=int(os.environ.get("AWS_PORT", "5000")),
-                        help="moto server port (5000)")
-    parser.add_argument("--interval", type=float, default=float(os.environ.get("SCAN_INTERVAL", "5")),
-                        help="seconds between scans (5)")
+    parser.add_argument(
+        "--aws-port", type=int, default=int(os.environ.get("AWS_PORT", "5000")), help="moto server port (5000)"
+    )
+    parser.add_argument(
+        "--interval", type=float, default=float(os.environ.get("SCAN_INTERVAL", "5")), help="seconds between scans (5)"
+    )
     args = parser.parse_args()
 
     logs = Path(stack.PROJECT_DIR, ".run")
@@ -44,7 +46,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        moto, endpoint = stack.start_moto(args.aws_port, open(logs / "moto.log", "wb"))
+        moto, endpoint = stack.start_moto(args.aws_port, logs / "moto.log")
         processes.append(moto)
         os.environ.update(stack.aws_environment(endpoint))
         logger.setLevel(os.environ.get("LOG_LEVEL", "WARNING"))  # the terminal shows changes, not every scan
@@ -54,7 +56,7 @@ def main() -> int:
             ids = fleet.seed(boto3.client("iam"), boto3.client("ec2"))
         print(f"demo fleet: {len(ids)} instances; upstreams applied from examples/upstreams/", flush=True)
 
-        api, base = stack.start_chalice(args.port, dict(os.environ), log=open(logs / "chalice.log", "wb"))
+        api, base = stack.start_chalice(args.port, dict(os.environ), log=logs / "chalice.log")
         processes.append(api)
         summary = full_scan(runtime.store(), runtime.inventory(), runtime.now)
         print(f"API (chalice local): {base}   log: .run/chalice.log", flush=True)

@@ -52,13 +52,25 @@ def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0)
 class Process:
     """A child process in its own process group, stopped with everything it started."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: IO[bytes] | int | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path | None = None) -> None:
+        self.log: IO[bytes] | None = open(log, "wb") if log else None  # noqa: SIM115 - closed by stop()
         self.popen = subprocess.Popen(
-            args, cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT if log is not None else None,
+            args,
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT if self.log is not None else None,
             start_new_session=True,
         )
 
     def stop(self, timeout: float = 10.0) -> None:
+        try:
+            self._terminate(timeout)
+        finally:
+            if self.log is not None:
+                self.log.close()
+
+    def _terminate(self, timeout: float) -> None:
         if self.popen.poll() is not None:
             return
         try:
@@ -87,7 +99,7 @@ def ensure_free(port: int) -> None:
             raise RuntimeError(f"port {port} on 127.0.0.1 is in use: stop what serves there or choose another port")
 
 
-def start_moto(port: int, log: IO[bytes] | int | None = None) -> tuple[Process, str]:
+def start_moto(port: int, log: Path | None = None) -> tuple[Process, str]:
     ensure_free(port)
     endpoint = f"http://127.0.0.1:{port}"
     process = Process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], dict(os.environ), log)
@@ -95,11 +107,12 @@ def start_moto(port: int, log: IO[bytes] | int | None = None) -> tuple[Process, 
     return process, endpoint
 
 
-def start_chalice(port: int, env: dict[str, str], stage: str = "dev",
-                  log: IO[bytes] | int | None = None) -> tuple[Process, str]:
+def start_chalice(port: int, env: dict[str, str], stage: str = "dev", log: Path | None = None) -> tuple[Process, str]:
     ensure_free(port)
     base = f"http://127.0.0.1:{port}"
     chalice = str(Path(sys.executable).with_name("chalice"))
-    process = Process([chalice, "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(port), "--stage", stage], env, log)
+    process = Process(
+        [chalice, "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(port), "--stage", stage], env, log
+    )
     wait_http(f"{base}/healthz", process.popen)
     return process, base

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -21,8 +22,16 @@ EVENTS = Path(__file__).resolve().parent / "fixtures" / "events"
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No test sees the developer's AWS settings or another test's cached clients."""
-    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
-                "UPSTREAMS_TABLE", "ENDPOINTS_TABLE", "SECRET_PREFIX", "AWS_REGION"):
+    for key in (
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "UPSTREAMS_TABLE",
+        "ENDPOINTS_TABLE",
+        "SECRET_PREFIX",
+        "AWS_REGION",
+    ):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -23,8 +24,12 @@ class LocalStack:
 
     def run(self, module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", module, *args], cwd=stack.PROJECT_DIR, env=self.env,
-            capture_output=True, text=True, timeout=120,
+            [sys.executable, "-m", module, *args],
+            cwd=stack.PROJECT_DIR,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"{module} {' '.join(args)} failed: {result.stderr}")
@@ -45,17 +50,23 @@ class LocalStack:
 @pytest.fixture(scope="module")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     logs = tmp_path_factory.mktemp("stack")
-    moto, endpoint = stack.start_moto(stack.free_port(), open(logs / "moto.log", "wb"))
+    moto, endpoint = stack.start_moto(stack.free_port(), logs / "moto.log")
     api = None
     try:
         env = stack.aws_environment(endpoint)
         env["POWERTOOLS_METRICS_DISABLED"] = "true"
         env["SECRET_CACHE_SECONDS"] = "0"  # the tests change secrets between scans
-        seeding = subprocess.run([sys.executable, "-m", "devtools.fleet", "seed"], cwd=stack.PROJECT_DIR,
-                                 env=env, capture_output=True, text=True, timeout=120)
+        seeding = subprocess.run(
+            [sys.executable, "-m", "devtools.fleet", "seed"],
+            cwd=stack.PROJECT_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert seeding.returncode == 0, seeding.stderr
         ids = json.loads(seeding.stdout.strip().splitlines()[-1])
-        api, base = stack.start_chalice(stack.free_port(), env, log=open(logs / "chalice.log", "wb"))
+        api, base = stack.start_chalice(stack.free_port(), env, log=logs / "chalice.log")
         yield LocalStack(base, endpoint, env, ids)
     finally:
         if api is not None:

@@ -1,0 +1,304 @@
+"""EventBridge events to targeted endpoint-set updates.
+
+Four kinds drive an update of the one instance they name:
+
+| event | effect |
+|---|---|
+| `aws.ec2` EC2 Instance State-change Notification | re-describe; join or leave |
+| `aws.tag` Tag Change on Resource (ec2 instance) | re-describe; join, update or leave |
+| `aws.ec2` EC2 Spot Instance Interruption Warning | mark DRAINING, then re-describe |
+| `aws.autoscaling` EC2 Instance-terminate Lifecycle Action | mark DRAINING, then re-describe |
+
+The event is a trigger, not the truth: the handler describes the instance
+now, once per affected (credentials, region) group, so duplicate and
+out-of-order events converge and a stale "running" event never brings a
+stopped instance back. Writes are conditional on the version read, and a
+conflicting write is recomputed on the newer set.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from aws_lambda_powertools.utilities.parser import ValidationError, parse
+from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from . import aws
+from .config import settings
+from .credentials import CredentialResolver
+from .discovery import iso
+from .endpoints import Endpoint, EndpointSet, Instance, endpoint_of
+from .filters import Matcher
+from .inventory import DiscoveryError, InstanceLister
+from .observability import count, count_with, logger
+from .spec import Credentials, GroupKey, Upstream
+from .store import Store, StoredUpstream, active_draining
+
+INSTANCE_ARN = re.compile(r"^arn:aws[a-z-]*:ec2:[a-z0-9-]*:\d*:instance/(i-[0-9a-f]+)$")
+WRITE_ATTEMPTS = 5
+
+
+class UnsupportedEvent(ValueError):
+    """An event this service does not handle, or one that does not match its kind's shape."""
+
+
+class _Event(EventBridgeModel):
+    # Chalice's test client sends "version": 0 as a number; AWS sends the string "0".
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+
+class _Detail(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+
+class StateChangeDetail(_Detail):
+    instance_id: str = Field(alias="instance-id", pattern=r"^i-[0-9a-f]+$")
+    state: str
+
+
+class StateChangeEvent(_Event):
+    source: Literal["aws.ec2"]
+    detail_type: Literal["EC2 Instance State-change Notification"] = Field(alias="detail-type")
+    detail: StateChangeDetail
+
+
+class SpotDetail(_Detail):
+    instance_id: str = Field(alias="instance-id", pattern=r"^i-[0-9a-f]+$")
+    instance_action: str = Field(alias="instance-action")
+
+
+class SpotInterruptionEvent(_Event):
+    source: Literal["aws.ec2"]
+    detail_type: Literal["EC2 Spot Instance Interruption Warning"] = Field(alias="detail-type")
+    detail: SpotDetail
+
+
+class TagChangeDetail(_Detail):
+    changed_tag_keys: list[str] = Field(default_factory=list, alias="changed-tag-keys")
+    service: Literal["ec2"]
+    resource_type: Literal["instance"] = Field(alias="resource-type")
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class TagChangeEvent(_Event):
+    source: Literal["aws.tag"]
+    detail_type: Literal["Tag Change on Resource"] = Field(alias="detail-type")
+    detail: TagChangeDetail
+
+
+class LifecycleDetail(_Detail):
+    instance_id: str = Field(alias="EC2InstanceId", pattern=r"^i-[0-9a-f]+$")
+    transition: str = Field(alias="LifecycleTransition")
+    group_name: str = Field(alias="AutoScalingGroupName")
+
+
+class LifecycleEvent(_Event):
+    source: Literal["aws.autoscaling"]
+    detail_type: Literal["EC2 Instance-terminate Lifecycle Action"] = Field(alias="detail-type")
+    detail: LifecycleDetail
+
+
+MODELS: dict[tuple[str, str], type[_Event]] = {
+    ("aws.ec2", "EC2 Instance State-change Notification"): StateChangeEvent,
+    ("aws.ec2", "EC2 Spot Instance Interruption Warning"): SpotInterruptionEvent,
+    ("aws.tag", "Tag Change on Resource"): TagChangeEvent,
+    ("aws.autoscaling", "EC2 Instance-terminate Lifecycle Action"): LifecycleEvent,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """What an event asks for: look at this instance again, and maybe drain it first."""
+
+    kind: str
+    account: str
+    region: str
+    instance_id: str
+    drain: bool
+    event_id: str
+
+
+def parse_event(raw: Any) -> Trigger:
+    """The trigger of one of the four supported events; `UnsupportedEvent` for anything else."""
+    if not isinstance(raw, dict):
+        raise UnsupportedEvent("an event must be a JSON object")
+    model = MODELS.get((str(raw.get("source")), str(raw.get("detail-type"))))
+    if model is None:
+        raise UnsupportedEvent(
+            f"unsupported event: source={raw.get('source')!r} detail-type={raw.get('detail-type')!r}"
+        )
+    try:
+        event: Any = parse(event=raw, model=model)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise UnsupportedEvent(f"malformed {model.__name__}: {where}: {first['msg']}") from None
+    if isinstance(event, TagChangeEvent):
+        ids = [match.group(1) for arn in event.resources if (match := INSTANCE_ARN.match(arn))]
+        if not ids:
+            raise UnsupportedEvent("tag change event names no EC2 instance in resources")
+        instance_id = ids[0]
+    else:
+        instance_id = event.detail.instance_id
+    drain = isinstance(event, SpotInterruptionEvent | LifecycleEvent)
+    return Trigger(model.__name__, event.account, event.region, instance_id, drain, event.id)
+
+
+@dataclass
+class EventSummary:
+    kind: str = ""
+    instance_id: str = ""
+    upstreams: int = 0
+    groups: int = 0
+    changed: int = 0
+    conflicts: int = 0
+    errors: int = 0
+    ignored: str | None = None
+    aws_calls: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if value is not None}
+
+
+class AccountResolver:
+    """The account an upstream's credentials look into: its role's, else who the keys are (cached)."""
+
+    def __init__(self, resolver: CredentialResolver, factory: aws.ClientFactory) -> None:
+        self._resolver = resolver
+        self._factory = factory
+        self._accounts: dict[Credentials, str] = {}
+
+    def account(self, credentials: Credentials) -> str:
+        if credentials.account:
+            return credentials.account
+        if credentials not in self._accounts:
+            sts = self._factory.client("sts", credentials=self._resolver.client_args(credentials))
+            self._accounts[credentials] = str(sts.get_caller_identity()["Account"])
+        return self._accounts[credentials]
+
+
+def affected_groups(
+    entries: list[StoredUpstream], trigger: Trigger, accounts: Callable[[Credentials], str]
+) -> dict[GroupKey, list[StoredUpstream]]:
+    """The upstreams whose credentials and region could see the event's instance, by group."""
+    groups: dict[GroupKey, list[StoredUpstream]] = defaultdict(list)
+    for entry in entries:
+        upstream = entry.upstream
+        if upstream is None or upstream.ec2.region != trigger.region:
+            continue
+        try:
+            account = accounts(upstream.credentials)
+        except Exception as err:  # noqa: BLE001 - one unknown account must not stop the others
+            logger.warning(
+                "cannot tell the account of an upstream's credentials",
+                extra={"upstream": upstream.key, "error": str(err)},
+            )
+            continue
+        if account == trigger.account:
+            groups[upstream.group].append(entry)
+    return groups
+
+
+def membership(upstream: Upstream, instance: Instance | None, draining: frozenset[str]) -> Endpoint | None:
+    """The instance's endpoint in this upstream now, or None if it is not (or no longer) one."""
+    if instance is None or instance.state != "running":
+        return None
+    if not Matcher.compile(upstream.ec2.filters).matches(instance.tags):
+        return None
+    return endpoint_of(upstream, instance, draining)
+
+
+def update_one(store: Store, entry: StoredUpstream, instance_id: str, endpoint: Endpoint | None) -> tuple[bool, int]:
+    """Apply one instance's membership to an upstream's stored set; (changed, conflicts)."""
+    upstream = entry.upstream
+    assert upstream is not None
+    for conflicts in range(WRITE_ATTEMPTS):  # each further round follows another writer's newer set
+        current = store.get_endpoint_set(upstream.namespace, upstream.name)
+        if current is None:
+            return False, conflicts  # never scanned: the next full scan builds the whole set
+        kept = [e for e in current.endpoints if e.instance_id != instance_id]
+        wanted = EndpointSet.build(
+            upstream.namespace, upstream.name, current.region, kept + ([endpoint] if endpoint else [])
+        )
+        if wanted.version == current.version:
+            return False, conflicts
+        if store.put_endpoint_set(wanted, current.version):
+            if entry.status.endpoints != len(wanted.endpoints):
+                store.put_status(
+                    upstream.namespace, upstream.name, replace(entry.status, endpoints=len(wanted.endpoints))
+                )
+            return True, conflicts
+    raise RuntimeError(f"could not update {upstream.key} after {WRITE_ATTEMPTS} conflicting writes")
+
+
+def handle(
+    raw: Any,
+    store: Store,
+    lister: InstanceLister,
+    accounts: Callable[[Credentials], str],
+    clock: Callable[[], datetime],
+) -> EventSummary:
+    """Deliver one EventBridge event: the same code runs in Lambda and in `cli event`."""
+    summary = EventSummary()
+    with aws.counting() as counter:
+        try:
+            trigger = parse_event(raw)
+        except UnsupportedEvent as err:
+            logger.warning("event ignored", extra={"reason": str(err)})
+            count("EventsRejected")
+            summary.ignored = str(err)
+            return summary
+        summary.kind, summary.instance_id = trigger.kind, trigger.instance_id
+        now = clock()
+        if trigger.drain:
+            until = iso(now + timedelta(seconds=settings().draining_ttl_seconds))
+            store.mark_draining(trigger.instance_id, until)
+        draining = active_draining(store.get_draining(), iso(now))
+        groups = affected_groups(store.list_upstreams(), trigger, accounts)
+        if not groups:
+            logger.debug(
+                "no upstream covers this instance's account and region",
+                extra={"account": trigger.account, "region": trigger.region},
+            )
+            summary.ignored = f"no upstream covers account {trigger.account} in {trigger.region}"
+        summary.groups = len(groups)
+        for group, members in groups.items():
+            try:
+                found = lister.describe(group.credentials, group.region, [trigger.instance_id])
+            except DiscoveryError as err:
+                summary.errors += 1
+                logger.warning(
+                    "describing the event's instance failed; the next scan retries",
+                    extra={"group": str(group), "error_code": err.code, "reason": str(err)},
+                )
+                count_with("DiscoveryErrors", 1, {"group": str(group), "code": err.code})
+                continue
+            instance = found[0] if found else None
+            for entry in members:
+                assert entry.upstream is not None
+                summary.upstreams += 1
+                changed, conflicts = update_one(
+                    store, entry, trigger.instance_id, membership(entry.upstream, instance, draining)
+                )
+                summary.changed += changed
+                summary.conflicts += conflicts
+    summary.aws_calls = counter.as_dict()
+    logger.info("event handled", extra={"summary": summary.as_dict(), "event_id": raw.get("id")})
+    count("EventsHandled")
+    return summary
+
+
+def deliver(raw: Any) -> dict[str, Any]:
+    """The Lambda entry point (and `cli event`): handle with the process-wide dependencies."""
+    from . import runtime
+
+    return handle(raw, runtime.store(), runtime.inventory(), runtime.accounts().account, runtime.now).as_dict()
