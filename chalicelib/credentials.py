@@ -64,7 +64,7 @@ def error_code(err: BaseException) -> str:
             return str(seen.response.get("Error", {}).get("Code", "ClientError"))
         if isinstance(seen, CredentialsError):
             return seen.code
-        seen = seen.__cause__
+        seen = seen.__cause__ or seen.__context__  # Powertools re-raises without `from`
     return type(err).__name__
 
 

@@ -119,7 +119,7 @@ def apply_group(
     members: list[Upstream],
     instances: list[Instance],
     entries: dict[str, StoredUpstream],
-    versions: dict[str, str],
+    digests: dict[str, str],
     summary: ScanSummary,
     draining: frozenset[str] = frozenset(),
 ) -> None:
@@ -127,10 +127,10 @@ def apply_group(
     for key, (endpoint_set, derived) in reconcile(members, instances, draining).items():
         entry = entries[key]
         summary.endpoint_counts.append(len(endpoint_set.endpoints))
-        if endpoint_set.version != versions.get(key):
-            if store.put_endpoint_set(endpoint_set, versions.get(key)):
+        if endpoint_set.digest != digests.get(key):
+            if store.put_endpoint_set(endpoint_set, digests.get(key)):
                 summary.changed += 1
-                versions[key] = endpoint_set.version
+                digests[key] = endpoint_set.digest
                 logger.info(
                     "endpoint set changed",
                     extra={"upstream": key, "endpoints": len(endpoint_set.endpoints), "version": endpoint_set.version},
@@ -157,7 +157,7 @@ def full_scan(store: Store, lister: InstanceLister, clock: Callable[[], datetime
                 store.put_status(entry.namespace, entry.name, entry.status)
         groups = group_upstreams([entry.upstream for entry in entries.values() if entry.upstream])
         summary.groups = len(groups)
-        versions = store.endpoint_versions()
+        digests = store.endpoint_digests()
         draining_marks = store.get_draining()
         draining = active_draining(draining_marks, iso(started))
         listings = _list_groups(lister, list(groups))
@@ -171,10 +171,10 @@ def full_scan(store: Store, lister: InstanceLister, clock: Callable[[], datetime
                 continue
             summary.instances += len(listing)
             running.update(instance.instance_id for instance in listing)
-            apply_group(store, members, listing, entries, versions, summary, draining)
+            apply_group(store, members, listing, entries, digests, summary, draining)
             fresh_marks[str(group)] = iso(started)
         _prune_draining(store, draining_marks, draining, running, complete=summary.errors == 0)
-        for key in set(versions) - set(entries):
+        for key in set(digests) - set(entries):
             namespace, _, name = key.partition("/")
             store.delete_endpoint_set(namespace, name)  # its upstream was deleted during a scan
         renewed = {

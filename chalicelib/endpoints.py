@@ -89,18 +89,26 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class EndpointSet:
-    """The endpoints of one upstream, sorted, with a version derived from them."""
+    """The endpoints of one upstream, sorted, with two digests of them.
+
+    `version` covers what Envoy and the JSON route serve (region, address,
+    port, instance, zone, health): it is the EDS `version_info` and the ETag,
+    so it changes exactly when that content changes. `digest` covers every
+    stored field (Prometheus labels, tags included): the store rewrites a set
+    exactly when it changes, and writes are conditional on it.
+    """
 
     namespace: str
     name: str
     region: str
     endpoints: tuple[Endpoint, ...]
     version: str = field(default="")
+    digest: str = field(default="")
 
     @classmethod
     def build(cls, namespace: str, name: str, region: str, endpoints: Iterable[Endpoint]) -> EndpointSet:
         ordered = tuple(sorted(endpoints, key=Endpoint.sort_key))
-        return cls(namespace, name, region, ordered, content_version(region, ordered))
+        return cls(namespace, name, region, ordered, content_version(region, ordered), content_digest(region, ordered))
 
     @property
     def key(self) -> str:
@@ -121,14 +129,19 @@ class EndpointSet:
         }
 
 
-def content_version(region: str, endpoints: Sequence[Endpoint]) -> str:
-    """A short digest of the content: it changes exactly when the content changes."""
-    canonical = json.dumps(
-        {"region": region, "endpoints": [endpoint.record() for endpoint in endpoints]},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+def _digest(region: str, records: list[dict[str, Any]]) -> str:
+    canonical = json.dumps({"region": region, "endpoints": records}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def content_version(region: str, endpoints: Sequence[Endpoint]) -> str:
+    """The served content's digest: it changes exactly when what Envoy and sidecars see changes."""
+    return _digest(region, [endpoint.public() for endpoint in endpoints])
+
+
+def content_digest(region: str, endpoints: Sequence[Endpoint]) -> str:
+    """Every stored field's digest, Prometheus labels included."""
+    return _digest(region, [endpoint.record() for endpoint in endpoints])
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +168,7 @@ def endpoint_of(upstream: Upstream, instance: Instance, draining: frozenset[str]
         instance_type=instance.instance_type,
         vpc_id=instance.vpc_id,
         subnet_id=instance.subnet_id,
-        tags=instance.tags,
+        tags=tuple(sorted(instance.tags)),  # EC2 tags have no order: equal tags, equal version
     )
 
 

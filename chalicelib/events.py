@@ -229,9 +229,9 @@ def update_one(store: Store, entry: StoredUpstream, instance_id: str, endpoint: 
         wanted = EndpointSet.build(
             upstream.namespace, upstream.name, current.region, kept + ([endpoint] if endpoint else [])
         )
-        if wanted.version == current.version:
+        if wanted.digest == current.digest:
             return False, conflicts
-        if store.put_endpoint_set(wanted, current.version):
+        if store.put_endpoint_set(wanted, current.digest):
             if entry.status.endpoints != len(wanted.endpoints):
                 store.put_status(
                     upstream.namespace, upstream.name, replace(entry.status, endpoints=len(wanted.endpoints))

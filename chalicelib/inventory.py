@@ -41,7 +41,7 @@ def to_instance(data: dict[str, Any]) -> Instance:
         zone=data.get("Placement", {}).get("AvailabilityZone", ""),
         private_ip=data.get("PrivateIpAddress") or None,
         public_ip=data.get("PublicIpAddress") or None,
-        tags=tuple((tag["Key"], tag.get("Value", "")) for tag in data.get("Tags", ()) or ()),
+        tags=tuple(sorted((tag["Key"], tag.get("Value", "")) for tag in data.get("Tags", ()) or ())),
         instance_type=data.get("InstanceType"),
         vpc_id=data.get("VpcId"),
         subnet_id=data.get("SubnetId"),
@@ -60,13 +60,14 @@ class Ec2Inventory:
 
     def describe(self, credentials: Credentials, region: str, instance_ids: Iterable[str]) -> list[Instance]:
         ids = sorted(set(instance_ids))
-        return self._describe(credentials, region, InstanceIds=ids) if ids else []
+        # A filter, not InstanceIds: an unknown id must not fail the request for the known ones.
+        return self._describe(credentials, region, Filters=[{"Name": "instance-id", "Values": ids}]) if ids else []
 
     def _describe(self, credentials: Credentials, region: str, **request: Any) -> list[Instance]:
         try:
             client = self._factory.client("ec2", region, self._resolver.client_args(credentials))
             paginator = client.get_paginator("describe_instances")
-            pages = paginator.paginate(**request, PaginationConfig={"PageSize": 1000} if "Filters" in request else {})
+            pages = paginator.paginate(**request, PaginationConfig={"PageSize": 1000})
             return [
                 to_instance(instance)
                 for page in pages
@@ -77,8 +78,6 @@ class Ec2Inventory:
             raise DiscoveryError(str(err), err.code) from err
         except ClientError as err:
             code = error_code(err)
-            if code == "InvalidInstanceID.NotFound":
-                return []
             message = err.response.get("Error", {}).get("Message", "")
             raise DiscoveryError(
                 f"ec2:DescribeInstances in {region} as {credentials.describe()} failed ({code}): {message}", code

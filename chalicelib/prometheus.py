@@ -37,7 +37,9 @@ def target_groups(sets: Iterable[EndpointSet]) -> list[dict[str, Any]]:
                 "__meta_ec2_public_ip": endpoint.public_ip,
                 "__meta_ec2_instance_type": endpoint.instance_type,
                 "__meta_ec2_vpc_id": endpoint.vpc_id,
-                "__meta_ec2_subnet_id": endpoint.subnet_id,
+                "__meta_ec2_primary_subnet_id": endpoint.subnet_id,
+                # ec2_sd lists the subnets of every interface, comma-wrapped for regex relabelling.
+                "__meta_ec2_subnet_id": f",{endpoint.subnet_id}," if endpoint.subnet_id else None,
             }
             labels.update({name: value for name, value in optional.items() if value})
             for key, value in sorted(endpoint.tags):

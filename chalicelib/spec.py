@@ -16,10 +16,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-DNS1123_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
-ROLE_ARN = re.compile(r"^arn:aws(-[a-z]+)*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}$")
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # all patterns: fullmatch
+DNS1123_SUBDOMAIN = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+ROLE_ARN = re.compile(r"arn:aws(-[a-z]+)*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}")
 MAX_DEPTH = 64
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 JSON_TYPES = ("application/json",)
@@ -66,7 +66,7 @@ class ResourceRef(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not DNS1123_SUBDOMAIN.match(value):
+        if not DNS1123_SUBDOMAIN.fullmatch(value):
             raise ValueError("must be a DNS-1123 subdomain (lower case letters, digits, '-' and '.')")
         return value
 
@@ -89,14 +89,14 @@ class AwsEc2Spec(_Strict):
     @field_validator("region")
     @classmethod
     def _region(cls, value: str) -> str:
-        if not REGION.match(value):
+        if not REGION.fullmatch(value):
             raise ValueError("must be an AWS region name such as us-east-1")
         return value
 
     @field_validator("roleArn")
     @classmethod
     def _role(cls, value: str | None) -> str | None:
-        if value is not None and not ROLE_ARN.match(value):
+        if value is not None and not ROLE_ARN.fullmatch(value):
             raise ValueError("must be an IAM role ARN: arn:aws:iam::<12-digit account>:role/<name>")
         return value
 
@@ -111,7 +111,7 @@ class Credentials:
     @property
     def account(self) -> str | None:
         """The account the role lives in, when a role is named."""
-        match = ROLE_ARN.match(self.role_arn or "")
+        match = ROLE_ARN.fullmatch(self.role_arn or "")
         return match.group(2) if match else None
 
     def describe(self) -> str:
@@ -168,13 +168,13 @@ def cluster_name(namespace: str, name: str) -> str:
 def parse_cluster_name(cluster: str) -> tuple[str, str] | None:
     """(namespace, name) of a cluster name, or None when it cannot be one of ours."""
     name, sep, namespace = cluster.rpartition("_")
-    if not sep or not DNS1123_LABEL.match(name) or not DNS1123_LABEL.match(namespace):
+    if not sep or not DNS1123_LABEL.fullmatch(name) or not DNS1123_LABEL.fullmatch(namespace):
         return None
     return namespace, name
 
 
 def _label(value: str) -> str:
-    if not DNS1123_LABEL.match(value):
+    if not DNS1123_LABEL.fullmatch(value):
         raise ValueError("must be a DNS-1123 label: at most 63 lower case letters, digits and '-'")
     return value
 
@@ -202,7 +202,9 @@ def _expect_mapping(value: Any, field: str) -> dict[str, Any]:
 
 def parse_upstream(document: Any, namespace: str | None = None, name: str | None = None) -> Upstream:
     """Validate a Gloo Upstream document; `namespace`/`name` come from the URL when given."""
-    doc = _expect_mapping(document, "(document)")
+    if not isinstance(document, dict):
+        raise SpecError("the document must be a mapping (a Gloo Upstream)")
+    doc = document
     if doc.get("apiVersion", "gloo.solo.io/v1") != "gloo.solo.io/v1":
         raise SpecError("apiVersion must be gloo.solo.io/v1", "apiVersion")
     if doc.get("kind", "Upstream") != "Upstream":
@@ -239,7 +241,8 @@ def parse_upstream(document: Any, namespace: str | None = None, name: str | None
         raise SpecError(f"{prefix} is required: this is not an EC2 upstream", prefix)
     _expect_mapping(block, prefix)
     try:
-        ec2 = AwsEc2Spec.model_validate(block)
+        # As in Gloo (proto JSON), an explicit null means the field's default.
+        ec2 = AwsEc2Spec.model_validate({key: value for key, value in block.items() if value is not None})
     except ValidationError as err:
         first = err.errors()[0]
         field = _path(prefix, tuple(part for part in first["loc"] if part != "tagged-union"))
@@ -271,7 +274,8 @@ class _SafeLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(None, None, "YAML aliases are not accepted", event.start_mark)
-        self._depth += 1
+        nested = self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent)
+        self._depth += nested
         if self._depth > MAX_DEPTH:
             raise yaml.composer.ComposerError(
                 None, None, f"nesting deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
@@ -279,7 +283,23 @@ class _SafeLoader(yaml.SafeLoader):
         try:
             return super().compose_node(parent, index)
         finally:
-            self._depth -= 1
+            self._depth -= nested
+
+
+def _no_duplicate_keys(loader: _SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """A key given twice is a typo waiting to happen (which `port:` wins?): refuse it."""
+    seen: set[str] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            continue
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_SafeLoader.add_constructor("tag:yaml.org,2002:map", _no_duplicate_keys)
 
 
 def _check_depth(value: Any, depth: int = 0) -> None:
@@ -326,11 +346,18 @@ def _yaml_message(err: yaml.YAMLError) -> str:
     return " ".join(str(err).split())
 
 
-def _check_json_safe(value: Any) -> None:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        raise SpecError("the YAML holds values JSON cannot represent (binary or non-string keys)") from None
+def _check_json_safe(value: Any, path: str = "") -> None:
+    """YAML can say more than JSON: refuse binary values and keys that are not strings."""
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if not isinstance(key, str):
+                raise SpecError(f"mapping keys must be strings, got {key!r}", path or None)
+            _check_json_safe(child, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            _check_json_safe(child, f"{path}[{index}]")
+    elif not isinstance(value, str | int | float | bool | type(None)):
+        raise SpecError(f"{type(value).__name__} values are not accepted (JSON cannot hold them)", path or None)
 
 
 def load_one(body: bytes | str, content_type: str | None, max_bytes: int) -> Any:

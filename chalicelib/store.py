@@ -2,14 +2,15 @@
 
 `Store` is the interface the logic sees, with two implementations: in
 memory (tests, benchmarks) and DynamoDB. Endpoint sets are written with a
-condition on the version the writer last read, so two writers (a scan and
+condition on the digest the writer last read, so two writers (a scan and
 an event) never overwrite each other's newer result unnoticed.
 
 Tables (partition key `id`, a string):
 - upstreams: `namespace/name` -> document (JSON), status, updatedAt; plus one
   item `~scan` holding the last successful listing time of each group.
-- endpoints: `namespace/name` -> namespace, name, region, version, count and
-  `body`, the endpoint records as zlib-compressed JSON.
+- endpoints: `namespace/name` -> namespace, name, region, version and digest
+  (see EndpointSet), count and `body`, the endpoint
+  records as zlib-compressed JSON, continued in chunk items past 350 KB.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .spec import SpecError, Upstream, parse_upstream
 
 SCAN_MARKS_ID = "~scan"
 DRAINING_ID = "~draining"
+CHUNK_BYTES = 350_000  # of compressed endpoint records per item, under DynamoDB's 400 KB item limit
 ACCEPTED, REJECTED, ERROR = "Accepted", "Rejected", "Error"
 
 
@@ -110,9 +112,9 @@ class Store(Protocol):
 
     def list_endpoint_sets(self) -> list[EndpointSet]: ...
 
-    def endpoint_versions(self) -> dict[str, str]: ...
+    def endpoint_digests(self) -> dict[str, str]: ...
 
-    def put_endpoint_set(self, endpoint_set: EndpointSet, expected_version: str | None) -> bool: ...
+    def put_endpoint_set(self, endpoint_set: EndpointSet, expected_digest: str | None) -> bool: ...
 
     def delete_endpoint_set(self, namespace: str, name: str) -> None: ...
 
@@ -199,13 +201,13 @@ class MemoryStore:
     def list_endpoint_sets(self) -> list[EndpointSet]:
         return [self.sets[key] for key in sorted(self.sets)]
 
-    def endpoint_versions(self) -> dict[str, str]:
-        return {key: endpoint_set.version for key, endpoint_set in self.sets.items()}
+    def endpoint_digests(self) -> dict[str, str]:
+        return {key: endpoint_set.digest for key, endpoint_set in self.sets.items()}
 
-    def put_endpoint_set(self, endpoint_set: EndpointSet, expected_version: str | None) -> bool:
+    def put_endpoint_set(self, endpoint_set: EndpointSet, expected_digest: str | None) -> bool:
         with self._lock:
             current = self.sets.get(endpoint_set.key)
-            if (current.version if current else None) != expected_version:
+            if (current.digest if current else None) != expected_digest:
                 return False
             self.writes += 1
             self.sets[endpoint_set.key] = endpoint_set
@@ -313,58 +315,110 @@ class DynamoStore:
                 raise  # deleted meanwhile: nothing to record
 
     # -- endpoint sets ---------------------------------------------------------
+    #
+    # A set's records are compressed into `body`. Past CHUNK_BYTES (DynamoDB
+    # items hold 400 KB at most) the rest goes into chunk items
+    # `{id}#{digest}#{n}`, written before the main item that names them, so
+    # a reader never sees a set whose chunks are missing; the previous
+    # set's chunks are deleted after the switch.
 
-    @staticmethod
-    def _set(item: dict[str, Any]) -> EndpointSet:
+    def _set(self, item: dict[str, Any], chunks: dict[str, bytes] | None = None) -> EndpointSet:
+        body = item["body"]["B"] + b"".join((chunks or {})[key] for key in self._chunk_keys(item))
         return EndpointSet(
             namespace=item["namespace"]["S"],
             name=item["name"]["S"],
             region=item["region"]["S"],
-            endpoints=decode_endpoints(item["body"]["B"]),
+            endpoints=decode_endpoints(body),
             version=item["version"]["S"],
+            digest=item["digest"]["S"],
         )
+
+    @staticmethod
+    def _chunk_keys(item: dict[str, Any]) -> list[str]:
+        count = int(item.get("chunks", {}).get("N", "1"))
+        return [f"{item['id']['S']}#{item['digest']['S']}#{number}" for number in range(1, count)]
+
+    def _read_chunks(self, keys: list[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for start in range(0, len(keys), 100):
+            request = {
+                self.endpoints_table: {
+                    "Keys": [{"id": {"S": key}} for key in keys[start : start + 100]],
+                    "ConsistentRead": True,
+                }
+            }
+            while request:
+                answer = self._db.batch_get_item(RequestItems=request)
+                for item in answer["Responses"].get(self.endpoints_table, ()):
+                    found[item["id"]["S"]] = item["body"]["B"]
+                request = answer.get("UnprocessedKeys") or {}
+        missing = [key for key in keys if key not in found]
+        if missing:
+            raise RuntimeError(f"endpoint set chunks missing: {missing[:3]}")
+        return found
 
     def get_endpoint_set(self, namespace: str, name: str) -> EndpointSet | None:
         answer = self._db.get_item(TableName=self.endpoints_table, Key={"id": {"S": f"{namespace}/{name}"}})
-        return self._set(answer["Item"]) if "Item" in answer else None
+        if "Item" not in answer:
+            return None
+        keys = self._chunk_keys(answer["Item"])
+        return self._set(answer["Item"], self._read_chunks(keys) if keys else None)
 
     def list_endpoint_sets(self) -> list[EndpointSet]:
-        return sorted((self._set(item) for item in self._scan(self.endpoints_table)), key=lambda s: s.key)
+        items = self._scan(self.endpoints_table)
+        chunks = {item["id"]["S"]: item["body"]["B"] for item in items if "#" in item["id"]["S"]}
+        return sorted((self._set(item, chunks) for item in items if "#" not in item["id"]["S"]), key=lambda s: s.key)
 
-    def endpoint_versions(self) -> dict[str, str]:
-        items = self._scan(self.endpoints_table, ProjectionExpression="id, version", ConsistentRead=True)
-        return {item["id"]["S"]: item["version"]["S"] for item in items}
+    def endpoint_digests(self) -> dict[str, str]:
+        items = self._scan(self.endpoints_table, ProjectionExpression="id, digest", ConsistentRead=True)
+        return {item["id"]["S"]: item["digest"]["S"] for item in items if "#" not in item["id"]["S"]}
 
-    def put_endpoint_set(self, endpoint_set: EndpointSet, expected_version: str | None) -> bool:
-        if expected_version is None:
+    def put_endpoint_set(self, endpoint_set: EndpointSet, expected_digest: str | None) -> bool:
+        if expected_digest is None:
             condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(id)"}
         else:
             condition = {
-                "ConditionExpression": "version = :expected",
-                "ExpressionAttributeValues": {":expected": {"S": expected_version}},
+                "ConditionExpression": "digest = :expected",
+                "ExpressionAttributeValues": {":expected": {"S": expected_digest}},
             }
+        body = encode_endpoints(endpoint_set.endpoints)
+        parts = [body[start : start + CHUNK_BYTES] for start in range(0, len(body), CHUNK_BYTES)] or [b""]
+        item = {
+            "id": {"S": endpoint_set.key},
+            "namespace": {"S": endpoint_set.namespace},
+            "name": {"S": endpoint_set.name},
+            "region": {"S": endpoint_set.region},
+            "version": {"S": endpoint_set.version},
+            "digest": {"S": endpoint_set.digest},
+            "count": {"N": str(len(endpoint_set.endpoints))},
+            "chunks": {"N": str(len(parts))},
+            "body": {"B": parts[0]},
+        }
+        chunk_keys = self._chunk_keys(item)
+        for key, part in zip(chunk_keys, parts[1:], strict=True):
+            self._db.put_item(TableName=self.endpoints_table, Item={"id": {"S": key}, "body": {"B": part}})
         try:
-            self._db.put_item(
-                TableName=self.endpoints_table,
-                Item={
-                    "id": {"S": endpoint_set.key},
-                    "namespace": {"S": endpoint_set.namespace},
-                    "name": {"S": endpoint_set.name},
-                    "region": {"S": endpoint_set.region},
-                    "version": {"S": endpoint_set.version},
-                    "count": {"N": str(len(endpoint_set.endpoints))},
-                    "body": {"B": encode_endpoints(endpoint_set.endpoints)},
-                },
-                **condition,
-            )
-            return True
+            answer = self._db.put_item(TableName=self.endpoints_table, Item=item, ReturnValues="ALL_OLD", **condition)
         except ClientError as err:
             if _conditional_failed(err):
+                self._delete_keys(chunk_keys)
                 return False
             raise
+        old = answer.get("Attributes")
+        if old and old["digest"]["S"] != endpoint_set.digest:
+            self._delete_keys(self._chunk_keys(old))
+        return True
 
     def delete_endpoint_set(self, namespace: str, name: str) -> None:
-        self._db.delete_item(TableName=self.endpoints_table, Key={"id": {"S": f"{namespace}/{name}"}})
+        answer = self._db.delete_item(
+            TableName=self.endpoints_table, Key={"id": {"S": f"{namespace}/{name}"}}, ReturnValues="ALL_OLD"
+        )
+        if "Attributes" in answer:
+            self._delete_keys(self._chunk_keys(answer["Attributes"]))
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        for key in keys:
+            self._db.delete_item(TableName=self.endpoints_table, Key={"id": {"S": key}})
 
     # -- scan marks ------------------------------------------------------------
 
