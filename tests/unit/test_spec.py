@@ -901,7 +901,10 @@ def test_loading_raises_only_spec_error(body: str | bytes, content_type: str) ->
 
 
 def test_explicit_nulls_mean_the_defaults_as_in_gloo() -> None:
-    body = "metadata: {name: web, namespace: shop}\nspec:\n  awsEc2:\n    region: us-east-1\n    filters:\n    port:\n    publicIp:\n"
+    body = (
+        "metadata: {name: web, namespace: shop}\n"
+        "spec:\n  awsEc2:\n    region: us-east-1\n    filters:\n    port:\n    publicIp:\n"
+    )
     ec2 = parse_upstream(load_one(body, YAML, MIB)).ec2
     assert (ec2.filters, ec2.port, ec2.publicIp) == ([], 80, False)
 
