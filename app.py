@@ -11,6 +11,11 @@ app = Chalice(app_name="ec2-eds")
 YAML_OR_JSON = ["application/json", "application/yaml", "application/x-yaml", "text/yaml"]
 
 
+def seconds_left(context):
+    """What the invocation has left, for a scan to stop cleanly before its timeout."""
+    return (lambda: context.get_remaining_time_in_millis() / 1000) if context else None
+
+
 def respond(reply: api.Reply) -> Response:
     return Response(body=reply.text(), status_code=reply.status, headers=reply.headers)
 
@@ -57,7 +62,7 @@ def delete_upstream(namespace, name):
 
 @app.route("/scan", methods=["POST"])
 def scan():
-    return respond(api.scan(runtime.store(), runtime.inventory(), runtime.now))
+    return respond(api.scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(app.lambda_context)))
 
 
 @app.route("/endpoints/{namespace}/{name}", methods=["GET"])
@@ -107,4 +112,4 @@ def asg_terminate_lifecycle(event):
 # The rate is a deployment setting: Chalice loads the app with the stage's variables.
 @app.schedule(Rate(int(os.environ.get("SCAN_RATE_MINUTES", "5")), unit=Rate.MINUTES))
 def scheduled_scan(event):
-    return discovery.full_scan(runtime.store(), runtime.inventory(), runtime.now).as_dict()
+    return discovery.full_scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(event.context)).as_dict()

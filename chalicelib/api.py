@@ -123,8 +123,10 @@ def get_endpoints(store: Store, namespace: str, name: str, if_none_match: str | 
     return ok(endpoint_set.public(), headers=headers)
 
 
-def scan(store: Store, lister: InstanceLister, clock: Callable[[], datetime]) -> Reply:
-    return ok(full_scan(store, lister, clock).as_dict())
+def scan(
+    store: Store, lister: InstanceLister, clock: Callable[[], datetime], time_left: Callable[[], float] | None = None
+) -> Reply:
+    return ok(full_scan(store, lister, clock, time_left).as_dict())
 
 
 def discovery_endpoints(store: Store, raw_body: bytes | None) -> Reply:

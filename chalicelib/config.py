@@ -24,6 +24,7 @@ class Settings(BaseModel):
     credentials_refresh_margin_seconds: int = Field(300, ge=0, alias="CREDENTIALS_REFRESH_MARGIN_SECONDS")
     last_scan_resolution_seconds: int = Field(60, ge=0, alias="LAST_SCAN_RESOLUTION_SECONDS")
     draining_ttl_seconds: int = Field(7200, ge=60, alias="DRAINING_TTL_SECONDS")
+    scan_deadline_margin_seconds: float = Field(15.0, ge=0, alias="SCAN_DEADLINE_MARGIN_SECONDS")
     scan_concurrency: int = Field(8, ge=1, le=64, alias="SCAN_CONCURRENCY")
     retry_mode: Literal["standard", "adaptive", "legacy"] = Field("adaptive", alias="AWS_RETRY_MODE")
     max_attempts: int = Field(5, ge=1, le=20, alias="AWS_MAX_ATTEMPTS")

@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from . import aws
 from .config import settings
-from .endpoints import Instance, reconcile
+from .credentials import error_code
+from .endpoints import Derived, EndpointSet, Instance, reconcile
 from .inventory import DiscoveryError, InstanceLister
 from .observability import count, count_with, distribution, logger, record_aws_calls
 from .spec import GroupKey, Upstream
@@ -35,6 +38,7 @@ class ScanSummary:
     errors: int = 0
     conflicts: int = 0
     groups: int = 0
+    deferred: int = 0
     aws_calls: dict[str, int] = field(default_factory=dict)
     endpoint_counts: list[int] = field(default_factory=list)
 
@@ -48,6 +52,7 @@ class ScanSummary:
             "errors": self.errors,
             "groups": self.groups,
             "conflicts": self.conflicts,
+            "deferred": self.deferred,
             "aws_calls": calls,
         }
 
@@ -71,10 +76,26 @@ def group_upstreams(upstreams: list[Upstream]) -> dict[GroupKey, list[Upstream]]
     return groups
 
 
-def _list_groups(lister: InstanceLister, groups: list[GroupKey]) -> dict[GroupKey, list[Instance] | DiscoveryError]:
-    """One listing per group, several at once: AWS latency, not CPU, bounds a scan."""
+class Deferred:
+    """A group not listed because the invocation's time was running out."""
 
-    def one(group: GroupKey) -> list[Instance] | DiscoveryError:
+
+DEFERRED = Deferred()
+
+
+def _list_groups(
+    lister: InstanceLister, groups: list[GroupKey], time_left: Callable[[], float] | None
+) -> dict[GroupKey, list[Instance] | DiscoveryError | Deferred]:
+    """One listing per group, several at once: AWS latency, not CPU, bounds a scan.
+
+    A group whose turn comes when less than SCAN_DEADLINE_MARGIN_SECONDS are
+    left is deferred, so the invocation ends cleanly with what it finished.
+    """
+    margin = settings().scan_deadline_margin_seconds
+
+    def one(group: GroupKey) -> list[Instance] | DiscoveryError | Deferred:
+        if time_left is not None and time_left() < margin:
+            return DEFERRED
         try:
             return lister.list_running(group.credentials, group.region)
         except DiscoveryError as err:
@@ -127,26 +148,55 @@ def apply_group(
     for key, (endpoint_set, derived) in reconcile(members, instances, draining).items():
         entry = entries[key]
         summary.endpoint_counts.append(len(endpoint_set.endpoints))
-        if endpoint_set.digest != digests.get(key):
-            if store.put_endpoint_set(endpoint_set, digests.get(key)):
-                summary.changed += 1
-                digests[key] = endpoint_set.digest
-                logger.info(
-                    "endpoint set changed",
-                    extra={"upstream": key, "endpoints": len(endpoint_set.endpoints), "version": endpoint_set.version},
-                )
-            else:
-                summary.conflicts += 1
-                logger.info(
-                    "endpoint set written by another writer meanwhile; the next scan rechecks", extra={"upstream": key}
-                )
-        status = Status(ACCEPTED, "", len(derived.endpoints), len(derived.skipped))
-        if status != entry.status:
-            store.put_status(entry.namespace, entry.name, status)
+        try:
+            _write(store, entry, endpoint_set, derived, digests, summary)
+        except (ClientError, BotoCoreError) as err:  # one failed write must not stop the others
+            summary.errors += 1
+            logger.error(
+                "storing an endpoint set failed; the next scan retries",
+                extra={"upstream": key, "error_code": error_code(err), "error": str(err)},
+            )
+            count_with("StoreErrors", 1, {"code": error_code(err)})
 
 
-def full_scan(store: Store, lister: InstanceLister, clock: Callable[[], datetime]) -> ScanSummary:
-    """List every group once, recompute every upstream, write what changed."""
+def _write(
+    store: Store,
+    entry: StoredUpstream,
+    endpoint_set: EndpointSet,
+    derived: Derived,
+    digests: dict[str, str],
+    summary: ScanSummary,
+) -> None:
+    key = entry.key
+    if endpoint_set.digest != digests.get(key):
+        if store.put_endpoint_set(endpoint_set, digests.get(key)):
+            summary.changed += 1
+            digests[key] = endpoint_set.digest
+            logger.info(
+                "endpoint set changed",
+                extra={"upstream": key, "endpoints": len(endpoint_set.endpoints), "version": endpoint_set.version},
+            )
+        else:
+            summary.conflicts += 1
+            logger.info(
+                "endpoint set written by another writer meanwhile; the next scan rechecks", extra={"upstream": key}
+            )
+    status = Status(ACCEPTED, "", len(derived.endpoints), len(derived.skipped))
+    if status != entry.status:
+        store.put_status(entry.namespace, entry.name, status)
+
+
+def full_scan(
+    store: Store,
+    lister: InstanceLister,
+    clock: Callable[[], datetime],
+    time_left: Callable[[], float] | None = None,
+) -> ScanSummary:
+    """List every group once, recompute every upstream, write what changed.
+
+    Groups go oldest listing first, so one cut short by `time_left` (seconds
+    the invocation has) leaves the rest to the next run and none starves.
+    """
     summary = ScanSummary()
     with aws.counting() as counter:
         started = clock()
@@ -157,23 +207,31 @@ def full_scan(store: Store, lister: InstanceLister, clock: Callable[[], datetime
                 store.put_status(entry.namespace, entry.name, entry.status)
         groups = group_upstreams([entry.upstream for entry in entries.values() if entry.upstream])
         summary.groups = len(groups)
+        marks = store.get_scan_marks()
         digests = store.endpoint_digests()
         draining_marks = store.get_draining()
         draining = active_draining(draining_marks, iso(started))
-        listings = _list_groups(lister, list(groups))
-        marks = store.get_scan_marks()
+        order = sorted(groups, key=lambda group: marks.get(str(group), ""))
+        listings = _list_groups(lister, order, time_left)
         fresh_marks = dict(marks)
         running: set[str] = set()
-        for group, members in groups.items():
-            listing = listings[group]
-            if isinstance(listing, DiscoveryError):
+        for group in order:
+            listing, members = listings[group], groups[group]
+            if isinstance(listing, Deferred):
+                summary.deferred += 1
+            elif isinstance(listing, DiscoveryError):
                 _record_failure(store, group, members, entries, listing, summary)
-                continue
-            summary.instances += len(listing)
-            running.update(instance.instance_id for instance in listing)
-            apply_group(store, members, listing, entries, digests, summary, draining)
-            fresh_marks[str(group)] = iso(started)
-        _prune_draining(store, draining_marks, draining, running, complete=summary.errors == 0)
+            else:
+                summary.instances += len(listing)
+                running.update(instance.instance_id for instance in listing)
+                apply_group(store, members, listing, entries, digests, summary, draining)
+                fresh_marks[str(group)] = iso(started)
+        if summary.deferred:
+            logger.warning(
+                "scan stopped before its deadline; the next run continues with the groups left",
+                extra={"deferred_groups": summary.deferred},
+            )
+        _prune_draining(store, draining_marks, draining, running, complete=not (summary.errors or summary.deferred))
         for key in set(digests) - set(entries):
             namespace, _, name = key.partition("/")
             store.delete_endpoint_set(namespace, name)  # its upstream was deleted during a scan
