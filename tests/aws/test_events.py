@@ -23,14 +23,18 @@ WRITES = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
 
 
 def upstream(name: str, filters: list[dict[str, Any]], **ec2: Any) -> Any:
-    document = {"metadata": {"name": name, "namespace": "shop"},
-                "spec": {"awsEc2": {"region": "us-east-1", "filters": filters, **ec2}}}
+    document = {
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"awsEc2": {"region": "us-east-1", "filters": filters, **ec2}},
+    }
     return parse_upstream(document)
 
 
 def launch(ec2: Any, tags: dict[str, str]) -> str:
     answer = ec2.run_instances(
-        ImageId="ami-12c6146b", MinCount=1, MaxCount=1,
+        ImageId="ami-12c6146b",
+        MinCount=1,
+        MaxCount=1,
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
     )
     return str(answer["Instances"][0]["InstanceId"])
@@ -183,11 +187,15 @@ def test_interruption_warnings_drain_until_the_instance_stops(fleet: dict[str, s
         health = {t["labels"]["__meta_ec2_instance_id"]: t["labels"]["__meta_ec2eds_health"] for t in targets}
         assert health[fleet["web-1"]] == "DRAINING"
         eds = client.http.post(
-            "/v3/discovery:endpoints", headers={"Content-Type": "application/json"},
+            "/v3/discovery:endpoints",
+            headers={"Content-Type": "application/json"},
             body=json.dumps({"resource_names": ["web_shop"]}),
         ).json_body
-        statuses = {lb["metadata"]["filter_metadata"]["envoy.lb"]["instance_id"]: lb["health_status"]
-                    for locality in eds["resources"][0]["endpoints"] for lb in locality["lb_endpoints"]}
+        statuses = {
+            lb["metadata"]["filter_metadata"]["envoy.lb"]["instance_id"]: lb["health_status"]
+            for locality in eds["resources"][0]["endpoints"]
+            for lb in locality["lb_endpoints"]
+        }
         assert statuses[fleet["web-1"]] == "DRAINING"
     scan()  # a full scan keeps the mark while the instance still runs
     assert members("web")[fleet["web-1"]] == "DRAINING"
@@ -225,8 +233,11 @@ def test_events_of_accounts_no_upstream_covers_are_ignored_without_describing(fl
 def _assumed(role_arn: str) -> dict[str, str]:
     issued = boto3.client("sts", region_name="us-east-1").assume_role(RoleArn=role_arn, RoleSessionName="test")
     keys = issued["Credentials"]
-    return {"aws_access_key_id": keys["AccessKeyId"], "aws_secret_access_key": keys["SecretAccessKey"],
-            "aws_session_token": keys["SessionToken"]}
+    return {
+        "aws_access_key_id": keys["AccessKeyId"],
+        "aws_secret_access_key": keys["SecretAccessKey"],
+        "aws_session_token": keys["SessionToken"],
+    }
 
 
 def test_assumed_credentials_are_reused_across_events(aws: None) -> None:
@@ -315,10 +326,13 @@ def test_the_chalice_handlers_take_the_events(fleet: dict[str, str]) -> None:
     boto3.client("ec2", region_name="us-east-1").stop_instances(InstanceIds=[fleet["web-1"]])
     with Client(app) as client:
         response = client.lambda_.invoke(
-            "ec2_state_change", client.events.generate_cw_event(
-                source="aws.ec2", detail_type="EC2 Instance State-change Notification",
+            "ec2_state_change",
+            client.events.generate_cw_event(
+                source="aws.ec2",
+                detail_type="EC2 Instance State-change Notification",
                 detail={"instance-id": fleet["web-1"], "state": "stopped"},
-                resources=[f"arn:aws:ec2:us-east-1:123456789012:instance/{fleet['web-1']}"], region="us-east-1",
+                resources=[f"arn:aws:ec2:us-east-1:123456789012:instance/{fleet['web-1']}"],
+                region="us-east-1",
             ),
         )
     assert response.payload["changed"] == 2
