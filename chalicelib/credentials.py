@@ -75,7 +75,7 @@ class CredentialResolver:
         self._factory = factory
         self._clock = clock
         self._lock = threading.Lock()
-        self._assumed: dict[tuple[str, str | None], _Assumed] = {}
+        self._assumed: dict[tuple[str, str | None, str | None], _Assumed] = {}
         self._secrets: parameters.SecretsProvider | None = None
 
     def client_args(self, credentials: Credentials) -> dict[str, str]:
@@ -115,7 +115,7 @@ class CredentialResolver:
     def _assume(self, credentials: Credentials, base: dict[str, str]) -> dict[str, str]:
         role_arn = credentials.role_arn
         assert role_arn is not None
-        cache_key = (role_arn, base.get("aws_access_key_id"))
+        cache_key = (role_arn, credentials.external_id, base.get("aws_access_key_id"))
         margin = settings().credentials_refresh_margin_seconds
         with self._lock:
             cached = self._assumed.get(cache_key)
@@ -123,7 +123,8 @@ class CredentialResolver:
             return cached.keys
         sts = self._factory.client("sts", credentials=base)
         try:
-            answer = sts.assume_role(RoleArn=role_arn, RoleSessionName=SESSION_NAME)
+            extra = {"ExternalId": credentials.external_id} if credentials.external_id else {}
+            answer = sts.assume_role(RoleArn=role_arn, RoleSessionName=SESSION_NAME, **extra)
         except ClientError as err:
             code = error_code(err)
             raise CredentialsError(

@@ -85,6 +85,8 @@ class AwsEc2Spec(_Strict):
     port: int = Field(80, ge=1, le=65535)
     secretRef: ResourceRef | None = None
     roleArn: str | None = None
+    # ec2-eds extension: the sts:ExternalId a member account's role trust policy demands.
+    externalId: str | None = Field(None, min_length=2, max_length=1224, pattern=r"^[\w+=,.@:/-]+$")
 
     @field_validator("region")
     @classmethod
@@ -100,6 +102,12 @@ class AwsEc2Spec(_Strict):
             raise ValueError("must be an IAM role ARN: arn:aws:iam::<12-digit account>:role/<name>")
         return value
 
+    @model_validator(mode="after")
+    def _external_id_needs_role(self) -> AwsEc2Spec:
+        if self.externalId is not None and self.roleArn is None:
+            raise ValueError("externalId is only used with roleArn")
+        return self
+
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
@@ -107,6 +115,7 @@ class Credentials:
 
     secret: tuple[str, str] | None = None  # (namespace, name)
     role_arn: str | None = None
+    external_id: str | None = None
 
     @property
     def account(self) -> str | None:
@@ -119,7 +128,7 @@ class Credentials:
         if self.secret:
             parts.append(f"secret {self.secret[0]}/{self.secret[1]}")
         if self.role_arn:
-            parts.append(f"role {self.role_arn}")
+            parts.append(f"role {self.role_arn}" + (" (with an external id)" if self.external_id else ""))
         return " + ".join(parts) or "the function's role"
 
 
@@ -132,7 +141,8 @@ class GroupKey:
 
     def __str__(self) -> str:
         secret = "/".join(self.credentials.secret) if self.credentials.secret else "-"
-        return f"{self.region}|{secret}|{self.credentials.role_arn or '-'}"
+        external = f"|{self.credentials.external_id}" if self.credentials.external_id else ""
+        return f"{self.region}|{secret}|{self.credentials.role_arn or '-'}{external}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +163,11 @@ class Upstream:
     @property
     def credentials(self) -> Credentials:
         ref = self.ec2.secretRef
-        return Credentials(secret=(ref.namespace, ref.name) if ref else None, role_arn=self.ec2.roleArn)
+        return Credentials(
+            secret=(ref.namespace, ref.name) if ref else None,
+            role_arn=self.ec2.roleArn,
+            external_id=self.ec2.externalId,
+        )
 
     @property
     def group(self) -> GroupKey:

@@ -931,3 +931,32 @@ def test_non_string_keys_are_refused_where_they_stand() -> None:
     with pytest.raises(SpecError) as err:
         load_one("spec:\n  awsEc2:\n    region: us-east-1\n    1: x\n", YAML, MIB)
     assert err.value.field == "spec.awsEc2"
+
+
+# --- ec2-eds extension: externalId next to roleArn ------------------------------------------------
+
+ROLE = "arn:aws:iam::111111111111:role/ec2-eds-member"
+
+
+def test_an_external_id_rides_with_the_role_and_splits_the_group() -> None:
+    with_id = parse_upstream(
+        {"spec": {"awsEc2": {"region": "us-east-1", "roleArn": ROLE, "externalId": "tenant-7"}}}, "shop", "a"
+    )
+    without = parse_upstream({"spec": {"awsEc2": {"region": "us-east-1", "roleArn": ROLE}}}, "shop", "b")
+    assert with_id.credentials.external_id == "tenant-7"
+    assert with_id.group != without.group
+    assert "tenant-7" in str(with_id.group)
+
+
+@pytest.mark.parametrize(
+    ("block", "field"),
+    [
+        ({"externalId": "tenant-7"}, "spec.awsEc2"),  # without roleArn it would be ignored: refuse it
+        ({"roleArn": ROLE, "externalId": "x"}, "spec.awsEc2.externalId"),
+        ({"roleArn": ROLE, "externalId": "has space"}, "spec.awsEc2.externalId"),
+    ],
+)
+def test_bad_external_ids_are_refused(block: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_upstream({"spec": {"awsEc2": {"region": "us-east-1", **block}}}, "shop", "web")
+    assert err.value.field == field
