@@ -2,13 +2,18 @@
 
 import os
 
-from chalice import Chalice, Rate, Response
+from chalice import Chalice, IAMAuthorizer, Rate, Response
 
 from chalicelib import api, discovery, events, runtime
 from chalicelib.observability import flush, logger
 
 app = Chalice(app_name="ec2-eds")
 YAML_OR_JSON = ["application/json", "application/yaml", "application/x-yaml", "text/yaml"]
+# Deployed, admin routes need IAM (SigV4) auth; so do the read routes unless the stage says
+# READ_ROUTES_AUTH=none. The EDS route has none: Envoy cannot sign, so it is reached through a
+# private API or a custom domain (docs/DEPLOY.md). `chalice local` does not enforce IAM auth.
+ADMIN = IAMAuthorizer()
+READ = None if os.environ.get("READ_ROUTES_AUTH", "iam") == "none" else ADMIN
 
 
 def seconds_left(context):
@@ -35,12 +40,12 @@ def healthz():
     return {"status": "ok"}
 
 
-@app.route("/upstreams", methods=["GET"])
+@app.route("/upstreams", methods=["GET"], authorizer=ADMIN)
 def list_upstreams():
     return respond(api.list_upstreams(runtime.store()))
 
 
-@app.route("/upstreams/{namespace}/{name}", methods=["PUT"], content_types=YAML_OR_JSON)
+@app.route("/upstreams/{namespace}/{name}", methods=["PUT"], content_types=YAML_OR_JSON, authorizer=ADMIN)
 def put_upstream(namespace, name):
     request = app.current_request
     return respond(
@@ -50,22 +55,22 @@ def put_upstream(namespace, name):
     )
 
 
-@app.route("/upstreams/{namespace}/{name}", methods=["GET"])
+@app.route("/upstreams/{namespace}/{name}", methods=["GET"], authorizer=ADMIN)
 def get_upstream(namespace, name):
     return respond(api.get_upstream(runtime.store(), namespace, name))
 
 
-@app.route("/upstreams/{namespace}/{name}", methods=["DELETE"])
+@app.route("/upstreams/{namespace}/{name}", methods=["DELETE"], authorizer=ADMIN)
 def delete_upstream(namespace, name):
     return respond(api.delete_upstream(runtime.store(), namespace, name))
 
 
-@app.route("/scan", methods=["POST"])
+@app.route("/scan", methods=["POST"], authorizer=ADMIN)
 def scan():
     return respond(api.scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(app.lambda_context)))
 
 
-@app.route("/endpoints/{namespace}/{name}", methods=["GET"])
+@app.route("/endpoints/{namespace}/{name}", methods=["GET"], authorizer=READ)
 def get_endpoints(namespace, name):
     if_none_match = app.current_request.headers.get("if-none-match")
     return respond(api.get_endpoints(runtime.store(), namespace, name, if_none_match))
@@ -76,7 +81,7 @@ def envoy_eds():
     return respond(api.discovery_endpoints(runtime.store(), app.current_request.raw_body))
 
 
-@app.route("/prometheus/targets", methods=["GET"])
+@app.route("/prometheus/targets", methods=["GET"], authorizer=READ)
 def prometheus_targets():
     params = app.current_request.query_params or {}
     return respond(api.prometheus_targets(runtime.store(), params.get("namespace"), params.get("name")))
