@@ -181,7 +181,14 @@ def _write(
             logger.info(
                 "endpoint set written by another writer meanwhile; the next scan rechecks", extra={"upstream": key}
             )
-    status = Status(ACCEPTED, "", len(derived.endpoints), len(derived.skipped))
+    status = Status(
+        ACCEPTED,
+        "",
+        len(derived.endpoints),
+        len(derived.skipped),
+        port_fallbacks=derived.port_fallbacks,
+        weight_fallbacks=derived.weight_fallbacks,
+    )
     if status != entry.status:
         store.put_status(entry.namespace, entry.name, status)
 

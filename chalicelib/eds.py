@@ -80,13 +80,17 @@ def assignment(cluster: str, endpoint_set: EndpointSet | None) -> dict[str, Any]
         return cla
     localities: dict[str, list[dict[str, Any]]] = {}
     for endpoint in endpoint_set.endpoints:
-        localities.setdefault(endpoint.zone, []).append(
-            {
-                "endpoint": {"address": {"socket_address": {"address": endpoint.address, "port_value": endpoint.port}}},
-                "health_status": endpoint.health,
-                "metadata": {"filter_metadata": {"envoy.lb": {"instance_id": endpoint.instance_id}}},
-            }
-        )
+        lb_endpoint: dict[str, Any] = {
+            "endpoint": {"address": {"socket_address": {"address": endpoint.address, "port_value": endpoint.port}}},
+            "health_status": endpoint.health,
+            # Subset metadata from `metadataTags`, for Envoy's subset load balancer.
+            "metadata": {
+                "filter_metadata": {"envoy.lb": {**dict(endpoint.metadata), "instance_id": endpoint.instance_id}}
+            },
+        }
+        if endpoint.weight != 1:
+            lb_endpoint["load_balancing_weight"] = endpoint.weight
+        localities.setdefault(endpoint.zone, []).append(lb_endpoint)
     cla["endpoints"] = [
         {"locality": {"region": endpoint_set.region, "zone": zone}, "lb_endpoints": lb_endpoints}
         for zone, lb_endpoints in sorted(localities.items())

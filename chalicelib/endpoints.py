@@ -52,6 +52,8 @@ class Endpoint:
     vpc_id: str | None = None
     subnet_id: str | None = None
     tags: tuple[tuple[str, str], ...] = ()
+    weight: int = 1
+    metadata: tuple[tuple[str, str], ...] = ()  # subset metadata from `metadataTags`
 
     def sort_key(self) -> tuple[Any, ...]:
         try:
@@ -62,13 +64,18 @@ class Endpoint:
 
     def public(self) -> dict[str, Any]:
         """The entry of `GET /endpoints`, as DESIGN.md gives it."""
-        return {
+        data: dict[str, Any] = {
             "address": self.address,
             "port": self.port,
             "instance_id": self.instance_id,
             "zone": self.zone,
             "health": self.health,
         }
+        if self.weight != 1:  # extensions appear only when an upstream uses them
+            data["weight"] = self.weight
+        if self.metadata:
+            data["metadata"] = dict(self.metadata)
+        return data
 
     def record(self) -> dict[str, Any]:
         """Everything, for storage; `from_record` reads it back."""
@@ -84,7 +91,8 @@ class Endpoint:
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> Endpoint:
         tags = tuple((str(key), str(value)) for key, value in data.get("tags", ()))
-        return cls(**{**data, "port": int(data["port"]), "tags": tags})
+        metadata = tuple(sorted((str(key), str(value)) for key, value in data.get("metadata", {}).items()))
+        return cls(**{**data, "port": int(data["port"]), "tags": tags, "metadata": metadata})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +100,7 @@ class EndpointSet:
     """The endpoints of one upstream, sorted, with two digests of them.
 
     `version` covers what Envoy and the JSON route serve (region, address,
-    port, instance, zone, health): it is the EDS `version_info` and the ETag,
+    port, instance, zone, health, weight, subset metadata): it is the EDS `version_info` and the ETag,
     so it changes exactly when that content changes. `digest` covers every
     stored field (Prometheus labels, tags included): the store rewrites a set
     exactly when it changes, and writes are conditional on it.
@@ -124,6 +132,7 @@ class EndpointSet:
             "cluster_name": self.cluster_name,
             "namespace": self.namespace,
             "name": self.name,
+            "region": self.region,
             "version": self.version,
             "endpoints": [endpoint.public() for endpoint in self.endpoints],
         }
@@ -150,16 +159,42 @@ class Derived:
 
     endpoints: tuple[Endpoint, ...]
     skipped: tuple[str, ...]
+    port_fallbacks: int = 0  # instances whose `portTag` was missing or invalid
+    weight_fallbacks: int = 0  # instances whose `weightTag` was missing or invalid
 
 
-def endpoint_of(upstream: Upstream, instance: Instance, draining: frozenset[str] = frozenset()) -> Endpoint | None:
-    """The endpoint an instance gives an upstream, or None without the chosen address."""
-    address = instance.public_ip if upstream.ec2.publicIp else instance.private_ip
-    if not address:
+MAX_WEIGHT = 10_000  # Envoy sums weights per locality into 32 bits: keep far below that
+
+
+def tag_value(tags: Sequence[tuple[str, str]], key: str) -> str | None:
+    """A tag's value by key, the exact key first, else without regard to case (as filters match)."""
+    low = key.lower()
+    exact = [value for tag, value in tags if tag == key]
+    loose = [value for tag, value in sorted(tags) if tag.lower() == low]
+    found = exact or loose
+    return found[0] if found else None
+
+
+def _number_from_tag(tags: Sequence[tuple[str, str]], key: str | None, low: int, high: int) -> int | None:
+    """The tag's value as an integer in [low, high], None when missing or invalid."""
+    if key is None:
         return None
-    return Endpoint(
+    value = (tag_value(tags, key) or "").strip()
+    return int(value) if value.isdigit() and low <= int(value) <= high else None
+
+
+def _endpoint(upstream: Upstream, instance: Instance, draining: frozenset[str]) -> tuple[Endpoint | None, bool, bool]:
+    """The endpoint, and whether its port and weight fell back from their tags."""
+    spec = upstream.ec2
+    address = instance.public_ip if spec.publicIp else instance.private_ip
+    if not address:
+        return None, False, False
+    port = _number_from_tag(instance.tags, spec.portTag, 1, 65535)
+    weight = _number_from_tag(instance.tags, spec.weightTag, 1, MAX_WEIGHT)
+    metadata = [(key, tag_value(instance.tags, key)) for key in spec.metadataTags]
+    endpoint = Endpoint(
         address=address,
-        port=upstream.ec2.port,
+        port=port or spec.port,
         instance_id=instance.instance_id,
         zone=instance.zone,
         health=DRAINING if instance.instance_id in draining else HEALTHY,
@@ -169,22 +204,33 @@ def endpoint_of(upstream: Upstream, instance: Instance, draining: frozenset[str]
         vpc_id=instance.vpc_id,
         subnet_id=instance.subnet_id,
         tags=tuple(sorted(instance.tags)),  # EC2 tags have no order: equal tags, equal version
+        weight=weight or 1,
+        metadata=tuple(sorted((key, value) for key, value in metadata if value is not None)),
     )
+    return endpoint, spec.portTag is not None and port is None, spec.weightTag is not None and weight is None
+
+
+def endpoint_of(upstream: Upstream, instance: Instance, draining: frozenset[str] = frozenset()) -> Endpoint | None:
+    """The endpoint an instance gives an upstream, or None without the chosen address."""
+    return _endpoint(upstream, instance, draining)[0]
 
 
 def derive(upstream: Upstream, matching: Iterable[Instance], draining: frozenset[str] = frozenset()) -> Derived:
     """Endpoints of the running instances among those that matched the upstream's filters."""
     endpoints: list[Endpoint] = []
     skipped: list[str] = []
+    port_fallbacks = weight_fallbacks = 0
     for instance in matching:
         if instance.state != RUNNING:
             continue
-        endpoint = endpoint_of(upstream, instance, draining)
+        endpoint, port_fell_back, weight_fell_back = _endpoint(upstream, instance, draining)
         if endpoint is None:
             skipped.append(instance.instance_id)
-        else:
-            endpoints.append(endpoint)
-    return Derived(tuple(endpoints), tuple(skipped))
+            continue
+        endpoints.append(endpoint)
+        port_fallbacks += port_fell_back
+        weight_fallbacks += weight_fell_back
+    return Derived(tuple(endpoints), tuple(skipped), port_fallbacks, weight_fallbacks)
 
 
 def reconcile(

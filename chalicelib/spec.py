@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -39,6 +39,9 @@ class SpecError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+TagKey = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class KvPair(_Strict):
@@ -85,8 +88,15 @@ class AwsEc2Spec(_Strict):
     port: int = Field(80, ge=1, le=65535)
     secretRef: ResourceRef | None = None
     roleArn: str | None = None
-    # ec2-eds extension: the sts:ExternalId a member account's role trust policy demands.
+    # ec2-eds extensions, all optional, so Gloo documents keep working unchanged:
+    # the sts:ExternalId a member account's role trust policy demands;
     externalId: str | None = Field(None, min_length=2, max_length=1224, pattern=r"^[\w+=,.@:/-]+$")
+    # a named account (PUT /accounts/{name}) instead of a raw roleArn;
+    account: str | None = None
+    # an instance's port, weight and subset metadata from its tags.
+    portTag: TagKey | None = None
+    weightTag: TagKey | None = None
+    metadataTags: list[TagKey] = Field(default_factory=list, max_length=20)
 
     @field_validator("region")
     @classmethod
@@ -102,10 +112,17 @@ class AwsEc2Spec(_Strict):
             raise ValueError("must be an IAM role ARN: arn:aws:iam::<12-digit account>:role/<name>")
         return value
 
+    @field_validator("account")
+    @classmethod
+    def _account(cls, value: str | None) -> str | None:
+        return None if value is None else _label(value)
+
     @model_validator(mode="after")
-    def _external_id_needs_role(self) -> AwsEc2Spec:
+    def _credentials_are_consistent(self) -> AwsEc2Spec:
+        if self.account is not None and self.roleArn is not None:
+            raise ValueError("give either account or roleArn, not both")
         if self.externalId is not None and self.roleArn is None:
-            raise ValueError("externalId is only used with roleArn")
+            raise ValueError("externalId is only used with roleArn (an account carries its own)")
         return self
 
 

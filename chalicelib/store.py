@@ -41,6 +41,8 @@ class Status:
     endpoints: int = 0
     skipped: int = 0
     code: str | None = None
+    port_fallbacks: int = 0
+    weight_fallbacks: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -51,6 +53,10 @@ class Status:
         }
         if self.code:
             data["code"] = self.code
+        if self.port_fallbacks:
+            data["portFallbacks"] = self.port_fallbacks
+        if self.weight_fallbacks:
+            data["weightFallbacks"] = self.weight_fallbacks
         return data
 
     @classmethod
@@ -63,6 +69,8 @@ class Status:
             endpoints=int(data.get("endpoints", 0)),
             skipped=int(data.get("skipped", 0)),
             code=data.get("code"),
+            port_fallbacks=int(data.get("portFallbacks", 0)),
+            weight_fallbacks=int(data.get("weightFallbacks", 0)),
         )
 
 

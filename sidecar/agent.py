@@ -96,7 +96,7 @@ class Config:
     interval: float = DEFAULT_INTERVAL
     timeout: float = DEFAULT_TIMEOUT
     backoff_max: float = DEFAULT_BACKOFF_MAX
-    region: str | None = None  # locality.region of every endpoint; omitted when None
+    region: str | None = None  # locality.region of every endpoint; default: the `region` the API serves
     sigv4_region: str | None = None  # sign requests (API Gateway IAM auth) when set
     sigv4_service: str = "execute-api"
 
@@ -177,10 +177,23 @@ def to_discovery_response(body: Any, region: str | None = None, expect: Upstream
             "endpoint": {"address": {"socket_address": {"address": address, "port_value": port}}},
             "health_status": health,
         }
-        if instance_id:
-            lb_endpoint["metadata"] = {"filter_metadata": {"envoy.lb": {"instance_id": instance_id}}}
+        weight = entry.get("weight", 1)
+        if not isinstance(weight, int) or isinstance(weight, bool) or weight < 1:
+            raise ShapeError(f"{where}weight: {weight!r} is not a positive integer")
+        if weight != 1:
+            lb_endpoint["load_balancing_weight"] = weight
+        metadata = entry.get("metadata", {})
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise ShapeError(f"{where}metadata: expected an object of strings")
+        subset = {**metadata, "instance_id": instance_id} if instance_id else dict(metadata)
+        if subset:
+            lb_endpoint["metadata"] = {"filter_metadata": {"envoy.lb": subset}}
         zones.setdefault(zone, []).append(lb_endpoint)
 
+    served_region = body.get("region")
+    if served_region is not None and not isinstance(served_region, str):
+        raise ShapeError("region: expected a string")
+    region = region or served_region or None
     localities = []
     for zone in sorted(zones):
         locality: dict[str, str] = {}
@@ -557,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backoff-max", type=float, help=f"cap of the error backoff in seconds ({DEFAULT_BACKOFF_MAX:g})"
     )
-    parser.add_argument("--region", help="locality.region of every endpoint (default: none)")
+    parser.add_argument("--region", help="locality.region of every endpoint (default: the region the API serves)")
     parser.add_argument("--sigv4-region", help="sign requests with SigV4 for this region (API Gateway IAM auth)")
     parser.add_argument("--sigv4-service", help="SigV4 service name (execute-api)")
     parser.add_argument("--once", action="store_true", help="one pass, exit 0 if every upstream succeeded, else 1")

@@ -332,6 +332,7 @@ def test_endpoint_set_public_shape() -> None:
         "cluster_name": "ec2-demo-upstream_gloo-system",
         "namespace": "gloo-system",
         "name": "ec2-demo-upstream",
+        "region": "us-east-1",
         "version": built.version,
         "endpoints": [
             {"address": "54.1.2.3", "port": 80, "instance_id": "i-0abc", "zone": "us-east-1a", "health": "HEALTHY"}
