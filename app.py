@@ -65,6 +65,27 @@ def delete_upstream(namespace, name):
     return respond(api.delete_upstream(runtime.store(), namespace, name))
 
 
+@app.route("/accounts", methods=["GET"], authorizer=ADMIN)
+def list_accounts():
+    return respond(api.list_accounts(runtime.store()))
+
+
+@app.route("/accounts/{name}", methods=["PUT"], content_types=YAML_OR_JSON, authorizer=ADMIN)
+def put_account(name):
+    request = app.current_request
+    return respond(api.put_account(runtime.store(), name, request.raw_body, request.headers.get("content-type")))
+
+
+@app.route("/accounts/{name}", methods=["GET"], authorizer=ADMIN)
+def get_account(name):
+    return respond(api.get_account(runtime.store(), name))
+
+
+@app.route("/accounts/{name}", methods=["DELETE"], authorizer=ADMIN)
+def delete_account(name):
+    return respond(api.delete_account(runtime.store(), name))
+
+
 @app.route("/scan", methods=["POST"], authorizer=ADMIN)
 def scan():
     return respond(api.scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(app.lambda_context)))

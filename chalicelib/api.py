@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from . import eds, prometheus
+from .accounts import parse_account
 from .config import settings
 from .discovery import full_scan, iso, last_scan
 from .inventory import InstanceLister
@@ -156,3 +157,37 @@ def prometheus_targets(store: Store, namespace: str | None, name: str | None) ->
             if (not namespace or endpoint_set.namespace == namespace) and (not name or endpoint_set.name == name)
         ]
     return ok(prometheus.target_groups(sets))
+
+
+# --- named accounts ------------------------------------------------------------------------------
+
+
+def put_account(store: Store, name: str, body: bytes | str, content_type: str | None) -> Reply:
+    try:
+        check_label(name, "name")
+        account = parse_account(load_one(body, content_type, settings().max_body_bytes), name)
+    except SpecError as err:
+        return error(400, err.message, err.field)
+    existed = store.get_account(name) is not None
+    store.put_account(account)
+    return ok(account.describe(), 200 if existed else 201)
+
+
+def get_account(store: Store, name: str) -> Reply:
+    account = store.get_account(name)
+    if account is None:
+        return error(404, f"account {name} not found")
+    return ok(account.describe())
+
+
+def list_accounts(store: Store) -> Reply:
+    return ok({"accounts": [account.describe() for account in store.list_accounts()]})
+
+
+def delete_account(store: Store, name: str) -> Reply:
+    users = [entry.key for entry in store.list_upstreams() if entry.upstream and entry.upstream.ec2.account == name]
+    if users:
+        return error(409, f"account {name} is used by {', '.join(users)}: change or delete them first")
+    if not store.delete_account(name):
+        return error(404, f"account {name} not found")
+    return ok({"deleted": name})

@@ -90,26 +90,57 @@ def cmd_apply(args: argparse.Namespace) -> None:
 
 def cmd_get(args: argparse.Namespace) -> None:
     store = runtime.store()
+    operands = {
+        "upstreams": "",
+        "accounts": "",
+        "account": "NAME",
+        "upstream": "NAMESPACE NAME",
+        "endpoints": "NAMESPACE NAME",
+    }[args.what]
+    if len(args.names) != len(operands.split()):
+        raise CliError(f"usage: get {args.what} {operands}".rstrip())
     if args.what == "upstreams":
         reply = api.list_upstreams(store)
-    elif len(args.names) != 2:
-        raise CliError(f"usage: get {args.what} NAMESPACE NAME")
+    elif args.what == "accounts":
+        reply = api.list_accounts(store)
+    elif args.what == "account":
+        reply = api.get_account(store, args.names[0])
     elif args.what == "upstream":
         reply = api.get_upstream(store, args.names[0], args.names[1])
     else:
-        namespace, name = args.names
-        reply = api.get_endpoints(store, namespace, name, None)
+        reply = api.get_endpoints(store, args.names[0], args.names[1], None)
     if reply.status >= 400:
         raise CliError(reply.body["error"])
     emit(reply.body)
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
-    check_label(args.namespace, "namespace")
-    check_label(args.name, "name")
-    if not runtime.store().delete_upstream(args.namespace, args.name):
-        raise CliError(f"upstream {args.namespace}/{args.name} not found")
-    emit({"deleted": f"{args.namespace}/{args.name}"})
+    store = runtime.store()
+    if args.kind == "account":
+        if len(args.names) != 1:
+            raise CliError("usage: delete account NAME")
+        reply = api.delete_account(store, args.names[0])
+    else:
+        if len(args.names) != 2:
+            raise CliError("usage: delete upstream NAMESPACE NAME")
+        reply = api.delete_upstream(store, args.names[0], args.names[1])
+    if reply.status >= 400:
+        raise CliError(reply.body["error"])
+    emit(reply.body)
+
+
+def cmd_account(args: argparse.Namespace) -> None:
+    document = {
+        "accountId": args.account_id,
+        "assumeRole": args.assume_role,
+        "regions": [region.strip() for region in args.regions.split(",") if region.strip()],
+    }
+    if args.external_id:
+        document["externalId"] = args.external_id
+    reply = api.put_account(runtime.store(), args.name, json.dumps(document), "application/json")
+    if reply.status >= 400:
+        raise SpecError(reply.body["error"], reply.body["field"])
+    emit(reply.body)
 
 
 def cmd_secret(args: argparse.Namespace) -> None:
@@ -156,16 +187,25 @@ def parser() -> argparse.ArgumentParser:
     apply.add_argument("-f", "--file", required=True, help="file with one or more Upstream documents, - for stdin")
     apply.set_defaults(run=cmd_apply)
 
-    get = commands.add_parser("get", help="print upstreams, one upstream or its endpoints as JSON")
-    get.add_argument("what", choices=["upstreams", "upstream", "endpoints"])
-    get.add_argument("names", nargs="*", metavar="NAMESPACE NAME")
+    get = commands.add_parser("get", help="print upstreams, an upstream, its endpoints or accounts as JSON")
+    get.add_argument("what", choices=["upstreams", "upstream", "endpoints", "accounts", "account"])
+    get.add_argument("names", nargs="*", metavar="NAME", help="NAMESPACE NAME for upstream/endpoints, NAME for account")
     get.set_defaults(run=cmd_get)
 
-    delete = commands.add_parser("delete", help="remove an upstream and its endpoint set")
-    delete.add_argument("kind", choices=["upstream"])
-    delete.add_argument("namespace")
-    delete.add_argument("name")
+    delete = commands.add_parser("delete", help="remove an upstream (and its endpoint set) or an unused account")
+    delete.add_argument("kind", choices=["upstream", "account"])
+    delete.add_argument("names", nargs="+", metavar="NAME", help="NAMESPACE NAME for upstream, NAME for account")
     delete.set_defaults(run=cmd_delete)
+
+    account = commands.add_parser("account", help="named accounts (as `hal config provider aws account`)")
+    account_verbs = account.add_subparsers(dest="verb", required=True, metavar="VERB")
+    add = account_verbs.add_parser("add", help="create or replace a named account")
+    add.add_argument("name")
+    add.add_argument("--account-id", required=True, help="the 12-digit AWS account id")
+    add.add_argument("--assume-role", required=True, help="role/NAME (in that account) or the role's ARN")
+    add.add_argument("--regions", required=True, help="comma-separated regions, e.g. us-east-1,eu-west-1")
+    add.add_argument("--external-id", help="the sts:ExternalId the role's trust policy demands")
+    add.set_defaults(run=cmd_account)
 
     secret = commands.add_parser("secret", help="store credentials where a secretRef finds them")
     secret_kinds = secret.add_subparsers(dest="kind", required=True, metavar="KIND")

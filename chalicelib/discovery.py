@@ -12,19 +12,20 @@ import contextvars
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import aws
+from .accounts import resolve
 from .config import settings
 from .credentials import error_code
 from .endpoints import Derived, EndpointSet, Instance, reconcile
 from .inventory import DiscoveryError, InstanceLister
 from .observability import count, count_with, distribution, logger, record_aws_calls
-from .spec import GroupKey, Upstream
+from .spec import GroupKey, SpecError, Upstream
 from .store import ACCEPTED, ERROR, Status, Store, StoredUpstream, active_draining
 
 REPORTED_CALLS = ("ec2:DescribeInstances", "sts:AssumeRole", "secretsmanager:GetSecretValue")
@@ -67,6 +68,28 @@ def last_scan(entry: StoredUpstream, marks: dict[str, str]) -> str | None:
         return None
     mark = marks.get(str(entry.upstream.group))
     return mark if mark and mark >= entry.updated_at else None
+
+
+def resolve_entries(
+    store: Store, stored_entries: list[StoredUpstream]
+) -> tuple[dict[str, StoredUpstream], list[tuple[StoredUpstream, SpecError]]]:
+    """Upstreams with their named accounts resolved to roles; those that cannot be, apart.
+
+    Accounts are read only when some upstream names one.
+    """
+    needs = any(entry.upstream is not None and entry.upstream.ec2.account for entry in stored_entries)
+    accounts = {account.name: account for account in store.list_accounts()} if needs else {}
+    entries: dict[str, StoredUpstream] = {}
+    unresolved: list[tuple[StoredUpstream, SpecError]] = []
+    for entry in stored_entries:
+        if entry.upstream is None:
+            entries[entry.key] = entry
+            continue
+        try:
+            entries[entry.key] = replace(entry, upstream=resolve(entry.upstream, accounts))
+        except SpecError as err:
+            unresolved.append((entry, err))
+    return entries, unresolved
 
 
 def group_upstreams(upstreams: list[Upstream]) -> dict[GroupKey, list[Upstream]]:
@@ -207,11 +230,16 @@ def full_scan(
     summary = ScanSummary()
     with aws.counting() as counter:
         started = clock()
-        entries = {entry.key: entry for entry in store.list_upstreams()}
+        entries, unresolved = resolve_entries(store, store.list_upstreams())
         summary.upstreams = len(entries)
         for entry in entries.values():
             if entry.recorded is not None and entry.status != entry.recorded:
                 store.put_status(entry.namespace, entry.name, entry.status)
+        for entry, problem in unresolved:
+            summary.errors += 1
+            status = Status(ERROR, problem.message, entry.status.endpoints, entry.status.skipped, "AccountUnresolved")
+            if status != entry.status:
+                store.put_status(entry.namespace, entry.name, status)
         groups = group_upstreams([entry.upstream for entry in entries.values() if entry.upstream])
         summary.groups = len(groups)
         marks = store.get_scan_marks()

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from . import aws
 from .config import settings
 from .credentials import CredentialResolver
-from .discovery import iso
+from .discovery import iso, resolve_entries
 from .endpoints import Endpoint, EndpointSet, Instance, endpoint_of
 from .filters import Matcher
 from .inventory import DiscoveryError, InstanceLister
@@ -263,7 +263,8 @@ def handle(
             until = iso(now + timedelta(seconds=settings().draining_ttl_seconds))
             store.mark_draining(trigger.instance_id, until)
         draining = active_draining(store.get_draining(), iso(now))
-        groups = affected_groups(store.list_upstreams(), trigger, accounts)
+        resolved, _ = resolve_entries(store, store.list_upstreams())  # the scan reports unresolved ones
+        groups = affected_groups(list(resolved.values()), trigger, accounts)
         if not groups:
             logger.debug(
                 "no upstream covers this instance's account and region",

@@ -6,8 +6,9 @@ condition on the digest the writer last read, so two writers (a scan and
 an event) never overwrite each other's newer result unnoticed.
 
 Tables (partition key `id`, a string):
-- upstreams: `namespace/name` -> document (JSON), status, updatedAt; plus one
-  item `~scan` holding the last successful listing time of each group.
+- upstreams: `namespace/name` -> document (JSON), status, updatedAt; plus
+  `~scan` (the last successful listing time of each group), `~draining`
+  (instances under an interruption warning) and `~account/NAME` (named accounts).
 - endpoints: `namespace/name` -> namespace, name, region, version and digest
   (see EndpointSet), count and `body`, the endpoint
   records as zlib-compressed JSON, continued in chunk items past 350 KB.
@@ -25,11 +26,13 @@ from typing import Any, Protocol
 
 from botocore.exceptions import ClientError
 
+from .accounts import Account
 from .endpoints import Endpoint, EndpointSet
 from .spec import SpecError, Upstream, parse_upstream
 
 SCAN_MARKS_ID = "~scan"
 DRAINING_ID = "~draining"
+ACCOUNT_PREFIX = "~account/"
 CHUNK_BYTES = 350_000  # of compressed endpoint records per item, under DynamoDB's 400 KB item limit
 ACCEPTED, REJECTED, ERROR = "Accepted", "Rejected", "Error"
 
@@ -136,6 +139,14 @@ class Store(Protocol):
 
     def forget_draining(self, instance_ids: Iterable[str]) -> None: ...
 
+    def put_account(self, account: Account) -> None: ...
+
+    def get_account(self, name: str) -> Account | None: ...
+
+    def list_accounts(self) -> list[Account]: ...
+
+    def delete_account(self, name: str) -> bool: ...
+
 
 def active_draining(marks: dict[str, str], now: str) -> frozenset[str]:
     """The instances whose draining mark has not expired."""
@@ -160,6 +171,7 @@ class MemoryStore:
         self.sets: dict[str, EndpointSet] = {}
         self.marks: dict[str, str] = {}
         self.draining: dict[str, str] = {}
+        self.accounts: dict[str, Account] = {}
         self.writes = 0
 
     def put_upstream(self, upstream: Upstream, now: str) -> None:
@@ -247,6 +259,22 @@ class MemoryStore:
             self.writes += 1
             for instance in instance_ids:
                 self.draining.pop(instance, None)
+
+    def put_account(self, account: Account) -> None:
+        with self._lock:
+            self.writes += 1
+            self.accounts[account.name] = account
+
+    def get_account(self, name: str) -> Account | None:
+        return self.accounts.get(name)
+
+    def list_accounts(self) -> list[Account]:
+        return [self.accounts[name] for name in sorted(self.accounts)]
+
+    def delete_account(self, name: str) -> bool:
+        with self._lock:
+            self.writes += 1
+            return self.accounts.pop(name, None) is not None
 
 
 def _conditional_failed(err: ClientError) -> bool:
@@ -491,6 +519,35 @@ class DynamoStore:
         except ClientError as err:
             if not _conditional_failed(err):
                 raise
+
+    # -- named accounts ---------------------------------------------------------
+
+    def put_account(self, account: Account) -> None:
+        self._db.put_item(
+            TableName=self.upstreams_table,
+            Item={"id": {"S": ACCOUNT_PREFIX + account.name}, "account": {"S": account.model_dump_json()}},
+        )
+
+    def get_account(self, name: str) -> Account | None:
+        answer = self._db.get_item(
+            TableName=self.upstreams_table, Key={"id": {"S": ACCOUNT_PREFIX + name}}, ConsistentRead=True
+        )
+        return Account.model_validate_json(answer["Item"]["account"]["S"]) if "Item" in answer else None
+
+    def list_accounts(self) -> list[Account]:
+        items = self._scan(
+            self.upstreams_table,
+            FilterExpression="begins_with(id, :prefix)",
+            ExpressionAttributeValues={":prefix": {"S": ACCOUNT_PREFIX}},
+            ConsistentRead=True,
+        )
+        return sorted((Account.model_validate_json(item["account"]["S"]) for item in items), key=lambda a: a.name)
+
+    def delete_account(self, name: str) -> bool:
+        answer = self._db.delete_item(
+            TableName=self.upstreams_table, Key={"id": {"S": ACCOUNT_PREFIX + name}}, ReturnValues="ALL_OLD"
+        )
+        return "Attributes" in answer
 
     def _scan(self, table: str, **request: Any) -> list[dict[str, Any]]:
         paginator = self._db.get_paginator("scan")
