@@ -18,15 +18,15 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import aws
-from .accounts import resolve
+from . import autodiscovery, aws
+from .accounts import Account, resolve
 from .config import settings
 from .credentials import error_code
 from .endpoints import Derived, EndpointSet, Instance, reconcile
 from .inventory import DiscoveryError, InstanceLister
 from .observability import count, count_with, distribution, logger, record_aws_calls
 from .spec import GroupKey, SpecError, Upstream
-from .store import ACCEPTED, ERROR, Status, Store, StoredUpstream, active_draining
+from .store import ACCEPTED, DRAINING, ERROR, Status, Store, StoredUpstream, active_draining
 
 REPORTED_CALLS = ("ec2:DescribeInstances", "sts:AssumeRole", "secretsmanager:GetSecretValue")
 
@@ -40,6 +40,7 @@ class ScanSummary:
     conflicts: int = 0
     groups: int = 0
     deferred: int = 0
+    discovered: dict[str, int] | None = None
     aws_calls: dict[str, int] = field(default_factory=dict)
     endpoint_counts: list[int] = field(default_factory=list)
 
@@ -54,6 +55,7 @@ class ScanSummary:
             "groups": self.groups,
             "conflicts": self.conflicts,
             "deferred": self.deferred,
+            **({"discovered": self.discovered} if self.discovered is not None else {}),
             "aws_calls": calls,
         }
 
@@ -71,14 +73,16 @@ def last_scan(entry: StoredUpstream, marks: dict[str, str]) -> str | None:
 
 
 def resolve_entries(
-    store: Store, stored_entries: list[StoredUpstream]
+    store: Store, stored_entries: list[StoredUpstream], known: list[Account] | None = None
 ) -> tuple[dict[str, StoredUpstream], list[tuple[StoredUpstream, SpecError]]]:
     """Upstreams with their named accounts resolved to roles; those that cannot be, apart.
 
-    Accounts are read only when some upstream names one.
+    Accounts are read (unless given) only when some upstream names one.
     """
     needs = any(entry.upstream is not None and entry.upstream.ec2.account for entry in stored_entries)
-    accounts = {account.name: account for account in store.list_accounts()} if needs else {}
+    if known is None:
+        known = store.list_accounts() if needs else []
+    accounts = {account.name: account for account in known}
     entries: dict[str, StoredUpstream] = {}
     unresolved: list[tuple[StoredUpstream, SpecError]] = []
     for entry in stored_entries:
@@ -230,7 +234,9 @@ def full_scan(
     summary = ScanSummary()
     with aws.counting() as counter:
         started = clock()
-        entries, unresolved = resolve_entries(store, store.list_upstreams())
+        discovering = settings().discovery_enabled
+        accounts = store.list_accounts() if discovering else None
+        entries, unresolved = resolve_entries(store, store.list_upstreams(), accounts)
         summary.upstreams = len(entries)
         for entry in entries.values():
             if entry.recorded is not None and entry.status != entry.recorded:
@@ -244,14 +250,22 @@ def full_scan(
         summary.groups = len(groups)
         marks = store.get_scan_marks()
         digests = store.endpoint_digests()
-        draining_marks = store.get_draining()
+        draining_marks = store.get_marks(DRAINING)
         draining = active_draining(draining_marks, iso(started))
-        order = sorted(groups, key=lambda group: marks.get(str(group), ""))
+        discovery_groups = autodiscovery.account_groups(accounts or [])
+        order = sorted(set(groups) | set(discovery_groups), key=lambda group: marks.get(str(group), ""))
         listings = _list_groups(lister, order, time_left)
+        if discovering:
+            changes = _discover(store, entries, listings, discovery_groups, started)
+            summary.discovered = {name: len(keys) for name, keys in changes.__dict__.items()}
+            if changes:  # read them back as stored; their groups are the accounts', already listed
+                entries, unresolved = resolve_entries(store, store.list_upstreams(), accounts)
+                summary.upstreams = len(entries)
+                groups = group_upstreams([entry.upstream for entry in entries.values() if entry.upstream])
         fresh_marks = dict(marks)
         running: set[str] = set()
         for group in order:
-            listing, members = listings[group], groups[group]
+            listing, members = listings[group], groups.get(group, [])
             if isinstance(listing, Deferred):
                 summary.deferred += 1
             elif isinstance(listing, DiscoveryError):
@@ -273,12 +287,26 @@ def full_scan(
         renewed = {
             str(group)
             for group, members in groups.items()
-            if any(entries[member.key].updated_at >= marks.get(str(group), "") for member in members)
+            if any(entries[member.key].updated_at > marks.get(str(group), "") for member in members)
         }
         _save_marks(store, marks, fresh_marks, {str(group) for group in groups}, renewed, started)
     summary.aws_calls = counter.as_dict()
     _report(summary)
     return summary
+
+
+def _discover(
+    store: Store,
+    entries: dict[str, StoredUpstream],
+    listings: dict[GroupKey, list[Instance] | DiscoveryError | Deferred],
+    discovery_groups: dict[GroupKey, Account],
+    now: datetime,
+) -> autodiscovery.DiscoveryChanges:
+    listed = {group: listing for group, listing in listings.items() if isinstance(listing, list)}
+    accounts = {group: account for group, account in discovery_groups.items() if group in listed}
+    desired = autodiscovery.wanted(listed, accounts)
+    done = {(account.name, group.region) for group, account in accounts.items()}
+    return autodiscovery.apply(store, entries, desired, done, now, iso)
 
 
 def _prune_draining(
@@ -287,7 +315,7 @@ def _prune_draining(
     """Forget expired marks, and, after a scan that saw every group, marks of instances no longer running."""
     stale = {instance for instance in marks if instance not in active or (complete and instance not in running)}
     if stale:
-        store.forget_draining(stale)
+        store.forget_marks(DRAINING, stale)
 
 
 def _save_marks(

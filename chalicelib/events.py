@@ -29,7 +29,8 @@ from aws_lambda_powertools.utilities.parser import ValidationError, parse
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from . import aws
+from . import autodiscovery, aws
+from .accounts import Account
 from .config import settings
 from .credentials import CredentialResolver
 from .discovery import iso, resolve_entries
@@ -37,8 +38,8 @@ from .endpoints import Endpoint, EndpointSet, Instance, endpoint_of
 from .filters import Matcher
 from .inventory import DiscoveryError, InstanceLister
 from .observability import count, count_with, logger
-from .spec import Credentials, GroupKey, Upstream
-from .store import Store, StoredUpstream, active_draining
+from .spec import Credentials, GroupKey, Upstream, parse_upstream
+from .store import DRAINING, Store, StoredUpstream, active_draining
 
 INSTANCE_ARN = re.compile(r"^arn:aws[a-z-]*:ec2:[a-z0-9-]*:\d*:instance/(i-[0-9a-f]+)$")
 WRITE_ATTEMPTS = 5
@@ -162,6 +163,7 @@ class EventSummary:
     changed: int = 0
     conflicts: int = 0
     errors: int = 0
+    discovered: list[str] | None = None  # upstreams a discovery tag created
     ignored: str | None = None
     aws_calls: dict[str, int] = field(default_factory=dict)
 
@@ -261,9 +263,28 @@ def handle(
         now = clock()
         if trigger.drain:
             until = iso(now + timedelta(seconds=settings().draining_ttl_seconds))
-            store.mark_draining(trigger.instance_id, until)
-        draining = active_draining(store.get_draining(), iso(now))
-        resolved, _ = resolve_entries(store, store.list_upstreams())  # the scan reports unresolved ones
+            store.set_mark(DRAINING, trigger.instance_id, until)
+        draining = active_draining(store.get_marks(DRAINING), iso(now))
+        described: dict[GroupKey, Instance | None | DiscoveryError] = {}
+
+        def describe(group: GroupKey) -> Instance | None | DiscoveryError:
+            """The instance as EC2 sees it now, once per group whatever asks."""
+            if group not in described:
+                try:
+                    found = lister.describe(group.credentials, group.region, [trigger.instance_id])
+                    described[group] = found[0] if found else None
+                except DiscoveryError as err:
+                    described[group] = err
+            return described[group]
+
+        stored = store.list_upstreams()
+        known = None
+        if settings().discovery_enabled and trigger.kind == TagChangeEvent.__name__:
+            known = store.list_accounts()
+            summary.discovered = _discover_from(store, trigger, stored, known, describe, now)
+            if summary.discovered:
+                stored = store.list_upstreams()
+        resolved, _ = resolve_entries(store, stored, known)  # the scan reports unresolved ones
         groups = affected_groups(list(resolved.values()), trigger, accounts)
         if not groups:
             logger.debug(
@@ -273,17 +294,15 @@ def handle(
             summary.ignored = f"no upstream covers account {trigger.account} in {trigger.region}"
         summary.groups = len(groups)
         for group, members in groups.items():
-            try:
-                found = lister.describe(group.credentials, group.region, [trigger.instance_id])
-            except DiscoveryError as err:
+            instance = describe(group)
+            if isinstance(instance, DiscoveryError):
                 summary.errors += 1
                 logger.warning(
                     "describing the event's instance failed; the next scan retries",
-                    extra={"group": str(group), "error_code": err.code, "reason": str(err)},
+                    extra={"group": str(group), "error_code": instance.code, "reason": str(instance)},
                 )
-                count_with("DiscoveryErrors", 1, {"group": str(group), "code": err.code})
+                count_with("DiscoveryErrors", 1, {"group": str(group), "code": instance.code})
                 continue
-            instance = found[0] if found else None
             for entry in members:
                 assert entry.upstream is not None
                 summary.upstreams += 1
@@ -296,6 +315,32 @@ def handle(
     logger.info("event handled", extra={"summary": summary.as_dict(), "event_id": raw.get("id")})
     count("EventsHandled")
     return summary
+
+
+def _discover_from(
+    store: Store,
+    trigger: Trigger,
+    stored: list[StoredUpstream],
+    known: list[Account],
+    describe: Callable[[GroupKey], Instance | None | DiscoveryError],
+    now: datetime,
+) -> list[str]:
+    """A tag change that asks for an upstream no one has yet creates it, with an empty set to fill."""
+    existing = {entry.key for entry in stored}
+    created = []
+    for group, account in autodiscovery.account_groups(known).items():
+        if account.accountId != trigger.account or group.region != trigger.region:
+            continue
+        instance = describe(group)
+        names = autodiscovery.requested_name(instance) if isinstance(instance, Instance) else None
+        if names is None or f"{names[0]}/{names[1]}" in existing:
+            continue
+        upstream = parse_upstream(autodiscovery.document(*names, account.name, group.region))
+        store.put_upstream(upstream, iso(now))
+        store.put_endpoint_set(EndpointSet.build(upstream.namespace, upstream.name, group.region, ()), None)
+        existing.add(upstream.key)
+        created.append(upstream.key)
+    return created
 
 
 def deliver(raw: Any) -> dict[str, Any]:

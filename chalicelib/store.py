@@ -8,7 +8,9 @@ an event) never overwrite each other's newer result unnoticed.
 Tables (partition key `id`, a string):
 - upstreams: `namespace/name` -> document (JSON), status, updatedAt; plus
   `~scan` (the last successful listing time of each group), `~draining`
-  (instances under an interruption warning) and `~account/NAME` (named accounts).
+  (instances under an interruption warning, until when), `~missing`
+  (discovered upstreams whose instances are gone, since when) and
+  `~account/NAME` (named accounts).
 - endpoints: `namespace/name` -> namespace, name, region, version and digest
   (see EndpointSet), count and `body`, the endpoint
   records as zlib-compressed JSON, continued in chunk items past 350 KB.
@@ -31,7 +33,7 @@ from .endpoints import Endpoint, EndpointSet
 from .spec import SpecError, Upstream, parse_upstream
 
 SCAN_MARKS_ID = "~scan"
-DRAINING_ID = "~draining"
+DRAINING, MISSING = "draining", "missing"  # kinds of marks
 ACCOUNT_PREFIX = "~account/"
 CHUNK_BYTES = 350_000  # of compressed endpoint records per item, under DynamoDB's 400 KB item limit
 ACCEPTED, REJECTED, ERROR = "Accepted", "Rejected", "Error"
@@ -133,11 +135,11 @@ class Store(Protocol):
 
     def put_scan_marks(self, marks: dict[str, str]) -> None: ...
 
-    def mark_draining(self, instance_id: str, until: str) -> None: ...
+    def set_mark(self, kind: str, key: str, value: str) -> None: ...
 
-    def get_draining(self) -> dict[str, str]: ...
+    def get_marks(self, kind: str) -> dict[str, str]: ...
 
-    def forget_draining(self, instance_ids: Iterable[str]) -> None: ...
+    def forget_marks(self, kind: str, keys: Iterable[str]) -> None: ...
 
     def put_account(self, account: Account) -> None: ...
 
@@ -170,7 +172,7 @@ class MemoryStore:
         self.upstreams: dict[str, dict[str, Any]] = {}
         self.sets: dict[str, EndpointSet] = {}
         self.marks: dict[str, str] = {}
-        self.draining: dict[str, str] = {}
+        self.marks_by_kind: dict[str, dict[str, str]] = {}
         self.accounts: dict[str, Account] = {}
         self.writes = 0
 
@@ -246,19 +248,19 @@ class MemoryStore:
             self.writes += 1
             self.marks = dict(marks)
 
-    def mark_draining(self, instance_id: str, until: str) -> None:
+    def set_mark(self, kind: str, key: str, value: str) -> None:
         with self._lock:
             self.writes += 1
-            self.draining[instance_id] = until
+            self.marks_by_kind.setdefault(kind, {})[key] = value
 
-    def get_draining(self) -> dict[str, str]:
-        return dict(self.draining)
+    def get_marks(self, kind: str) -> dict[str, str]:
+        return dict(self.marks_by_kind.get(kind, {}))
 
-    def forget_draining(self, instance_ids: Iterable[str]) -> None:
+    def forget_marks(self, kind: str, keys: Iterable[str]) -> None:
         with self._lock:
             self.writes += 1
-            for instance in instance_ids:
-                self.draining.pop(instance, None)
+            for key in keys:
+                self.marks_by_kind.get(kind, {}).pop(key, None)
 
     def put_account(self, account: Account) -> None:
         with self._lock:
@@ -468,52 +470,51 @@ class DynamoStore:
             Item={"id": {"S": SCAN_MARKS_ID}, "marks": {"S": json.dumps(marks, sort_keys=True)}},
         )
 
-    # -- draining instances ---------------------------------------------------
+    # -- marks: small maps of key -> time (DRAINING instances, MISSING discovered upstreams) --------
+    #
+    # One item per kind, one map attribute per key, so concurrent marks never overwrite each other.
 
-    def mark_draining(self, instance_id: str, until: str) -> None:
-        """One attribute per instance in one item, so concurrent marks never overwrite each other."""
+    def set_mark(self, kind: str, key: str, value: str) -> None:
+        item_id = {"S": f"~{kind}"}
         for _ in range(3):
             try:
                 self._db.update_item(
                     TableName=self.upstreams_table,
-                    Key={"id": {"S": DRAINING_ID}},
-                    UpdateExpression="SET instances.#i = :until",
-                    ConditionExpression="attribute_exists(instances)",
-                    ExpressionAttributeNames={"#i": instance_id},
-                    ExpressionAttributeValues={":until": {"S": until}},
+                    Key={"id": item_id},
+                    UpdateExpression="SET marks.#k = :v",
+                    ConditionExpression="attribute_exists(marks)",
+                    ExpressionAttributeNames={"#k": key},
+                    ExpressionAttributeValues={":v": {"S": value}},
                 )
                 return
             except ClientError as err:
                 if not _conditional_failed(err):
                     raise
-            try:  # first mark ever: create the map, then set the attribute
+            try:  # the first mark of its kind: create the map, then set the attribute
                 self._db.put_item(
                     TableName=self.upstreams_table,
-                    Item={"id": {"S": DRAINING_ID}, "instances": {"M": {}}},
+                    Item={"id": item_id, "marks": {"M": {}}},
                     ConditionExpression="attribute_not_exists(id)",
                 )
             except ClientError as err:
                 if not _conditional_failed(err):
                     raise
-        raise RuntimeError(f"could not mark {instance_id} draining")
+        raise RuntimeError(f"could not set the {kind} mark of {key}")
 
-    def get_draining(self) -> dict[str, str]:
-        """Every marked instance with the time its mark expires."""
-        answer = self._db.get_item(TableName=self.upstreams_table, Key={"id": {"S": DRAINING_ID}}, ConsistentRead=True)
-        instances = answer.get("Item", {}).get("instances", {}).get("M", {})
-        return {instance: value["S"] for instance, value in instances.items()}
+    def get_marks(self, kind: str) -> dict[str, str]:
+        answer = self._db.get_item(TableName=self.upstreams_table, Key={"id": {"S": f"~{kind}"}}, ConsistentRead=True)
+        return {key: value["S"] for key, value in answer.get("Item", {}).get("marks", {}).get("M", {}).items()}
 
-    def forget_draining(self, instance_ids: Iterable[str]) -> None:
-        ids = sorted(instance_ids)
-        if not ids:
+    def forget_marks(self, kind: str, keys: Iterable[str]) -> None:
+        names = {f"#k{number}": key for number, key in enumerate(sorted(keys))}
+        if not names:
             return
-        names = {f"#i{number}": instance for number, instance in enumerate(ids)}
         try:
             self._db.update_item(
                 TableName=self.upstreams_table,
-                Key={"id": {"S": DRAINING_ID}},
-                UpdateExpression="REMOVE " + ", ".join(f"instances.{name}" for name in names),
-                ConditionExpression="attribute_exists(instances)",
+                Key={"id": {"S": f"~{kind}"}},
+                UpdateExpression="REMOVE " + ", ".join(f"marks.{name}" for name in names),
+                ConditionExpression="attribute_exists(marks)",
                 ExpressionAttributeNames=names,
             )
         except ClientError as err:

@@ -203,7 +203,7 @@ def test_interruption_warnings_drain_until_the_instance_stops(fleet: dict[str, s
     deliver(event("ec2-state-change.json", fleet["web-1"], detail={"state": "shutting-down"}))
     assert fleet["web-1"] not in members("web")
     scan()
-    assert runtime.store().get_draining() == {}  # the mark is forgotten once the instance is gone
+    assert runtime.store().get_marks("draining") == {}  # the mark is forgotten once the instance is gone
 
 
 # --- accounts -------------------------------------------------------------------------------------

@@ -1,0 +1,157 @@
+"""Upstreams discovered from tags: `ec2-eds/upstream=<namespace>/<name>` makes an upstream.
+
+Opt-in (`DISCOVERY_ENABLED`), over the named accounts and their regions.
+Each running instance tagged `DISCOVERY_TAG_KEY` with a value
+`namespace/name` asks for an upstream of that name: one that filters on that
+tag, in the instance's region, seen through the account, its port from the
+optional `DISCOVERY_PORT_TAG_KEY` tag. Discovered upstreams carry the label
+`ec2-eds/discovered: "true"`; a user-defined upstream of the same name is
+never overwritten. A discovered upstream whose instances are all gone is
+marked missing and removed once `DISCOVERY_GRACE_SECONDS` have passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from .accounts import Account
+from .config import settings
+from .endpoints import Instance, tag_value
+from .observability import logger
+from .spec import DNS1123_LABEL, Credentials, GroupKey, Upstream, parse_upstream
+from .store import MISSING, Store, StoredUpstream
+
+DISCOVERED_LABEL = "ec2-eds/discovered"
+
+
+@dataclass
+class DiscoveryChanges:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # names a user-defined upstream already holds
+
+    def __bool__(self) -> bool:
+        return bool(self.created or self.updated or self.removed)
+
+
+def account_groups(accounts: Iterable[Account]) -> dict[GroupKey, Account]:
+    """The (credentials, region) groups discovery lists: every named account in every region of it."""
+    return {
+        GroupKey(Credentials(role_arn=account.role_arn, external_id=account.externalId), region): account
+        for account in sorted(accounts, key=lambda a: a.name)
+        for region in account.regions
+    }
+
+
+def requested_name(instance: Instance) -> tuple[str, str] | None:
+    """(namespace, name) an instance's discovery tag asks for, or None."""
+    value = tag_value(instance.tags, settings().discovery_tag_key)
+    if value is None or instance.state != "running":
+        return None
+    namespace, sep, name = value.strip().partition("/")
+    if not sep or not DNS1123_LABEL.fullmatch(namespace) or not DNS1123_LABEL.fullmatch(name):
+        logger.warning(
+            "discovery tag value is not namespace/name", extra={"instance": instance.instance_id, "value": value[:200]}
+        )
+        return None
+    return namespace, name
+
+
+def document(namespace: str, name: str, account: str, region: str) -> dict[str, Any]:
+    """The Gloo Upstream document of a discovered upstream."""
+    conf = settings()
+    return {
+        "apiVersion": "gloo.solo.io/v1",
+        "kind": "Upstream",
+        "metadata": {"name": name, "namespace": namespace, "labels": {DISCOVERED_LABEL: "true"}},
+        "spec": {
+            "awsEc2": {
+                "region": region,
+                "account": account,
+                "filters": [{"kvPair": {"key": conf.discovery_tag_key, "value": f"{namespace}/{name}"}}],
+                "portTag": conf.discovery_port_tag_key,
+            }
+        },
+    }
+
+
+def is_discovered(entry: StoredUpstream) -> bool:
+    labels = (entry.document.get("metadata") or {}).get("labels") or {}
+    return isinstance(labels, dict) and labels.get(DISCOVERED_LABEL) == "true"
+
+
+def wanted(listings: dict[GroupKey, list[Instance]], groups: dict[GroupKey, Account]) -> dict[str, Upstream]:
+    """The upstreams the listed instances ask for; the first account and region (sorted) wins a name."""
+    found: dict[str, Upstream] = {}
+    for group, account in groups.items():
+        for instance in listings.get(group, ()):
+            names = requested_name(instance)
+            if names is None:
+                continue
+            namespace, name = names
+            key = f"{namespace}/{name}"
+            upstream = parse_upstream(document(namespace, name, account.name, group.region))
+            previous = found.setdefault(key, upstream)
+            if previous.ec2 != upstream.ec2:
+                logger.warning(
+                    "two accounts or regions tag the same upstream; the first keeps it",
+                    extra={"upstream": key, "kept": previous.ec2.account, "region": previous.ec2.region},
+                )
+    return found
+
+
+def apply(
+    store: Store,
+    entries: dict[str, StoredUpstream],
+    desired: dict[str, Upstream],
+    listed: set[tuple[str, str]],
+    now: datetime,
+    iso: Callable[[datetime], str],
+) -> DiscoveryChanges:
+    """Create, update and (after the grace period) remove discovered upstreams.
+
+    `listed` holds the (account, region) pairs listed successfully: only there
+    can an upstream's absence be trusted.
+    """
+    changes = DiscoveryChanges()
+    missing = store.get_marks(MISSING)
+    for key, upstream in desired.items():
+        entry = entries.get(key)
+        if entry is not None and not is_discovered(entry):
+            changes.refused.append(key)
+            continue
+        if entry is None or entry.document.get("spec") != upstream.document["spec"]:
+            store.put_upstream(upstream, iso(now))
+            (changes.created if entry is None else changes.updated).append(key)
+        if key in missing:
+            store.forget_marks(MISSING, [key])
+    grace = timedelta(seconds=settings().discovery_grace_seconds)
+    for key, entry in entries.items():
+        spec = (entry.document.get("spec") or {}).get("awsEc2") or {}
+        if not is_discovered(entry) or key in desired or (spec.get("account"), spec.get("region")) not in listed:
+            continue
+        since = missing.get(key)
+        if since is None:
+            store.set_mark(MISSING, key, iso(now))
+        elif since <= iso(now - grace):
+            store.delete_upstream(entry.namespace, entry.name)
+            store.forget_marks(MISSING, [key])
+            changes.removed.append(key)
+    stale = set(missing) - set(entries) - set(changes.removed)  # deleted by hand meanwhile
+    if stale:
+        store.forget_marks(MISSING, stale)
+    if changes or changes.refused:
+        logger.info(
+            "discovered upstreams reconciled",
+            extra={
+                "created": changes.created,
+                "updated": changes.updated,
+                "removed": changes.removed,
+                "refused": changes.refused,
+            },
+        )
+    return changes
