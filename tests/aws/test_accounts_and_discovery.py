@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -182,7 +182,7 @@ def discovering(aws: None, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 class Clock:
     def __init__(self) -> None:
-        self.now = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+        self.now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now
