@@ -262,6 +262,7 @@ def full_scan(
                 entries, unresolved = resolve_entries(store, store.list_upstreams(), accounts)
                 summary.upstreams = len(entries)
                 groups = group_upstreams([entry.upstream for entry in entries.values() if entry.upstream])
+                summary.groups = len(groups)
         fresh_marks = dict(marks)
         running: set[str] = set()
         for group in order:

@@ -3,7 +3,9 @@
 Tags: `gloo-id` on every web instance, `gloo-tag` group1 or group2,
 `version` v1.2.3 or v1.3.0; some instances stopped, one without a public
 address; two for the `my-ec2-upstream` seed (`some-key`,
-`some-other-key=some-value`).
+`some-other-key=some-value`); `app-port` on web-6 (port from a tag); two
+tagged `ec2-eds/upstream=shop/web` for discovery through the named account
+`demo`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "upstreams"
 SEEDS = ("seed-ec2-demo-upstream.yaml", "seed-my-ec2-upstream.yaml", "demo-extra.yaml")
 AMI = "ami-12c6146b"  # one of the images moto knows
 ROLE_NAME = "describe-ec2-demo"
+ACCOUNT = ("demo", "123456789012", "role/ec2-eds-demo", "us-east-1")  # the named account discovery looks into
 SECRETS = (("gloo-tag-group1", "default"), ("my-aws-secret", "default"))
 
 
@@ -36,10 +39,13 @@ FLEET = (
     Member("web-3", {"gloo-id": "abcde123", "gloo-tag": "group1", "version": "v1.2.3"}, running=False),
     Member("web-4", {"gloo-id": "abcde123", "gloo-tag": "group1", "version": "v1.2.3"}, public=False),
     Member("web-5", {"gloo-id": "abcde123", "gloo-tag": "group1", "version": "v1.3.0"}),
-    Member("web-6", {"gloo-id": "abcde123", "gloo-tag": "group2", "version": "v1.2.3"}),
+    Member("web-6", {"gloo-id": "abcde123", "gloo-tag": "group2", "version": "v1.2.3", "app-port": "9090"}),
     Member("web-7", {"gloo-id": "abcde123", "gloo-tag": "group2", "version": "v1.3.0"}, running=False),
     Member("api-1", {"some-key": "x", "some-other-key": "some-value"}),
     Member("api-2", {"some-key": "y", "some-other-key": "other-value"}),
+    # Discovered from tags (make run turns DISCOVERY_ENABLED on): an upstream shop/web appears.
+    Member("shop-1", {"ec2-eds/upstream": "shop/web", "ec2-eds/port": "8080", "version": "v2"}),
+    Member("shop-2", {"ec2-eds/upstream": "shop/web", "version": "v1"}),
 )
 
 
@@ -97,6 +103,9 @@ def seed(iam: Any, ec2: Any) -> dict[str, str]:
             != 0
         ):
             raise RuntimeError(f"could not store secret {namespace}/{name}")
+    name, account_id, role, regions = ACCOUNT
+    if run(["account", "add", name, "--account-id", account_id, "--assume-role", role, "--regions", regions]) != 0:
+        raise RuntimeError("could not add the demo account")
     ids = create_fleet(ec2)
     for file in SEEDS:
         if run(["apply", "-f", str(EXAMPLES / file)]) != 0:
@@ -124,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m devtools.fleet", description=main.__doc__)
     parser.add_argument("action", choices=["seed", "stop", "start", "terminate", "tag", "untag", "list"])
-    parser.add_argument("name", nargs="?", help="the instance's Name tag (web-1 ... web-7, api-1, api-2)")
+    parser.add_argument("name", nargs="?", help="the instance's Name tag (web-1 ... web-7, api-1, api-2, shop-1, shop-2)")
     parser.add_argument("tags", nargs="*", help="KEY=VALUE for tag, KEY for untag")
     args = parser.parse_args(argv)
     os.environ.setdefault("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")

@@ -49,6 +49,8 @@ def main() -> int:
         moto, endpoint = stack.start_moto(args.aws_port, logs / "moto.log")
         processes.append(moto)
         os.environ.update(stack.aws_environment(endpoint))
+        os.environ.setdefault("DISCOVERY_ENABLED", "true")  # the demo account's shop/web upstream
+        os.environ.setdefault("DISCOVERY_GRACE_SECONDS", "30")
         logger.setLevel(os.environ.get("LOG_LEVEL", "WARNING"))  # the terminal shows changes, not every scan
         print(f"AWS emulator (moto server): {endpoint}   log: .run/moto.log", flush=True)
 
@@ -64,6 +66,8 @@ def main() -> int:
         print(
             "\ntry:\n"
             f"  curl -s {base}/endpoints/gloo-system/ec2-demo-upstream\n"
+            f"  curl -s {base}/endpoints/shop/web        (discovered from ec2-eds/upstream tags)\n"
+            f"  curl -s {base}/endpoints/gloo-system/ec2-group2   (port from the app-port tag)\n"
             f"  curl -s {base}/upstreams/gloo-system/ec2-demo-upstream\n"
             f"  curl -s -XPOST {base}/scan\n"
             f"  .venv/bin/python devtools/envoy_rest_poll.py {base} ec2-demo-upstream_gloo-system\n"

@@ -1,0 +1,493 @@
+"""The IAM policies and the deployment overlays of every stage, from one definition.
+
+What each Lambda function may do is written down once, here, from what its
+code calls (see `DYNAMODB` and `discovery_statements`); the JSON files that
+Chalice and CloudFormation read are generated from it:
+
+- `policies/{stage}/{function}.json`: each function's role policy
+  (`iam_policy_file` in `.chalice/config.json`, `autogen_policy: false`);
+- `policies/member/permissions.json`, `policies/member/trust-{stage}.json`:
+  the role a member account lends to discovery (placeholders
+  `CENTRAL_ACCOUNT_ID` and `EXTERNAL_ID`, see `member-trust` below);
+- `deploy/merge/{stage}.json`: the template `chalice package --merge-template`
+  merges in (the tables, the failure queue, fixed function and role names);
+- `deploy/member-account.json`: the member-account CloudFormation template.
+
+Table names and the secret prefix come from the stage's variables in
+`.chalice/config.json`, so the files always name what the functions use.
+
+    python -m devtools.policies write [--assume-role-arn ARN ...]   # regenerate
+    python -m devtools.policies check                               # exit 1 if a file is stale
+    python -m devtools.policies member-trust --stage prod \\
+        --central-account 111122223333 --external-id ID             # a filled-in trust policy
+
+`tests/deploy/test_policies.py` fails when a committed file differs from
+what `write` generates with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from chalice.utils import to_cfn_resource_name
+
+from chalicelib.cli import stage_environment
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+POLICIES_DIR = PROJECT_DIR / "policies"
+DEPLOY_DIR = PROJECT_DIR / "deploy"
+
+APP = "ec2-eds"
+STAGES = ("dev", "prod")
+XRAY_STAGES = frozenset({"prod"})  # "xray": true in .chalice/config.json
+API_HANDLER = "api_handler"
+FUNCTIONS = (
+    API_HANDLER,
+    "scheduled_scan",
+    "ec2_state_change",
+    "ec2_spot_interruption",
+    "ec2_tag_change",
+    "asg_terminate_lifecycle",
+)
+# Invoked asynchronously by EventBridge (the schedule is a rule too): these get a failure destination.
+ASYNC_FUNCTIONS = FUNCTIONS[1:]
+# The roles discovery may assume (an upstream's `roleArn`): member roles are named ec2-eds-*.
+DEFAULT_ASSUME_ROLE_ARNS = ("arn:aws:iam::*:role/ec2-eds-*",)
+MEMBER_ROLE_NAME = "ec2-eds-discovery"
+PLACEHOLDER_ACCOUNT = "CENTRAL_ACCOUNT_ID"
+PLACEHOLDER_EXTERNAL_ID = "EXTERNAL_ID"
+
+UPSTREAMS, ENDPOINTS = "UPSTREAMS_TABLE", "ENDPOINTS_TABLE"
+_UPSTREAMS_READ_WRITE = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Scan"]
+_EVENT_ENDPOINTS = ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"]
+# What each function calls on each table (chalicelib/store.py, by code path):
+# - every reader: Scan of upstreams (list), GetItem of `~scan`/`~draining`;
+# - scan: UpdateItem (status, draining marks), PutItem (scan marks, endpoint sets and their chunks),
+#   Scan of endpoint digests, DeleteItem (replaced chunks, sets of deleted upstreams);
+# - events: GetItem + BatchGetItem (a set and its chunks), PutItem/DeleteItem (the new set, old chunks),
+#   UpdateItem (status, draining marks), PutItem on upstreams for the first draining mark;
+# - API: all of the scan (POST /scan) plus PUT/DELETE of upstreams and accounts and the reads.
+DYNAMODB: dict[str, dict[str, list[str]]] = {
+    API_HANDLER: {
+        UPSTREAMS: [*_UPSTREAMS_READ_WRITE, "dynamodb:DeleteItem"],
+        ENDPOINTS: ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Scan"],
+    },
+    "scheduled_scan": {
+        UPSTREAMS: _UPSTREAMS_READ_WRITE,
+        ENDPOINTS: ["dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Scan"],
+    },
+    "ec2_state_change": {
+        UPSTREAMS: ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"],
+        ENDPOINTS: _EVENT_ENDPOINTS,
+    },
+    "ec2_tag_change": {
+        UPSTREAMS: ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"],
+        ENDPOINTS: _EVENT_ENDPOINTS,
+    },
+    "ec2_spot_interruption": {UPSTREAMS: _UPSTREAMS_READ_WRITE, ENDPOINTS: _EVENT_ENDPOINTS},
+    "asg_terminate_lifecycle": {UPSTREAMS: _UPSTREAMS_READ_WRITE, ENDPOINTS: _EVENT_ENDPOINTS},
+}
+# The actions the code calls (proven necessary against moto in tests/deploy/test_least_privilege.py);
+# logs, X-Ray and SQS are called by Lambda itself on the function's behalf and checked statically.
+DISCOVERY_ACTIONS = ("ec2:DescribeInstances", "sts:AssumeRole", "secretsmanager:GetSecretValue")
+
+
+def function_name(stage: str, function: str) -> str:
+    """The Lambda function name, as `chalice deploy` names it (and the merge template pins)."""
+    return f"{APP}-{stage}" if function == API_HANDLER else f"{APP}-{stage}-{function}"
+
+
+def role_name(stage: str, function: str) -> str:
+    """The role name, as `chalice deploy` names it with `autogen_policy: false`."""
+    return f"{APP}-{stage}-{function}"
+
+
+def failure_queue_name(stage: str) -> str:
+    return f"{APP}-{stage}-failed-invocations"
+
+
+def table_names(stage: str) -> dict[str, str]:
+    env = stage_environment(stage, PROJECT_DIR)
+    return {UPSTREAMS: env[UPSTREAMS], ENDPOINTS: env[ENDPOINTS]}
+
+
+def table_arn(name: str) -> str:
+    return f"arn:aws:dynamodb:*:*:table/{name}"
+
+
+def secret_arn_pattern(stage: str) -> str:
+    return f"arn:aws:secretsmanager:*:*:secret:{stage_environment(stage, PROJECT_DIR)['SECRET_PREFIX']}*"
+
+
+def _document(statements: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def discovery_statements(stage: str, assume_role_arns: Sequence[str]) -> list[dict[str, Any]]:
+    """Listing instances under an upstream's credentials: the function's role, a secret, an assumed role."""
+    return [
+        # DescribeInstances supports no resource-level permissions: "*" is the only resource it takes.
+        {"Sid": "DescribeInstances", "Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"},
+        {"Sid": "AssumeDiscoveryRoles", "Effect": "Allow", "Action": ["sts:AssumeRole"], "Resource": list(assume_role_arns)},
+        {
+            "Sid": "ReadUpstreamSecrets",
+            "Effect": "Allow",
+            "Action": ["secretsmanager:GetSecretValue"],
+            "Resource": secret_arn_pattern(stage),
+        },
+    ]
+
+
+def function_policy(stage: str, function: str, assume_role_arns: Sequence[str] = DEFAULT_ASSUME_ROLE_ARNS) -> dict[str, Any]:
+    """The role policy of one function of one stage."""
+    tables = table_names(stage)
+    log_group = f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name(stage, function)}"
+    statements: list[dict[str, Any]] = [
+        # The log group itself is created by the deployment (log_retention_in_days), not by the function.
+        {
+            "Sid": "WriteOwnLogs",
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": f"{log_group}:*",
+        },
+    ]
+    for key, sid in ((UPSTREAMS, "UpstreamsTable"), (ENDPOINTS, "EndpointsTable")):
+        statements.append(
+            {"Sid": sid, "Effect": "Allow", "Action": sorted(DYNAMODB[function][key]), "Resource": table_arn(tables[key])}
+        )
+    statements.extend(discovery_statements(stage, assume_role_arns))
+    if function in ASYNC_FUNCTIONS:
+        # Lambda sends a failed asynchronous invocation to the on-failure destination as the function's role.
+        statements.append(
+            {
+                "Sid": "FailureDestination",
+                "Effect": "Allow",
+                "Action": ["sqs:SendMessage"],
+                "Resource": f"arn:aws:sqs:*:*:{failure_queue_name(stage)}",
+            }
+        )
+    if stage in XRAY_STAGES:
+        # X-Ray's segment APIs take no resource: "*" is the only resource they support.
+        statements.append(
+            {
+                "Sid": "XRayTracing",
+                "Effect": "Allow",
+                "Action": ["xray:PutTelemetryRecords", "xray:PutTraceSegments"],
+                "Resource": "*",
+            }
+        )
+    return _document(statements)
+
+
+def member_permissions() -> dict[str, Any]:
+    """The member account's role: list instances, nothing else."""
+    return _document(
+        [{"Sid": "DescribeInstances", "Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"}]
+    )
+
+
+def member_trust(stage: str, central_account: str = PLACEHOLDER_ACCOUNT, external_id: str = PLACEHOLDER_EXTERNAL_ID) -> dict[str, Any]:
+    """Trust the central account's discovery roles of this stage, and only with the external id."""
+    roles = [f"arn:aws:iam::{central_account}:role/{role_name(stage, function)}" for function in FUNCTIONS]
+    return _document(
+        [
+            {
+                "Sid": "Ec2EdsDiscovery",
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{central_account}:root"},
+                "Action": "sts:AssumeRole",
+                "Condition": {
+                    "StringEquals": {"sts:ExternalId": external_id},
+                    "ArnEquals": {"aws:PrincipalArn": roles},
+                },
+            }
+        ]
+    )
+
+
+def table_resources(stage: str) -> dict[str, Any]:
+    """The two tables, as `chalicelib.store.table_definitions` creates them, plus PITR and retention."""
+    tables = table_names(stage)
+    resources = {}
+    for logical, key in (("UpstreamsTable", UPSTREAMS), ("EndpointsTable", ENDPOINTS)):
+        resources[logical] = {
+            "Type": "AWS::DynamoDB::Table",
+            "DeletionPolicy": "Retain",
+            "UpdateReplacePolicy": "Retain",
+            "Properties": {
+                "TableName": tables[key],
+                "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+                "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+                "BillingMode": "PAY_PER_REQUEST",
+                "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+                "SSESpecification": {"SSEEnabled": True},
+            },
+        }
+    return resources
+
+
+def cfn_name(function: str) -> str:
+    """Chalice's CloudFormation logical id of a function (the API handler's is fixed)."""
+    return "APIHandler" if function == API_HANDLER else to_cfn_resource_name(function)
+
+
+def cfn_role_name(function: str) -> str:
+    """Chalice's logical id of a function's role (`{function}_role` with `autogen_policy: false`)."""
+    return to_cfn_resource_name(f"{function}_role")
+
+
+def merge_template(stage: str) -> dict[str, Any]:
+    """What `chalice package --merge-template` adds to the stage's SAM template."""
+    resources: dict[str, Any] = table_resources(stage)
+    resources["FailedInvocationsQueue"] = {
+        "Type": "AWS::SQS::Queue",
+        "Properties": {
+            "QueueName": failure_queue_name(stage),
+            "MessageRetentionPeriod": 1209600,
+            "SqsManagedSseEnabled": True,
+        },
+    }
+    for function in FUNCTIONS:
+        logical = cfn_name(function)
+        resources[logical] = {"Properties": {"FunctionName": function_name(stage, function)}}
+        resources[cfn_role_name(function)] = {"Properties": {"RoleName": role_name(stage, function)}}
+        # chalice 1.34 names the API handler's log group after a resource that does not exist
+        # (`${ApiHandler}`): every group gets its literal name, which the policies name too.
+        resources[to_cfn_resource_name(f"{function}_log_group")] = {
+            "Properties": {"LogGroupName": f"/aws/lambda/{function_name(stage, function)}"}
+        }
+    for function in ASYNC_FUNCTIONS:
+        resources[f"{cfn_name(function)}InvokeConfig"] = {
+            "Type": "AWS::Lambda::EventInvokeConfig",
+            "Properties": {
+                "FunctionName": {"Ref": cfn_name(function)},
+                "Qualifier": "$LATEST",
+                # A missed schedule is made good by the next one; an event is worth two more tries.
+                "MaximumRetryAttempts": 0 if function == "scheduled_scan" else 2,
+                "MaximumEventAgeInSeconds": 3600,
+                "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": ["FailedInvocationsQueue", "Arn"]}}},
+            },
+        }
+    outputs = {
+        "UpstreamsTableName": {"Value": {"Ref": "UpstreamsTable"}},
+        "EndpointsTableName": {"Value": {"Ref": "EndpointsTable"}},
+        "FailedInvocationsQueueUrl": {"Value": {"Ref": "FailedInvocationsQueue"}},
+    }
+    for function in FUNCTIONS:
+        outputs[f"{cfn_role_name(function)}Arn"] = {"Value": {"Fn::GetAtt": [cfn_role_name(function), "Arn"]}}
+    return {"Resources": resources, "Outputs": outputs}
+
+
+# The four EventBridge rules of app.py, as a member account forwards them.
+EVENT_PATTERNS: dict[str, dict[str, Any]] = {
+    "StateChange": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"]},
+    "SpotInterruption": {"source": ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning"]},
+    "TagChange": {
+        "source": ["aws.tag"],
+        "detail-type": ["Tag Change on Resource"],
+        "detail": {"service": ["ec2"], "resource-type": ["instance"]},
+    },
+    "TerminateLifecycle": {
+        "source": ["aws.autoscaling"],
+        "detail-type": ["EC2 Instance-terminate Lifecycle Action"],
+    },
+}
+
+
+def member_template() -> dict[str, Any]:
+    """The member-account stack: the discovery role and the rules forwarding EC2 events to the central bus."""
+    central_role = "arn:${AWS::Partition}:iam::${CentralAccountId}:role/" + APP + "-${Stage}-"
+    resources: dict[str, Any] = {
+        "DiscoveryRole": {
+            "Type": "AWS::IAM::Role",
+            "Condition": "CreateRole",
+            "Properties": {
+                "RoleName": {"Ref": "RoleName"},
+                "Description": "Lets ec2-eds in the central account list this account's instances",
+                "MaxSessionDuration": 3600,
+                "AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Sid": "Ec2EdsDiscovery",
+                            "Effect": "Allow",
+                            "Principal": {"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${CentralAccountId}:root"}},
+                            "Action": "sts:AssumeRole",
+                            "Condition": {
+                                "StringEquals": {"sts:ExternalId": {"Ref": "ExternalId"}},
+                                "ArnEquals": {
+                                    "aws:PrincipalArn": [
+                                        {"Fn::Sub": central_role + function} for function in FUNCTIONS
+                                    ]
+                                },
+                            },
+                        }
+                    ],
+                },
+                "Policies": [{"PolicyName": "describe-instances", "PolicyDocument": member_permissions()}],
+            },
+        },
+        "ForwardRole": {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "Description": "Lets EventBridge put this region's EC2 events on the central account's bus",
+                "AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "events.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                },
+                "Policies": [
+                    {
+                        "PolicyName": "put-events-on-central-bus",
+                        "PolicyDocument": {
+                            "Version": "2012-10-17",
+                            "Statement": [
+                                {
+                                    "Effect": "Allow",
+                                    "Action": "events:PutEvents",
+                                    "Resource": {"Ref": "CentralBusArn"},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            },
+        },
+    }
+    for kind, pattern in EVENT_PATTERNS.items():
+        resources[f"Forward{kind}"] = {
+            "Type": "AWS::Events::Rule",
+            "Properties": {
+                "Description": f"ec2-eds: forward {pattern['detail-type'][0]} to the central bus",
+                "EventPattern": pattern,
+                "State": "ENABLED",
+                "Targets": [
+                    {"Id": "central-bus", "Arn": {"Ref": "CentralBusArn"}, "RoleArn": {"Fn::GetAtt": ["ForwardRole", "Arn"]}}
+                ],
+            },
+        }
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": (
+            "ec2-eds member account: a role that only lists EC2 instances, trusted by the central account's "
+            "discovery functions with an external id, and EventBridge rules forwarding the four EC2 event "
+            "kinds of this region to the central event bus. Deploy once per member account and region "
+            "(CreateRole=false in every region but the first)."
+        ),
+        "Parameters": {
+            "CentralAccountId": {
+                "Type": "String",
+                "AllowedPattern": "^\\d{12}$",
+                "Description": "The account ec2-eds runs in",
+            },
+            "Stage": {
+                "Type": "String",
+                "Default": "prod",
+                "AllowedValues": list(STAGES),
+                "Description": "The Chalice stage whose functions may assume the role",
+            },
+            "ExternalId": {
+                "Type": "String",
+                "MinLength": 2,
+                "MaxLength": 1224,
+                "AllowedPattern": "^[\\w+=,.@:/-]+$",
+                "NoEcho": True,
+                "Description": "The externalId the upstreams (or the named account) send with AssumeRole",
+            },
+            "RoleName": {
+                "Type": "String",
+                "Default": MEMBER_ROLE_NAME,
+                "AllowedPattern": "^ec2-eds-[\\w+=,.@-]+$",
+                "Description": "Must match the functions' sts:AssumeRole resource (arn:aws:iam::*:role/ec2-eds-*)",
+            },
+            "CentralBusArn": {
+                "Type": "String",
+                "AllowedPattern": "^arn:aws[a-z-]*:events:[a-z0-9-]+:\\d{12}:event-bus/.+$",
+                "Description": "The central account's event bus, e.g. arn:aws:events:us-east-1:111122223333:event-bus/default",
+            },
+            "CreateRole": {
+                "Type": "String",
+                "Default": "true",
+                "AllowedValues": ["true", "false"],
+                "Description": "IAM is global: create the role in one region of the account only",
+            },
+        },
+        "Conditions": {"CreateRole": {"Fn::Equals": [{"Ref": "CreateRole"}, "true"]}},
+        "Resources": resources,
+        "Outputs": {
+            "DiscoveryRoleArn": {
+                "Condition": "CreateRole",
+                "Description": "The roleArn of this account's upstreams (or `account add --assume-role`)",
+                "Value": {"Fn::GetAtt": ["DiscoveryRole", "Arn"]},
+            }
+        },
+    }
+
+
+def generated(assume_role_arns: Sequence[str] = DEFAULT_ASSUME_ROLE_ARNS) -> dict[Path, Any]:
+    """Every generated file and its content."""
+    files: dict[Path, Any] = {}
+    for stage in STAGES:
+        for function in FUNCTIONS:
+            files[POLICIES_DIR / stage / f"{function}.json"] = function_policy(stage, function, assume_role_arns)
+        files[POLICIES_DIR / "member" / f"trust-{stage}.json"] = member_trust(stage)
+        files[DEPLOY_DIR / "merge" / f"{stage}.json"] = merge_template(stage)
+    files[POLICIES_DIR / "member" / "permissions.json"] = member_permissions()
+    files[DEPLOY_DIR / "member-account.json"] = member_template()
+    return files
+
+
+def render(content: Any) -> str:
+    return json.dumps(content, indent=2) + "\n"
+
+
+def stale(files: dict[Path, Any]) -> list[Path]:
+    """Files whose committed text differs from the generated one, or that are missing."""
+    return [path for path, content in files.items() if not path.exists() or path.read_text() != render(content)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devtools.policies", description=__doc__.split("\n")[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    write = verbs.add_parser("write", help="regenerate policies/ and the generated templates of deploy/")
+    write.add_argument(
+        "--assume-role-arn",
+        action="append",
+        help=f"a role ARN (pattern) discovery may assume; repeatable (default {DEFAULT_ASSUME_ROLE_ARNS[0]})",
+    )
+    verbs.add_parser("check", help="exit 1 if a generated file is missing or differs")
+    trust = verbs.add_parser("member-trust", help="print the member role's trust policy, filled in")
+    trust.add_argument("--stage", default="prod", choices=STAGES)
+    trust.add_argument("--central-account", required=True)
+    trust.add_argument("--external-id", required=True)
+    args = parser.parse_args(argv)
+    if args.verb == "member-trust":
+        print(render(member_trust(args.stage, args.central_account, args.external_id)), end="")
+        return 0
+    files = generated(tuple(args.assume_role_arn or DEFAULT_ASSUME_ROLE_ARNS) if args.verb == "write" else DEFAULT_ASSUME_ROLE_ARNS)
+    if args.verb == "check":
+        out_of_date = stale(files)
+        for path in out_of_date:
+            print(f"stale: {path.relative_to(PROJECT_DIR)}", file=sys.stderr)
+        if out_of_date:
+            print("run: python -m devtools.policies write", file=sys.stderr)
+        return 1 if out_of_date else 0
+    for path, content in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render(content))
+        print(path.relative_to(PROJECT_DIR))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
