@@ -118,3 +118,21 @@ def test_bad_extension_fields_name_their_path(block: dict[str, Any], field: str)
     with pytest.raises(SpecError) as err:
         upstream(**block)
     assert err.value.field == field
+
+
+def test_the_subset_routing_example_is_a_valid_envoy_bootstrap() -> None:
+    from pathlib import Path
+
+    import yaml
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
+    from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401  registers the type
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "examples" / "envoy-subset-lb.yaml"
+    bootstrap = json_format.ParseDict(yaml.safe_load(path.read_text()), bootstrap_pb2.Bootstrap())
+    cluster = next(c for c in bootstrap.static_resources.clusters if c.name == "web_shop")
+    assert [list(selector.keys) for selector in cluster.lb_subset_config.subset_selectors] == [["version"]]
+    # The metadata the route selects on is the metadata ec2-eds serves for `metadataTags: [version]`.
+    spec = upstream(metadataTags=["version"])
+    served = eds.assignment("web_shop", reconcile([spec], [instance(1, version="v2")])["shop/web"][0])
+    assert served["endpoints"][0]["lb_endpoints"][0]["metadata"]["filter_metadata"]["envoy.lb"]["version"] == "v2"
