@@ -105,7 +105,11 @@ def envoy_eds():
 @app.route("/prometheus/targets", methods=["GET"], authorizer=READ)
 def prometheus_targets():
     params = app.current_request.query_params or {}
-    return respond(api.prometheus_targets(runtime.store(), params.get("namespace"), params.get("name")))
+    return respond(
+        api.prometheus_targets(
+            runtime.store(), params.get("namespace"), params.get("name"), params.get("shard"), params.get("shards")
+        )
+    )
 
 
 # EventBridge rules, one per event kind; each delivers to the same handler code as `cli event`.

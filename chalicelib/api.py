@@ -30,8 +30,11 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
     def text(self) -> str:
+        """The body as sent: JSON, unless it is already serialised text."""
         if self.body is None:
             return ""
+        if isinstance(self.body, str):
+            return self.body
         return json.dumps(self.body, separators=(",", ":"))
 
 
@@ -145,8 +148,20 @@ def discovery_endpoints(store: Store, raw_body: bytes | None) -> Reply:
     return ok(eds.response(request.clusters, sets))
 
 
-def prometheus_targets(store: Store, namespace: str | None, name: str | None) -> Reply:
+PROMETHEUS_BUDGET = 5_500_000  # bytes: under Lambda's 6 MB response limit, with room for headers
+
+
+def prometheus_targets(
+    store: Store, namespace: str | None, name: str | None, shard: str | None = None, shards: str | None = None
+) -> Reply:
     """HTTP SD target groups of every upstream, or of those `namespace`/`name` select. Never 304."""
+    try:
+        count = int(shards or "1")
+        index = int(shard or "0")
+        if not 1 <= count <= 1000 or not 0 <= index < count:
+            raise ValueError
+    except ValueError:
+        return error(400, "shards must be 1-1000 and shard 0 to shards-1", "shard")
     if namespace and name:
         one = store.get_endpoint_set(namespace, name) if parse_cluster_name(f"{name}_{namespace}") else None
         sets = [one] if one else []
@@ -156,7 +171,17 @@ def prometheus_targets(store: Store, namespace: str | None, name: str | None) ->
             for endpoint_set in store.list_endpoint_sets()
             if (not namespace or endpoint_set.namespace == namespace) and (not name or endpoint_set.name == name)
         ]
-    return ok(prometheus.target_groups(sets))
+    text = json.dumps(prometheus.target_groups(sets, index, count), separators=(",", ":"))
+    size = len(text)
+    if size > PROMETHEUS_BUDGET:
+        needed = -(-size * count // PROMETHEUS_BUDGET)
+        return error(
+            413,
+            f"{size} bytes of targets exceed one answer: split them with ?shards={needed}&shard=K "
+            f"(K from 0 to {needed - 1}), one http_sd_configs entry per shard",
+            "shards",
+        )
+    return reply
 
 
 # --- named accounts ------------------------------------------------------------------------------

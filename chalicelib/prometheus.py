@@ -3,16 +3,20 @@
 Labels are named as Prometheus' own `ec2_sd_configs` names them, so
 relabelling rules written for ec2_sd work unchanged; the upstream adds its
 own under `__meta_ec2eds_`. One target group per endpoint, since every
-instance carries labels of its own.
+instance carries labels of its own. A target carries about 700 bytes of
+labels, so past some 7,000 targets one answer would exceed Lambda's 6 MB
+response limit: `?shards=N&shard=K` splits the targets into N stable shards,
+one `http_sd_configs` entry each.
 """
 
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from .endpoints import EndpointSet
+from .endpoints import Endpoint, EndpointSet
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -22,10 +26,20 @@ def sanitize(name: str) -> str:
     return _INVALID.sub("_", name)
 
 
-def target_groups(sets: Iterable[EndpointSet]) -> list[dict[str, Any]]:
+def in_shard(endpoint_set: EndpointSet, endpoint: Endpoint, shard: int, shards: int) -> bool:
+    """Whether a target belongs to shard `shard` of `shards` (stable: a hash of upstream and instance)."""
+    if shards == 1:
+        return True
+    return zlib.crc32(f"{endpoint_set.key}/{endpoint.instance_id}".encode()) % shards == shard
+
+
+def target_groups(sets: Iterable[EndpointSet], shard: int = 0, shards: int = 1) -> list[dict[str, Any]]:
+    """One target group per endpoint; with `shards` > 1 only those of shard `shard`."""
     groups = []
     for endpoint_set in sets:
         for endpoint in endpoint_set.endpoints:
+            if not in_shard(endpoint_set, endpoint, shard, shards):
+                continue
             labels = {
                 "__meta_ec2_instance_id": endpoint.instance_id,
                 "__meta_ec2_instance_state": "running",
