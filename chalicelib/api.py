@@ -181,7 +181,7 @@ def prometheus_targets(
             f"(K from 0 to {needed - 1}), one http_sd_configs entry per shard",
             "shards",
         )
-    return reply
+    return ok(text)
 
 
 # --- named accounts ------------------------------------------------------------------------------
