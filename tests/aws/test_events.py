@@ -15,7 +15,7 @@ from chalicelib.discovery import full_scan
 from chalicelib.endpoints import Instance
 from chalicelib.inventory import Ec2Inventory
 from chalicelib.spec import Credentials, parse_upstream
-from tests.conftest import load_event
+from tests.conftest import launch, load_event
 
 OTHER_ACCOUNT = "111111111111"
 ROLE_IN_OTHER = f"arn:aws:iam::{OTHER_ACCOUNT}:role/ec2-eds-member"
@@ -28,16 +28,6 @@ def upstream(name: str, filters: list[dict[str, Any]], **ec2: Any) -> Any:
         "spec": {"awsEc2": {"region": "us-east-1", "filters": filters, **ec2}},
     }
     return parse_upstream(document)
-
-
-def launch(ec2: Any, tags: dict[str, str]) -> str:
-    answer = ec2.run_instances(
-        ImageId="ami-12c6146b",
-        MinCount=1,
-        MaxCount=1,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
-    )
-    return str(answer["Instances"][0]["InstanceId"])
 
 
 def event(name: str, instance_id: str, **changes: Any) -> dict[str, Any]:
