@@ -7,7 +7,8 @@ from chalice import Chalice, IAMAuthorizer, Rate, Response
 from chalicelib import api, discovery, events, runtime
 from chalicelib.observability import flush, logger
 
-app = Chalice(app_name="ec2-eds")
+# configure_logs=False: Chalice would set the `ec2-eds` logger, Powertools' own, to ERROR.
+app = Chalice(app_name="ec2-eds", configure_logs=False)
 YAML_OR_JSON = ["application/json", "application/yaml", "application/x-yaml", "text/yaml"]
 # Deployed, admin routes need IAM (SigV4) auth; so do the read routes unless the stage says
 # READ_ROUTES_AUTH=none. The EDS route has none: Envoy cannot sign, so it is reached through a

@@ -18,7 +18,7 @@ from .config import settings
 from .discovery import full_scan, iso, last_scan
 from .inventory import InstanceLister
 from .spec import SpecError, check_label, load_one, parse_cluster_name, parse_upstream
-from .store import Store, StoredUpstream
+from .store import DocumentTooLarge, Store, StoredUpstream
 
 JSON = "application/json"
 
@@ -74,7 +74,10 @@ def put_upstream(
     except SpecError as err:
         return error(400, err.message, err.field)
     existed = store.get_upstream(namespace, name) is not None
-    store.put_upstream(upstream, iso(now))
+    try:
+        store.put_upstream(upstream, iso(now))
+    except DocumentTooLarge as err:
+        return error(413, str(err))
     entry = store.get_upstream(namespace, name)
     assert entry is not None
     return ok(describe(entry, {}), 200 if existed else 201)

@@ -148,10 +148,10 @@ def apply(
         logger.info(
             "discovered upstreams reconciled",
             extra={
-                "created": changes.created,
-                "updated": changes.updated,
-                "removed": changes.removed,
-                "refused": changes.refused,
+                "upstreams_created": changes.created,
+                "upstreams_updated": changes.updated,
+                "upstreams_removed": changes.removed,
+                "upstreams_refused": changes.refused,
             },
         )
     return changes

@@ -23,7 +23,7 @@ from .config import ConfigError, settings
 from .credentials import secret_document, secret_id
 from .discovery import full_scan, iso
 from .spec import SpecError, check_label, iter_upstreams, load_documents
-from .store import table_definitions
+from .store import DocumentTooLarge, table_definitions
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    except (CliError, ConfigError) as err:
+    except (CliError, ConfigError, DocumentTooLarge) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except ClientError as err:

@@ -6,7 +6,7 @@ condition on the digest the writer last read, so two writers (a scan and
 an event) never overwrite each other's newer result unnoticed.
 
 Tables (partition key `id`, a string):
-- upstreams: `namespace/name` -> document (JSON), status, updatedAt; plus
+- upstreams: `namespace/name` -> document (zlib-compressed JSON), status, updatedAt; plus
   `~scan` (the last successful listing time of each group), `~draining`
   (instances under an interruption warning, until when), `~missing`
   (discovered upstreams whose instances are gone, since when) and
@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import uuid
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -155,6 +156,29 @@ def active_draining(marks: dict[str, str], now: str) -> frozenset[str]:
     return frozenset(instance for instance, until in marks.items() if until > now)
 
 
+class DocumentTooLarge(ValueError):
+    """A document that validates but cannot be stored in one DynamoDB item, even compressed."""
+
+
+MAX_DOCUMENT_BYTES = 350_000  # compressed, under DynamoDB's 400 KB item limit
+
+
+def encode_document(document: dict[str, Any]) -> bytes:
+    """A Gloo document, compressed for storage; DocumentTooLarge past one item."""
+    body = zlib.compress(json.dumps(document, separators=(",", ":")).encode(), 6)
+    if len(body) > MAX_DOCUMENT_BYTES:
+        raise DocumentTooLarge(
+            f"the document compresses to {len(body)} bytes; at most {MAX_DOCUMENT_BYTES} can be stored"
+        )
+    return body
+
+
+def decode_document(attribute: dict[str, Any]) -> Any:
+    if "B" in attribute:
+        return json.loads(zlib.decompress(attribute["B"]))
+    return json.loads(attribute["S"])  # written before documents were compressed
+
+
 def encode_endpoints(endpoints: Iterable[Endpoint]) -> bytes:
     records = [endpoint.record() for endpoint in endpoints]
     return zlib.compress(json.dumps(records, separators=(",", ":")).encode(), 6)
@@ -179,6 +203,7 @@ class MemoryStore:
     def put_upstream(self, upstream: Upstream, now: str) -> None:
         with self._lock:
             self.writes += 1
+            encode_document(upstream.document)  # the same limit as DynamoDB
             self.upstreams[upstream.key] = {
                 "namespace": upstream.namespace,
                 "name": upstream.name,
@@ -300,7 +325,7 @@ class DynamoStore:
                 "id": {"S": upstream.key},
                 "namespace": {"S": upstream.namespace},
                 "name": {"S": upstream.name},
-                "document": {"S": json.dumps(upstream.document, separators=(",", ":"))},
+                "document": {"B": encode_document(upstream.document)},
                 "status": {"S": json.dumps(PENDING.as_dict())},
                 "updatedAt": {"S": now},
             },
@@ -311,7 +336,7 @@ class DynamoStore:
         return stored(
             item["namespace"]["S"],
             item["name"]["S"],
-            json.loads(item["document"]["S"]),
+            decode_document(item["document"]),
             Status.from_dict(json.loads(item["status"]["S"])) if "status" in item else PENDING,
             item.get("updatedAt", {}).get("S", ""),
         )
@@ -356,7 +381,7 @@ class DynamoStore:
     #
     # A set's records are compressed into `body`. Past CHUNK_BYTES (DynamoDB
     # items hold 400 KB at most) the rest goes into chunk items
-    # `{id}#{digest}#{n}`, written before the main item that names them, so
+    # `{id}#{write}#{n}` (`write` unique to each write), written before the main item that names them, so
     # a reader never sees a set whose chunks are missing; the previous
     # set's chunks are deleted after the switch.
 
@@ -374,7 +399,8 @@ class DynamoStore:
     @staticmethod
     def _chunk_keys(item: dict[str, Any]) -> list[str]:
         count = int(item.get("chunks", {}).get("N", "1"))
-        return [f"{item['id']['S']}#{item['digest']['S']}#{number}" for number in range(1, count)]
+        write = item.get("write", {}).get("S", "")
+        return [f"{item['id']['S']}#{write}#{number}" for number in range(1, count)]
 
     def _read_chunks(self, keys: list[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
@@ -430,6 +456,9 @@ class DynamoStore:
             "digest": {"S": endpoint_set.digest},
             "count": {"N": str(len(endpoint_set.endpoints))},
             "chunks": {"N": str(len(parts))},
+            # Chunks are named by this write, not by content: two writers of the same content
+            # must never share (and so never delete) each other's chunks.
+            "write": {"S": uuid.uuid4().hex},
             "body": {"B": parts[0]},
         }
         chunk_keys = self._chunk_keys(item)
@@ -443,7 +472,7 @@ class DynamoStore:
                 return False
             raise
         old = answer.get("Attributes")
-        if old and old["digest"]["S"] != endpoint_set.digest:
+        if old:
             self._delete_keys(self._chunk_keys(old))
         return True
 
