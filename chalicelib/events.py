@@ -261,10 +261,11 @@ def handle(
             return summary
         summary.kind, summary.instance_id = trigger.kind, trigger.instance_id
         now = clock()
-        if trigger.drain:
+        draining = active_draining(store.get_marks(DRAINING), iso(now))
+        if trigger.drain and trigger.instance_id not in draining:  # a repeated warning writes nothing
             until = iso(now + timedelta(seconds=settings().draining_ttl_seconds))
             store.set_mark(DRAINING, trigger.instance_id, until)
-        draining = active_draining(store.get_marks(DRAINING), iso(now))
+            draining |= {trigger.instance_id}
         described: dict[GroupKey, Instance | None | DiscoveryError] = {}
 
         def describe(group: GroupKey) -> Instance | None | DiscoveryError:

@@ -113,6 +113,30 @@ def seed(iam: Any, ec2: Any) -> dict[str, str]:
     return ids
 
 
+EVENTS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "events"
+EVENT_KINDS = ("state-change", "tag-change", "spot-interruption", "asg-terminate-lifecycle")
+
+
+def event_for(ec2: Any, instance_id: str, kind: str) -> dict[str, Any]:
+    """The EventBridge event AWS would send now for this instance, from the real-shape samples."""
+    if kind not in EVENT_KINDS:
+        raise SystemExit(f"error: event kind must be one of {', '.join(EVENT_KINDS)}")
+    sample = "ec2-state-change" if kind == "state-change" else kind
+    event: dict[str, Any] = json.loads((EVENTS / f"{sample}.json").read_text())
+    described = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    event["resources"] = [f"arn:aws:ec2:us-east-1:{event['account']}:instance/{instance_id}"]
+    detail = event["detail"]
+    if "instance-id" in detail:
+        detail["instance-id"] = instance_id
+    if "state" in detail:
+        detail["state"] = described["State"]["Name"]
+    if "tags" in detail:
+        detail["tags"] = {tag["Key"]: tag["Value"] for tag in described.get("Tags", [])}
+    if "EC2InstanceId" in detail:
+        detail["EC2InstanceId"] = instance_id
+    return event
+
+
 def find(ec2: Any, name: str) -> str:
     """The id of the demo instance called `name` (its Name tag)."""
     answer = ec2.describe_instances(Filters=[{"Name": "tag:Name", "Values": [name]}])
@@ -132,9 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     import boto3
 
     parser = argparse.ArgumentParser(prog="python -m devtools.fleet", description=main.__doc__)
-    parser.add_argument("action", choices=["seed", "stop", "start", "terminate", "tag", "untag", "list"])
-    parser.add_argument("name", nargs="?", help="the instance's Name tag (web-1 ... web-7, api-1, api-2, shop-1, shop-2)")
-    parser.add_argument("tags", nargs="*", help="KEY=VALUE for tag, KEY for untag")
+    parser.add_argument("action", choices=["seed", "stop", "start", "terminate", "tag", "untag", "list", "event"])
+    parser.add_argument(
+        "name", nargs="?", help="the instance's Name tag (web-1 ... web-7, api-1, api-2, shop-1, shop-2)"
+    )
+    parser.add_argument(
+        "tags", nargs="*", help="KEY=VALUE for tag, KEY for untag; for event the kind: " + ", ".join(EVENT_KINDS)
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
     for key, value in (
@@ -165,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.name:
         parser.error(f"{args.action} needs an instance name")
     instance = find(ec2, args.name)
+    if args.action == "event":
+        print(json.dumps(event_for(ec2, instance, args.tags[0] if args.tags else "state-change"), indent=2))
+        return 0
     if args.action == "stop":
         ec2.stop_instances(InstanceIds=[instance])
     elif args.action == "start":

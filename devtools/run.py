@@ -74,6 +74,12 @@ def main() -> int:
             f"  curl -s {base}/prometheus/targets\n"
             f"  AWS_ENDPOINT_URL={endpoint} .venv/bin/python -m devtools.fleet stop web-1"
             f"   (the next scan, within {args.interval:g} s, drops it)\n"
+            f"  or at once, by its event:\n"
+            f"  export AWS_ENDPOINT_URL={endpoint} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing\n"
+            f"  .venv/bin/python -m devtools.fleet stop web-2\n"
+            f"  .venv/bin/python -m devtools.fleet event web-2 state-change > /tmp/event.json\n"
+            f"  .venv/bin/python -m chalicelib.cli event /tmp/event.json\n"
+            f"  (kinds: state-change, tag-change, spot-interruption, asg-terminate-lifecycle)\n"
             f"scanning every {args.interval:g} s; Ctrl-C stops everything\n",
             flush=True,
         )
