@@ -327,3 +327,12 @@ def test_the_chalice_handlers_take_the_events(fleet: dict[str, str]) -> None:
         )
     assert response.payload["changed"] == 2
     assert fleet["web-1"] not in members("web")
+
+
+def test_a_repeated_interruption_warning_writes_nothing(fleet: dict[str, str]) -> None:
+    first = deliver(event("spot-interruption.json", fleet["web-1"]))
+    again = deliver(event("spot-interruption.json", fleet["web-1"]))
+    assert first["changed"] == 2
+    assert again["changed"] == 0
+    assert not set(again["aws_calls"]) & set(WRITES)
+    assert members("web")[fleet["web-1"]] == "DRAINING"
