@@ -22,6 +22,22 @@ test: venv
 run: venv
 	$(PY) -m devtools.run
 
+## bench: AWS calls, DynamoDB writes and reads, CPU, latency and cold start, beside Prometheus' ec2_sd (bench/README.md)
+.PHONY: bench
+bench: venv
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+## package: CloudFormation (SAM) of STAGE with its tables and failure queue, into build/package/
+.PHONY: package cfn-lint
+package: venv
+	rm -rf build/package
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-$${AWS_REGION:-us-east-1}} \
+	  $(VENV)/bin/chalice package --stage $(STAGE) --merge-template deploy/merge/$(STAGE).json build/package/
+
+## cfn-lint: the packaged template and every template in deploy/ (no errors, no warnings)
+cfn-lint: package
+	$(VENV)/bin/cfn-lint build/package/sam.json deploy/*.json
+
 ## lint: ruff and mypy
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -71,24 +71,30 @@ _EVENT_ENDPOINTS = ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutIt
 #   Scan of endpoint digests, DeleteItem (replaced chunks, sets of deleted upstreams);
 # - events: GetItem + BatchGetItem (a set and its chunks), PutItem/DeleteItem (the new set, old chunks),
 #   UpdateItem (status, draining marks), PutItem on upstreams for the first draining mark;
+# - discovered upstreams (DISCOVERY_ENABLED, chalicelib/autodiscovery.py): the scan creates them
+#   (PutItem), marks them missing (UpdateItem/PutItem) and deletes them (DeleteItem of the upstream
+#   and its set); a tag-change event creates one (PutItem of the upstream and an empty set);
 # - API: all of the scan (POST /scan) plus PUT/DELETE of upstreams and accounts and the reads.
 DYNAMODB: dict[str, dict[str, list[str]]] = {
     API_HANDLER: {
         UPSTREAMS: [*_UPSTREAMS_READ_WRITE, "dynamodb:DeleteItem"],
-        ENDPOINTS: ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Scan"],
+        ENDPOINTS: [
+            "dynamodb:GetItem",
+            "dynamodb:BatchGetItem",
+            "dynamodb:PutItem",
+            "dynamodb:DeleteItem",
+            "dynamodb:Scan",
+        ],
     },
     "scheduled_scan": {
-        UPSTREAMS: _UPSTREAMS_READ_WRITE,
+        UPSTREAMS: [*_UPSTREAMS_READ_WRITE, "dynamodb:DeleteItem"],
         ENDPOINTS: ["dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Scan"],
     },
     "ec2_state_change": {
         UPSTREAMS: ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"],
         ENDPOINTS: _EVENT_ENDPOINTS,
     },
-    "ec2_tag_change": {
-        UPSTREAMS: ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"],
-        ENDPOINTS: _EVENT_ENDPOINTS,
-    },
+    "ec2_tag_change": {UPSTREAMS: _UPSTREAMS_READ_WRITE, ENDPOINTS: _EVENT_ENDPOINTS},
     "ec2_spot_interruption": {UPSTREAMS: _UPSTREAMS_READ_WRITE, ENDPOINTS: _EVENT_ENDPOINTS},
     "asg_terminate_lifecycle": {UPSTREAMS: _UPSTREAMS_READ_WRITE, ENDPOINTS: _EVENT_ENDPOINTS},
 }
@@ -133,7 +139,12 @@ def discovery_statements(stage: str, assume_role_arns: Sequence[str]) -> list[di
     return [
         # DescribeInstances supports no resource-level permissions: "*" is the only resource it takes.
         {"Sid": "DescribeInstances", "Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"},
-        {"Sid": "AssumeDiscoveryRoles", "Effect": "Allow", "Action": ["sts:AssumeRole"], "Resource": list(assume_role_arns)},
+        {
+            "Sid": "AssumeDiscoveryRoles",
+            "Effect": "Allow",
+            "Action": ["sts:AssumeRole"],
+            "Resource": list(assume_role_arns),
+        },
         {
             "Sid": "ReadUpstreamSecrets",
             "Effect": "Allow",
@@ -143,7 +154,9 @@ def discovery_statements(stage: str, assume_role_arns: Sequence[str]) -> list[di
     ]
 
 
-def function_policy(stage: str, function: str, assume_role_arns: Sequence[str] = DEFAULT_ASSUME_ROLE_ARNS) -> dict[str, Any]:
+def function_policy(
+    stage: str, function: str, assume_role_arns: Sequence[str] = DEFAULT_ASSUME_ROLE_ARNS
+) -> dict[str, Any]:
     """The role policy of one function of one stage."""
     tables = table_names(stage)
     log_group = f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name(stage, function)}"
@@ -158,7 +171,12 @@ def function_policy(stage: str, function: str, assume_role_arns: Sequence[str] =
     ]
     for key, sid in ((UPSTREAMS, "UpstreamsTable"), (ENDPOINTS, "EndpointsTable")):
         statements.append(
-            {"Sid": sid, "Effect": "Allow", "Action": sorted(DYNAMODB[function][key]), "Resource": table_arn(tables[key])}
+            {
+                "Sid": sid,
+                "Effect": "Allow",
+                "Action": sorted(DYNAMODB[function][key]),
+                "Resource": table_arn(tables[key]),
+            }
         )
     statements.extend(discovery_statements(stage, assume_role_arns))
     if function in ASYNC_FUNCTIONS:
@@ -191,7 +209,9 @@ def member_permissions() -> dict[str, Any]:
     )
 
 
-def member_trust(stage: str, central_account: str = PLACEHOLDER_ACCOUNT, external_id: str = PLACEHOLDER_EXTERNAL_ID) -> dict[str, Any]:
+def member_trust(
+    stage: str, central_account: str = PLACEHOLDER_ACCOUNT, external_id: str = PLACEHOLDER_EXTERNAL_ID
+) -> dict[str, Any]:
     """Trust the central account's discovery roles of this stage, and only with the external id."""
     roles = [f"arn:aws:iam::{central_account}:role/{role_name(stage, function)}" for function in FUNCTIONS]
     return _document(
@@ -273,7 +293,7 @@ def merge_template(stage: str) -> dict[str, Any]:
                 "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": ["FailedInvocationsQueue", "Arn"]}}},
             },
         }
-    outputs = {
+    outputs: dict[str, Any] = {
         "UpstreamsTableName": {"Value": {"Ref": "UpstreamsTable"}},
         "EndpointsTableName": {"Value": {"Ref": "EndpointsTable"}},
         "FailedInvocationsQueueUrl": {"Value": {"Ref": "FailedInvocationsQueue"}},
@@ -321,9 +341,7 @@ def member_template() -> dict[str, Any]:
                             "Condition": {
                                 "StringEquals": {"sts:ExternalId": {"Ref": "ExternalId"}},
                                 "ArnEquals": {
-                                    "aws:PrincipalArn": [
-                                        {"Fn::Sub": central_role + function} for function in FUNCTIONS
-                                    ]
+                                    "aws:PrincipalArn": [{"Fn::Sub": central_role + function} for function in FUNCTIONS]
                                 },
                             },
                         }
@@ -372,7 +390,11 @@ def member_template() -> dict[str, Any]:
                 "EventPattern": pattern,
                 "State": "ENABLED",
                 "Targets": [
-                    {"Id": "central-bus", "Arn": {"Ref": "CentralBusArn"}, "RoleArn": {"Fn::GetAtt": ["ForwardRole", "Arn"]}}
+                    {
+                        "Id": "central-bus",
+                        "Arn": {"Ref": "CentralBusArn"},
+                        "RoleArn": {"Fn::GetAtt": ["ForwardRole", "Arn"]},
+                    }
                 ],
             },
         }
@@ -413,7 +435,7 @@ def member_template() -> dict[str, Any]:
             "CentralBusArn": {
                 "Type": "String",
                 "AllowedPattern": "^arn:aws[a-z-]*:events:[a-z0-9-]+:\\d{12}:event-bus/.+$",
-                "Description": "The central account's event bus, e.g. arn:aws:events:us-east-1:111122223333:event-bus/default",
+                "Description": "The central event bus, e.g. arn:aws:events:us-east-1:111122223333:event-bus/default",
             },
             "CreateRole": {
                 "Type": "String",
@@ -456,9 +478,9 @@ def stale(files: dict[Path, Any]) -> list[Path]:
     return [path for path, content in files.items() if not path.exists() or path.read_text() != render(content)]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devtools.policies", description=__doc__.split("\n")[0])
-    verbs = parser.add_subparsers(dest="verb", required=True)
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m devtools.policies", description=(__doc__ or "").split("\n")[0])
+    verbs = top.add_subparsers(dest="verb", required=True)
     write = verbs.add_parser("write", help="regenerate policies/ and the generated templates of deploy/")
     write.add_argument(
         "--assume-role-arn",
@@ -470,11 +492,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     trust.add_argument("--stage", default="prod", choices=STAGES)
     trust.add_argument("--central-account", required=True)
     trust.add_argument("--external-id", required=True)
-    args = parser.parse_args(argv)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.verb == "member-trust":
         print(render(member_trust(args.stage, args.central_account, args.external_id)), end="")
         return 0
-    files = generated(tuple(args.assume_role_arn or DEFAULT_ASSUME_ROLE_ARNS) if args.verb == "write" else DEFAULT_ASSUME_ROLE_ARNS)
+    files = generated(
+        tuple(args.assume_role_arn or DEFAULT_ASSUME_ROLE_ARNS) if args.verb == "write" else DEFAULT_ASSUME_ROLE_ARNS
+    )
     if args.verb == "check":
         out_of_date = stale(files)
         for path in out_of_date:

@@ -1,0 +1,225 @@
+"""`chalice package` with the merge template, and cfn-lint on everything, as a user runs them.
+
+Slow (each package builds the deployment zip): marked `deploy`, run by `make test`.
+cfn-lint is run as a process; any output at all (error, warning or info) fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools import policies as gen
+
+pytestmark = pytest.mark.deploy
+ROOT = gen.PROJECT_DIR
+CHALICE = str(Path(sys.executable).with_name("chalice"))
+CFN_LINT = str(Path(sys.executable).with_name("cfn-lint"))
+CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())
+VPCE = "vpce-0123456789abcdef0"
+
+
+def environment() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "READ_ROUTES_AUTH"))}
+    env.update({"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    return env
+
+
+def package(project: Path, stage: str, out: Path) -> dict[str, Any]:
+    """`make package`'s command, in `project`, into `out`."""
+    result = subprocess.run(
+        [CHALICE, "package", "--stage", stage, "--merge-template", f"deploy/merge/{stage}.json", str(out)],
+        cwd=project,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return dict(json.loads((out / "sam.json").read_text()))
+
+
+def cfn_lint(*paths: Path) -> None:
+    result = subprocess.run(
+        [CFN_LINT, *map(str, paths)], env=environment(), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), (
+        f"cfn-lint exit {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    )
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, dict[str, Any]]]:
+    done: dict[str, tuple[Path, dict[str, Any]]] = {}
+
+    def get(stage: str) -> tuple[Path, dict[str, Any]]:
+        if stage not in done:
+            out = tmp_path_factory.mktemp(f"package-{stage}") / "out"
+            done[stage] = (out / "sam.json", package(ROOT, stage, out))
+        return done[stage]
+
+    return get
+
+
+def of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in template["Resources"].items() if r.get("Type") == kind}
+
+
+def test_make_package_runs_chalice_package_with_the_merge_template() -> None:
+    result = subprocess.run(
+        ["make", "-n", "package", "STAGE=prod"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "chalice package --stage prod --merge-template deploy/merge/prod.json build/package/" in result.stdout
+    lint = subprocess.run(
+        ["make", "-n", "cfn-lint", "STAGE=prod"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert lint.returncode == 0 and "cfn-lint" in lint.stdout, lint.stdout + lint.stderr
+
+
+def test_prod_template_holds_the_tables(packaged: Callable[[str], tuple[Path, dict[str, Any]]]) -> None:
+    _, template = packaged("prod")
+    tables = {r["Properties"]["TableName"]: r["Properties"] for r in of_type(template, "AWS::DynamoDB::Table").values()}
+    assert set(tables) == {"ec2-eds-prod-upstreams", "ec2-eds-prod-endpoints"}
+    for properties in tables.values():
+        assert properties["BillingMode"] == "PAY_PER_REQUEST"
+        assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+        assert properties["SSESpecification"] == {"SSEEnabled": True}
+
+
+def test_prod_template_holds_the_rules_and_the_schedule(packaged: Callable[[str], tuple[Path, dict[str, Any]]]) -> None:
+    _, template = packaged("prod")
+    functions = of_type(template, "AWS::Serverless::Function")
+    events = [
+        (name, event)
+        for name, function in functions.items()
+        for event in function["Properties"].get("Events", {}).values()
+    ]
+    rules = [event["Properties"]["Pattern"] for _, event in events if event["Type"] == "CloudWatchEvent"]
+    schedules = [event["Properties"]["Schedule"] for _, event in events if event["Type"] == "Schedule"]
+    assert len(rules) == 4
+    assert {rule["detail-type"][0] for rule in rules} == {
+        "EC2 Instance State-change Notification",
+        "EC2 Spot Instance Interruption Warning",
+        "Tag Change on Resource",
+        "EC2 Instance-terminate Lifecycle Action",
+    }
+    assert schedules == ["rate(1 minute)"]  # prod's SCAN_RATE_MINUTES
+
+
+def test_prod_template_gives_each_function_its_scoped_role(
+    packaged: Callable[[str], tuple[Path, dict[str, Any]]],
+) -> None:
+    _, template = packaged("prod")
+    functions = of_type(template, "AWS::Serverless::Function")
+    roles = of_type(template, "AWS::IAM::Role")
+    assert len(functions) == len(roles) == len(gen.FUNCTIONS)
+    assert "DefaultRole" not in roles
+    used = set()
+    for function in gen.FUNCTIONS:
+        properties = functions[gen.cfn_name(function)]["Properties"]
+        role_name = properties["Role"]["Fn::GetAtt"][0]
+        used.add(role_name)
+        role = roles[role_name]["Properties"]
+        assert role["RoleName"] == gen.role_name("prod", function)
+        (inline,) = role["Policies"]
+        assert inline["PolicyDocument"] == json.loads((gen.POLICIES_DIR / "prod" / f"{function}.json").read_text())
+        assert properties["FunctionName"] == gen.function_name("prod", function)
+        assert properties["Tracing"] == "Active"
+        assert properties["MemorySize"] == CONFIG["lambda_functions"][function]["lambda_memory_size"]
+        assert properties["Timeout"] == CONFIG["lambda_functions"][function]["lambda_timeout"]
+        variables = properties["Environment"]["Variables"]
+        assert variables["UPSTREAMS_TABLE"] == "ec2-eds-prod-upstreams"
+        assert variables["READ_ROUTES_AUTH"] == "iam"
+    assert used == set(roles)
+
+
+def test_prod_template_sends_failed_events_to_the_queue(
+    packaged: Callable[[str], tuple[Path, dict[str, Any]]],
+) -> None:
+    _, template = packaged("prod")
+    configs = of_type(template, "AWS::Lambda::EventInvokeConfig")
+    targets = {config["Properties"]["FunctionName"]["Ref"] for config in configs.values()}
+    assert targets == {gen.cfn_name(function) for function in gen.ASYNC_FUNCTIONS}
+    for config in configs.values():
+        destination = config["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]
+        assert destination == {"Fn::GetAtt": ["FailedInvocationsQueue", "Arn"]}
+    (queue,) = of_type(template, "AWS::SQS::Queue").values()
+    assert queue["Properties"]["QueueName"] == "ec2-eds-prod-failed-invocations"
+    groups = {g["Properties"]["LogGroupName"] for g in of_type(template, "AWS::Logs::LogGroup").values()}
+    assert groups == {f"/aws/lambda/{gen.function_name('prod', function)}" for function in gen.FUNCTIONS}
+
+
+def test_prod_api_signs_admin_and_read_routes(packaged: Callable[[str], tuple[Path, dict[str, Any]]]) -> None:
+    _, template = packaged("prod")
+    api = template["Resources"]["RestAPI"]["Properties"]
+    assert api["EndpointConfiguration"] == "REGIONAL"
+    paths = api["DefinitionBody"]["paths"]
+    assert paths["/endpoints/{namespace}/{name}"]["get"]["security"] == [{"sigv4": []}]
+    assert paths["/prometheus/targets"]["get"]["security"] == [{"sigv4": []}]
+    assert paths["/upstreams/{namespace}/{name}"]["put"]["security"] == [{"sigv4": []}]
+    assert "security" not in paths["/v3/discovery:endpoints"]["post"]  # Envoy cannot sign
+
+
+@pytest.mark.parametrize("stage", gen.STAGES)
+def test_packaged_template_lints_clean(stage: str, packaged: Callable[[str], tuple[Path, dict[str, Any]]]) -> None:
+    path, _ = packaged(stage)
+    cfn_lint(path)
+
+
+@pytest.mark.parametrize("template", sorted(p.name for p in gen.DEPLOY_DIR.glob("*.json")))
+def test_deploy_templates_lint_clean(template: str) -> None:
+    """The member-account template and the EDS exposure templates."""
+    cfn_lint(gen.DEPLOY_DIR / template)
+
+
+def test_deploy_holds_the_exposure_and_member_templates() -> None:
+    names = {p.name for p in gen.DEPLOY_DIR.glob("*.json")}
+    assert {
+        "member-account.json",
+        "eds-custom-domain.json",
+        "eds-private-endpoint.json",
+        "eds-private-domain.json",
+    } <= names
+    custom = json.loads((gen.DEPLOY_DIR / "eds-custom-domain.json").read_text())["Resources"]
+    (mapping,) = of_type({"Resources": custom}, "AWS::ApiGateway::BasePathMapping").values()
+    assert "BasePath" not in mapping["Properties"]  # the root: Envoy's path is /v3/discovery:endpoints
+    private = json.loads((gen.DEPLOY_DIR / "eds-private-domain.json").read_text())["Resources"]
+    (mapping,) = of_type({"Resources": private}, "AWS::ApiGateway::BasePathMappingV2").values()
+    assert "BasePath" not in mapping["Properties"]
+    (domain,) = of_type({"Resources": private}, "AWS::ApiGateway::DomainNameV2").values()
+    assert domain["Properties"]["EndpointConfiguration"] == {"Types": ["PRIVATE"]}
+    deny = [s for s in domain["Properties"]["Policy"]["Statement"] if s["Effect"] == "Deny"]
+    assert deny[0]["Condition"] == {"StringNotEquals": {"aws:SourceVpce": {"Ref": "VpcEndpointId"}}}
+
+
+def test_private_api_variant_packages_and_lints(tmp_path: Path) -> None:
+    """The stage settings DEPLOY.md gives for a private API: only the VPC endpoint may invoke it."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("app.py", "requirements.txt"):
+        shutil.copy(ROOT / name, project / name)
+    for name in ("chalicelib", "policies", "deploy"):
+        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (project / ".chalice").mkdir()
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    config["stages"]["prod"].update(api_gateway_endpoint_type="PRIVATE", api_gateway_endpoint_vpce=VPCE)
+    config["stages"]["prod"]["environment_variables"]["READ_ROUTES_AUTH"] = "none"
+    (project / ".chalice" / "config.json").write_text(json.dumps(config, indent=2))
+    template = package(project, "prod", tmp_path / "out")
+    api = template["Resources"]["RestAPI"]["Properties"]
+    assert api["EndpointConfiguration"] == "PRIVATE"
+    policy = api["DefinitionBody"]["x-amazon-apigateway-policy"]
+    assert [s["Condition"] for s in policy["Statement"]] == [{"StringEquals": {"aws:SourceVpce": VPCE}}]
+    paths = api["DefinitionBody"]["paths"]
+    assert "security" not in paths["/endpoints/{namespace}/{name}"]["get"]  # READ_ROUTES_AUTH=none
+    assert paths["/upstreams/{namespace}/{name}"]["put"]["security"] == [{"sigv4": []}]  # admin stays signed
+    cfn_lint(tmp_path / "out" / "sam.json")
