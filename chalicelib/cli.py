@@ -68,7 +68,12 @@ def cmd_bootstrap(_: argparse.Namespace) -> None:
                 raise
     for definition in table_definitions(conf.upstreams_table, conf.endpoints_table):
         db.get_waiter("table_exists").wait(TableName=definition["TableName"], WaiterConfig={"Delay": 1})
-    emit({"created": created, "tables": [conf.upstreams_table, conf.endpoints_table]})
+        # As the CloudFormation path does: point-in-time recovery on (idempotent).
+        db.update_continuous_backups(
+            TableName=definition["TableName"],
+            PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
+        )
+    emit({"created": created, "tables": [conf.upstreams_table, conf.endpoints_table], "pointInTimeRecovery": True})
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
@@ -179,25 +184,36 @@ def cmd_event(args: argparse.Namespace) -> None:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m chalicelib.cli", description="Operate ec2-eds.")
     top.add_argument("--stage", default="dev", help="Chalice stage whose settings to use (default dev)")
+    # --stage is accepted after the command too (`cli bootstrap --stage prod`).
+    staged = argparse.ArgumentParser(add_help=False)
+    staged.add_argument("--stage", default=argparse.SUPPRESS, help="Chalice stage (default dev)")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("bootstrap", help="create the tables (idempotent)").set_defaults(run=cmd_bootstrap)
+    commands.add_parser("bootstrap", parents=[staged], help="create the tables (idempotent)").set_defaults(
+        run=cmd_bootstrap
+    )
 
-    apply = commands.add_parser("apply", help="create or replace the upstream(s) in a YAML/JSON file")
+    apply = commands.add_parser("apply", parents=[staged], help="create or replace the upstream(s) in a YAML/JSON file")
     apply.add_argument("-f", "--file", required=True, help="file with one or more Upstream documents, - for stdin")
     apply.set_defaults(run=cmd_apply)
 
-    get = commands.add_parser("get", help="print upstreams, an upstream, its endpoints or accounts as JSON")
+    get = commands.add_parser(
+        "get", parents=[staged], help="print upstreams, an upstream, its endpoints or accounts as JSON"
+    )
     get.add_argument("what", choices=["upstreams", "upstream", "endpoints", "accounts", "account"])
     get.add_argument("names", nargs="*", metavar="NAME", help="NAMESPACE NAME for upstream/endpoints, NAME for account")
     get.set_defaults(run=cmd_get)
 
-    delete = commands.add_parser("delete", help="remove an upstream (and its endpoint set) or an unused account")
+    delete = commands.add_parser(
+        "delete", parents=[staged], help="remove an upstream (and its endpoint set) or an unused account"
+    )
     delete.add_argument("kind", choices=["upstream", "account"])
     delete.add_argument("names", nargs="+", metavar="NAME", help="NAMESPACE NAME for upstream, NAME for account")
     delete.set_defaults(run=cmd_delete)
 
-    account = commands.add_parser("account", help="named accounts (as `hal config provider aws account`)")
+    account = commands.add_parser(
+        "account", parents=[staged], help="named accounts (as `hal config provider aws account`)"
+    )
     account_verbs = account.add_subparsers(dest="verb", required=True, metavar="VERB")
     add = account_verbs.add_parser("add", help="create or replace a named account")
     add.add_argument("name")
@@ -207,7 +223,7 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--external-id", help="the sts:ExternalId the role's trust policy demands")
     add.set_defaults(run=cmd_account)
 
-    secret = commands.add_parser("secret", help="store credentials where a secretRef finds them")
+    secret = commands.add_parser("secret", parents=[staged], help="store credentials where a secretRef finds them")
     secret_kinds = secret.add_subparsers(dest="kind", required=True, metavar="KIND")
     create = secret_kinds.add_parser("create-aws", help="as `glooctl create secret aws` does")
     create.add_argument("--name", required=True)
@@ -217,9 +233,13 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--session-token")
     create.set_defaults(run=cmd_secret)
 
-    commands.add_parser("scan", help="run a full reconcile and print its summary").set_defaults(run=cmd_scan)
+    commands.add_parser("scan", parents=[staged], help="run a full reconcile and print its summary").set_defaults(
+        run=cmd_scan
+    )
 
-    event = commands.add_parser("event", help="deliver an EventBridge event (JSON file) to the event handler")
+    event = commands.add_parser(
+        "event", parents=[staged], help="deliver an EventBridge event (JSON file) to the event handler"
+    )
     event.add_argument("file")
     event.set_defaults(run=cmd_event)
     return top

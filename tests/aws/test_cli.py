@@ -75,17 +75,22 @@ def one_line_error(err: str) -> str:
 
 
 def test_bootstrap_creates_the_tables_and_is_idempotent(moto_only: None, run: Any) -> None:
+    """Also: point-in-time recovery on, as the CloudFormation path has it; --stage after the command."""
     code, out, _ = run("bootstrap")
 
     assert code == 0
     assert out == {
         "created": ["ec2-eds-dev-upstreams", "ec2-eds-dev-endpoints"],
         "tables": ["ec2-eds-dev-upstreams", "ec2-eds-dev-endpoints"],
+        "pointInTimeRecovery": True,
     }
-    tables = boto3.client("dynamodb", region_name="us-east-1").list_tables()["TableNames"]
-    assert sorted(tables) == ["ec2-eds-dev-endpoints", "ec2-eds-dev-upstreams"]
+    db = boto3.client("dynamodb", region_name="us-east-1")
+    assert sorted(db.list_tables()["TableNames"]) == ["ec2-eds-dev-endpoints", "ec2-eds-dev-upstreams"]
+    for table in out["tables"]:
+        backups = db.describe_continuous_backups(TableName=table)["ContinuousBackupsDescription"]
+        assert backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
 
-    code, out, _ = run("bootstrap")
+    code, out, _ = run("bootstrap", "--stage", "dev")
 
     assert code == 0
     assert out["created"] == []
