@@ -54,7 +54,6 @@ def test_doc_has_both_deploy_paths_and_the_member_steps() -> None:
         "--template-file deploy/eds-private-endpoint.json",
         "--template-file deploy/eds-private-domain.json",
         "aws events put-permission",
-        "update-continuous-backups",
         "put-function-event-invoke-config",
     ):
         assert expected in text, expected
