@@ -1,0 +1,68 @@
+"""`make bench` at a small scale: a scan's requests through moto's server, counted twice and exactly.
+
+The full run (`python -m bench.run`) takes minutes; this checks in seconds that its machinery holds:
+the counting proxy agrees with ec2-eds' own `aws_calls`, a scan makes one DescribeInstances per
+credentials group and page whatever the number of upstreams, and a second scan writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import aws_bench, prometheus
+from bench.proxy import operation
+from chalicelib import config
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[aws_bench.Emulator]:
+    started = aws_bench.start_emulator(Path(tmp_path_factory.mktemp("bench")), plain_moto=False)
+    try:
+        aws_bench.launch_fleet(started, running=40, stopped=5)
+        yield started
+    finally:
+        started.stop()
+
+
+def test_a_scan_lists_each_credentials_group_once_per_page_whatever_the_upstream_count(
+    emulator: aws_bench.Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", emulator.proxy.endpoint)
+    config.reset()
+    result = aws_bench.calls_per_scan(emulator, (1, 10), (1, 3), {(10, 3)}, prometheus_max_u=0, prometheus_path=None)
+    assert result["pages"] == 1
+    measured = {(p["U"], p["C"]): p for p in result["points"] if "ec2eds" in p}
+    assert set(measured) == {(1, 1), (10, 1), (10, 3)}  # one upstream cannot span three credentials groups
+    for (upstreams, groups), point in measured.items():
+        scan = point["ec2eds"]
+        assert scan["errors"] == 0, scan
+        assert scan["groups"] == groups
+        assert scan["describe_instances"] == groups * result["pages"], scan["aws_calls"]
+        assert scan["proxy_agrees"], (scan["aws_calls"], scan["proxy_calls"])
+        assert scan["sets_changed"] == upstreams
+    cold, warm = measured[(10, 3)]["ec2eds"], measured[(10, 3)]["ec2eds_second_scan"]
+    assert (cold["sts_assume_role"], cold["secrets_get"]) == (1, 1)  # the role group, the secret group
+    assert (warm["sts_assume_role"], warm["secrets_get"], warm["dynamodb_writes"]) == (0, 0, 0), warm["aws_calls"]
+    assert warm["describe_instances"] == 3
+
+
+def test_gloo_filters_become_the_ec2_filters_prometheus_sends() -> None:
+    gloo = [{"key": "gloo-id"}, {"kvPair": {"key": "gloo-tag", "value": "group1"}}]
+    assert prometheus.sd_filters(gloo) == [
+        {"name": "tag-key", "values": ["gloo-id"]},
+        {"name": "tag:gloo-tag", "values": ["group1"]},
+    ]
+
+
+def test_the_proxy_names_query_and_json_operations_by_signing_service() -> None:
+    auth = "AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/{}/aws4_request, SignedHeaders=host, Signature=x"
+    form = {"Authorization": auth.format("ec2"), "Content-Type": "application/x-www-form-urlencoded"}
+    name, params = operation(form, "/", b"Action=DescribeInstances&Filter.1.Name=tag-key&MaxResults=1000")
+    assert name == "ec2:DescribeInstances" and params["MaxResults"] == ["1000"]
+    json_call = {"Authorization": auth.format("dynamodb"), "X-Amz-Target": "DynamoDB_20120810.GetItem"}
+    assert operation(json_call, "/", b"{}")[0] == "dynamodb:GetItem"
