@@ -5,7 +5,7 @@ import os
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
 from chalicelib import api, discovery, events, runtime
-from chalicelib.observability import flush, logger
+from chalicelib.observability import flush, logger, start_tracing
 
 # configure_logs=False: Chalice would set the `ec2-eds` logger, Powertools' own, to ERROR.
 app = Chalice(app_name="ec2-eds", configure_logs=False)
@@ -28,7 +28,8 @@ def respond(reply: api.Reply) -> Response:
 
 @app.middleware("all")
 def observe(event, get_response):
-    """Request context in every log line; metrics flushed after every invocation."""
+    """Tracing started, request context in every log line, metrics flushed after every invocation."""
+    start_tracing()
     logger.append_keys(request_id=getattr(getattr(event, "context", None), "aws_request_id", None))
     try:
         return get_response(event)
