@@ -16,6 +16,7 @@ from . import eds, prometheus
 from .accounts import parse_account
 from .config import settings
 from .discovery import full_scan, iso, last_scan
+from .endpoints import EndpointSet
 from .inventory import InstanceLister
 from .spec import SpecError, check_label, load_one, parse_cluster_name, parse_upstream
 from .store import DocumentTooLarge, Store, StoredUpstream
@@ -154,6 +155,23 @@ def discovery_endpoints(store: Store, raw_body: bytes | None) -> Reply:
 PROMETHEUS_BUDGET = 5_500_000  # bytes: under Lambda's 6 MB response limit, with room for headers
 
 
+def _shards_needed(sets: list[EndpointSet]) -> int:
+    """The fewest shards whose every shard fits the budget (hash shards are not exactly even)."""
+    sizes = [
+        (endpoint_set, endpoint, len(json.dumps(group, separators=(",", ":"))) + 1)
+        for endpoint_set in sets
+        for endpoint, group in zip(endpoint_set.endpoints, prometheus.target_groups([endpoint_set]), strict=True)
+    ]
+    shards = max(1, -(-sum(size for _, _, size in sizes) // PROMETHEUS_BUDGET))
+    while True:
+        totals = [0] * shards
+        for endpoint_set, endpoint, size in sizes:
+            totals[prometheus.shard_of(endpoint_set, endpoint, shards)] += size
+        if max(totals) <= PROMETHEUS_BUDGET:
+            return shards
+        shards += 1
+
+
 def prometheus_targets(
     store: Store, namespace: str | None, name: str | None, shard: str | None = None, shards: str | None = None
 ) -> Reply:
@@ -174,13 +192,13 @@ def prometheus_targets(
             for endpoint_set in store.list_endpoint_sets()
             if (not namespace or endpoint_set.namespace == namespace) and (not name or endpoint_set.name == name)
         ]
-    text = json.dumps(prometheus.target_groups(sets, index, count), separators=(",", ":"))
-    size = len(text)
-    if size > PROMETHEUS_BUDGET:
-        needed = -(-size * count // PROMETHEUS_BUDGET)
+    groups = prometheus.target_groups(sets, index, count)
+    text = json.dumps(groups, separators=(",", ":"))
+    if len(text) > PROMETHEUS_BUDGET:
+        needed = _shards_needed(sets)
         return error(
             413,
-            f"{size} bytes of targets exceed one answer: split them with ?shards={needed}&shard=K "
+            f"{len(text)} bytes of targets exceed one answer: split them with ?shards={needed}&shard=K "
             f"(K from 0 to {needed - 1}), one http_sd_configs entry per shard",
             "shards",
         )

@@ -127,6 +127,9 @@ def _list_groups(
             return lister.list_running(group.credentials, group.region)
         except DiscoveryError as err:
             return err
+        except Exception as err:  # noqa: BLE001 - whatever breaks one group must not stop the others
+            logger.exception("listing a group failed unexpectedly", extra={"group": str(group)})
+            return DiscoveryError(f"listing failed unexpectedly: {type(err).__name__}: {err}", type(err).__name__)
 
     if len(groups) <= 1:
         return {group: one(group) for group in groups}

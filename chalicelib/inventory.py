@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
 from .aws import ClientFactory
 from .credentials import CredentialResolver, CredentialsError, error_code
@@ -82,7 +83,7 @@ class Ec2Inventory:
             raise DiscoveryError(
                 f"ec2:DescribeInstances in {region} as {credentials.describe()} failed ({code}): {message}", code
             ) from err
-        except BotoCoreError as err:
+        except (BotoCoreError, ResponseParserError) as err:  # the latter: an HTML page from a proxy, say
             raise DiscoveryError(
                 f"ec2:DescribeInstances in {region} as {credentials.describe()} failed: {err}", type(err).__name__
             ) from err

@@ -34,6 +34,8 @@ def start_tracing() -> None:
     global _tracer
     if _tracer is None and os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
         _tracer = Tracer(service=SERVICE)
+
+
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 
 

@@ -26,11 +26,9 @@ def sanitize(name: str) -> str:
     return _INVALID.sub("_", name)
 
 
-def in_shard(endpoint_set: EndpointSet, endpoint: Endpoint, shard: int, shards: int) -> bool:
-    """Whether a target belongs to shard `shard` of `shards` (stable: a hash of upstream and instance)."""
-    if shards == 1:
-        return True
-    return zlib.crc32(f"{endpoint_set.key}/{endpoint.instance_id}".encode()) % shards == shard
+def shard_of(endpoint_set: EndpointSet, endpoint: Endpoint, shards: int) -> int:
+    """The shard of a target among `shards` (stable: a hash of upstream and instance)."""
+    return zlib.crc32(f"{endpoint_set.key}/{endpoint.instance_id}".encode()) % shards if shards > 1 else 0
 
 
 def target_groups(sets: Iterable[EndpointSet], shard: int = 0, shards: int = 1) -> list[dict[str, Any]]:
@@ -38,7 +36,7 @@ def target_groups(sets: Iterable[EndpointSet], shard: int = 0, shards: int = 1) 
     groups = []
     for endpoint_set in sets:
         for endpoint in endpoint_set.endpoints:
-            if not in_shard(endpoint_set, endpoint, shard, shards):
+            if shard_of(endpoint_set, endpoint, shards) != shard:
                 continue
             labels = {
                 "__meta_ec2_instance_id": endpoint.instance_id,
