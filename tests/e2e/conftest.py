@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,15 +49,16 @@ class LocalStack:
         return requests.get(f"{self.base}{path}", timeout=30, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    logs = tmp_path_factory.mktemp("stack")
+@contextlib.contextmanager
+def seeded_stack(logs: Path, **settings: str) -> Iterator[LocalStack]:
+    """moto's server seeded with the demo fleet, `chalice local` in front; both stopped after."""
     moto, endpoint = stack.start_moto(stack.free_port(), logs / "moto.log")
     api = None
     try:
         env = stack.aws_environment(endpoint)
         env["POWERTOOLS_METRICS_DISABLED"] = "true"
         env["SECRET_CACHE_SECONDS"] = "0"  # the tests change secrets between scans
+        env.update(settings)
         seeding = subprocess.run(
             [sys.executable, "-m", "devtools.fleet", "seed"],
             cwd=stack.PROJECT_DIR,
@@ -72,3 +75,9 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
         if api is not None:
             api.stop()
         moto.stop()
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with seeded_stack(tmp_path_factory.mktemp("stack")) as started:
+        yield started

@@ -9,9 +9,6 @@ deadline) and checks `not_a_server_error`; hostile bodies go over real HTTP too.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +19,8 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.checks import not_a_server_error
 
-from devtools import stack
 from tests.conftest import ROOT
+from tests.e2e.conftest import seeded_stack
 
 OPENAPI = ROOT / "docs" / "openapi.json"
 MIB = 1024 * 1024
@@ -40,33 +37,10 @@ class Service:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    logs = tmp_path_factory.mktemp("schemathesis-stack")
-    moto, endpoint = stack.start_moto(stack.free_port(), logs / "moto.log")
-    api = None
-    try:
-        env = stack.aws_environment(endpoint)
-        env.update(
-            POWERTOOLS_METRICS_DISABLED="true",
-            SECRET_CACHE_SECONDS="0",
-            AWS_MAX_ATTEMPTS="2",  # generated upstreams name regions and roles moto does not know: fail fast
-            AWS_RETRY_MODE="standard",
-        )
-        seeding = subprocess.run(
-            [sys.executable, "-m", "devtools.fleet", "seed"],
-            cwd=stack.PROJECT_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert seeding.returncode == 0, seeding.stderr
-        ids = json.loads(seeding.stdout.strip().splitlines()[-1])
-        api, base = stack.start_chalice(stack.free_port(), env, log=logs / "chalice.log")
-        yield Service(base, env, ids)
-    finally:
-        if api is not None:
-            api.stop()
-        moto.stop()
+    # Generated upstreams name regions and roles moto does not know: fail fast.
+    fail_fast = {"AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard"}
+    with seeded_stack(tmp_path_factory.mktemp("schemathesis-stack"), **fail_fast) as started:
+        yield Service(started.base, started.env, started.ids)
 
 
 BILLION_LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
