@@ -513,6 +513,20 @@ def _split(value: Any) -> list[str]:
     return [item for item in re.split(r"[\s,]+", str(value)) if item]
 
 
+# Settings a config file and a flag can both give (the flag wins); a file may also list `upstreams`.
+SETTINGS = (
+    "base_url",
+    "out_dir",
+    "interval",
+    "timeout",
+    "backoff_max",
+    "region",
+    "sigv4_region",
+    "sigv4_service",
+    "log_level",
+)
+
+
 def load_config_file(path: str) -> dict[str, Any]:
     """A JSON object, or an INI file with a [sidecar] section; keys as the long flags, with _ for -."""
     try:
@@ -537,19 +551,7 @@ def load_config_file(path: str) -> dict[str, Any]:
             raise ConfigError(f"config {path}: no [sidecar] section")
         data = dict(parser.items("sidecar"))
     data = {key.replace("-", "_"): value for key, value in data.items()}
-    known = {
-        "base_url",
-        "upstreams",
-        "out_dir",
-        "interval",
-        "timeout",
-        "backoff_max",
-        "region",
-        "sigv4_region",
-        "sigv4_service",
-        "log_level",
-    }
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - {"upstreams", *SETTINGS})
     if unknown:
         raise ConfigError(f"config {path}: unknown key(s) {', '.join(unknown)}")
     return data
@@ -581,17 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> tuple[Config, str]:
     data = load_config_file(args.config) if args.config else {}
-    for key in (
-        "base_url",
-        "out_dir",
-        "interval",
-        "timeout",
-        "backoff_max",
-        "region",
-        "sigv4_region",
-        "sigv4_service",
-        "log_level",
-    ):
+    for key in SETTINGS:
         value = getattr(args, key)
         if value is not None:
             data[key] = value
