@@ -214,6 +214,18 @@ def put_account(store: Store, name: str, body: bytes | str, content_type: str | 
         account = parse_account(load_one(body, content_type, settings().max_body_bytes), name)
     except SpecError as err:
         return error(400, err.message, err.field)
+    stranded = [
+        f"{entry.key} ({entry.upstream.ec2.region})"
+        for entry in store.list_upstreams()
+        if entry.upstream and entry.upstream.ec2.account == name and entry.upstream.ec2.region not in account.regions
+    ]
+    if stranded:  # they would keep their last set but never be listed again: refuse, as DELETE does
+        return error(
+            409,
+            f"account {name} is used in regions this edit drops, by {', '.join(stranded)}: "
+            "keep those regions, or change or delete those upstreams first",
+            "regions",
+        )
     existed = store.get_account(name) is not None
     store.put_account(account)
     return ok(account.describe(), 200 if existed else 201)

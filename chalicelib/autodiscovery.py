@@ -22,7 +22,7 @@ from .config import settings
 from .endpoints import Instance, tag_value
 from .observability import logger
 from .spec import DNS1123_LABEL, Credentials, GroupKey, Upstream, parse_upstream
-from .store import MISSING, Store, StoredUpstream
+from .store import MISSING, Conflict, Store, StoredUpstream
 
 DISCOVERED_LABEL = "ec2-eds/discovered"
 
@@ -84,24 +84,44 @@ def is_discovered(entry: StoredUpstream) -> bool:
     return isinstance(labels, dict) and labels.get(DISCOVERED_LABEL) == "true"
 
 
-def wanted(listings: dict[GroupKey, list[Instance]], groups: dict[GroupKey, Account]) -> dict[str, Upstream]:
-    """The upstreams the listed instances ask for; the first account and region (sorted) wins a name."""
-    found: dict[str, Upstream] = {}
+def wanted(
+    listings: dict[GroupKey, list[Instance]],
+    groups: dict[GroupKey, Account],
+    holders: dict[str, tuple[str | None, str | None]] | None = None,
+) -> dict[str, Upstream]:
+    """The upstreams the listed instances ask for.
+
+    A name asked for from several accounts or regions stays with its holder (the account and
+    region of the discovered upstream that exists) while the holder still asks for it; a new
+    name goes to the first account and region in name order.
+    """
+    asked: dict[str, list[Upstream]] = {}
     for group, account in groups.items():
         for instance in listings.get(group, ()):
             names = requested_name(instance)
             if names is None:
                 continue
             namespace, name = names
-            key = f"{namespace}/{name}"
-            upstream = parse_upstream(document(namespace, name, account.name, group.region))
-            previous = found.setdefault(key, upstream)
-            if previous.ec2 != upstream.ec2:
-                logger.warning(
-                    "two accounts or regions tag the same upstream; the first keeps it",
-                    extra={"upstream": key, "kept": previous.ec2.account, "region": previous.ec2.region},
-                )
+            candidates = asked.setdefault(f"{namespace}/{name}", [])
+            if all((c.ec2.account, c.ec2.region) != (account.name, group.region) for c in candidates):
+                candidates.append(parse_upstream(document(namespace, name, account.name, group.region)))
+    found: dict[str, Upstream] = {}
+    for key, candidates in asked.items():
+        holder = (holders or {}).get(key)
+        chosen = next((c for c in candidates if (c.ec2.account, c.ec2.region) == holder), candidates[0])
+        found[key] = chosen
+        if len(candidates) > 1:
+            logger.warning(
+                "two accounts or regions tag the same upstream; the holder keeps it",
+                extra={"upstream": key, "kept": chosen.ec2.account, "region": chosen.ec2.region},
+            )
     return found
+
+
+def holder(entry: StoredUpstream) -> tuple[str | None, str | None]:
+    """The (account, region) a discovered upstream was made for."""
+    spec = (entry.document.get("spec") or {}).get("awsEc2") or {}
+    return spec.get("account"), spec.get("region")
 
 
 def apply(
@@ -125,23 +145,31 @@ def apply(
             changes.refused.append(key)
             continue
         if entry is None or entry.document.get("spec") != upstream.document["spec"]:
-            store.put_upstream(upstream, iso(now))
+            # Conditional on what was read: a user's PUT meanwhile always wins.
+            try:
+                store.put_upstream(upstream, iso(now), None if entry is None else entry.generation)
+            except Conflict:
+                changes.refused.append(key)
+                continue
             (changes.created if entry is None else changes.updated).append(key)
         if key in missing:
             store.forget_marks(MISSING, [key])
     grace = timedelta(seconds=settings().discovery_grace_seconds)
     for key, entry in entries.items():
-        spec = (entry.document.get("spec") or {}).get("awsEc2") or {}
-        if not is_discovered(entry) or key in desired or (spec.get("account"), spec.get("region")) not in listed:
+        if not is_discovered(entry) or key in desired or holder(entry) not in listed:
             continue
         since = missing.get(key)
         if since is None:
             store.set_mark(MISSING, key, iso(now))
         elif since <= iso(now - grace):
-            store.delete_upstream(entry.namespace, entry.name)
+            try:  # only the discovered document read: a user who adopted it meanwhile keeps it
+                store.delete_upstream(entry.namespace, entry.name, entry.generation)
+                changes.removed.append(key)
+            except Conflict:
+                changes.refused.append(key)
             store.forget_marks(MISSING, [key])
-            changes.removed.append(key)
-    stale = set(missing) - set(entries) - set(changes.removed)  # deleted by hand meanwhile
+    # deleted by hand, or adopted by a user, meanwhile
+    stale = {key for key in missing if key not in entries or not is_discovered(entries[key])} - set(changes.removed)
     if stale:
         store.forget_marks(MISSING, stale)
     if changes or changes.refused:

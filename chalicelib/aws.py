@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -71,12 +72,12 @@ class ClientFactory:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._session: boto3.session.Session | None = None
-        self._clients: dict[tuple[str, str, str | None], Any] = {}
+        self._clients: dict[tuple[str, str, str | None], Any] = {}  # (service, region, credentials_key)
 
     def client(self, service: str, region: str | None = None, credentials: dict[str, str] | None = None) -> Any:
         region = region or settings().home_region
         credentials = credentials or {}
-        key = (service, region, credentials.get("aws_access_key_id"))
+        key = (service, region, credentials_key(credentials))
         client = self._clients.get(key)
         if client is not None:
             return client
@@ -103,11 +104,21 @@ class ClientFactory:
         client.meta.events.register("request-created", _counter_hook(prefix))
         return client
 
-    def forget(self, access_key_id: str) -> None:
-        """Drop the clients of credentials that expired."""
+    def forget(self, credentials: dict[str, str]) -> None:
+        """Drop the clients of credentials that expired or were replaced."""
+        gone = credentials_key(credentials)
         with self._lock:
-            for key in [key for key in self._clients if key[2] == access_key_id]:
+            for key in [key for key in self._clients if key[2] == gone]:
                 del self._clients[key]
+
+
+def credentials_key(credentials: dict[str, str]) -> str | None:
+    """The cache key of a set of credentials: a digest of all of it, so a corrected secret key
+    or session token gets a new client, and no part of a secret is kept in a key."""
+    if not credentials:
+        return None
+    canonical = "\0".join(f"{name}={credentials[name]}" for name in sorted(credentials))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 _factory: ClientFactory | None = None

@@ -11,6 +11,7 @@ across warm invocations.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import Any
 from aws_lambda_powertools.utilities import parameters
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .aws import ClientFactory
+from .aws import ClientFactory, credentials_key
 from .config import settings
 from .spec import Credentials
 
@@ -68,6 +69,62 @@ def error_code(err: BaseException) -> str:
     return type(err).__name__
 
 
+# What AWS accepts in each field (printable ASCII, no blanks): anything else would reach an HTTP
+# header and make the client fail with an error that quotes the value.
+SECRET_FIELDS = {
+    "access_key": (re.compile(r"[A-Za-z0-9]{1,128}"), "letters and digits"),
+    "secret_key": (re.compile(r"[\x21-\x7e]{1,256}"), "printable ASCII without blanks"),
+    "session_token": (re.compile(r"[\x21-\x7e]{1,8192}"), "printable ASCII without blanks"),
+}
+
+
+def secret_keys(value: Any, where: str) -> dict[str, str]:
+    """Client keyword arguments from a secret's JSON, every field checked; errors never quote a value."""
+    if not isinstance(value, dict):
+        raise CredentialsError(f"{where} must hold a JSON object with access_key and secret_key", "SecretMalformed")
+    for key, (pattern, allowed) in SECRET_FIELDS.items():
+        field = value.get(key)
+        if field is None or (key == "session_token" and field == ""):
+            if key in SECRET_KEYS:
+                raise CredentialsError(
+                    f"{where} has no {key}: it must hold access_key, secret_key and optionally session_token "
+                    "(as `glooctl create secret aws` or `cli secret create-aws` store them)",
+                    "SecretMalformed",
+                )
+            continue
+        if not isinstance(field, str) or not pattern.fullmatch(field):
+            raise CredentialsError(
+                f"{where}: {key} is not a valid AWS credential value ({allowed}; the value is not shown); "
+                "check it for line breaks or spaces",
+                "SecretMalformed",
+            )
+    keys = {"aws_access_key_id": value["access_key"], "aws_secret_access_key": value["secret_key"]}
+    if value.get("session_token"):
+        keys["aws_session_token"] = value["session_token"]
+    return keys
+
+
+def aws_message(err: ClientError, scrub: Callable[[str], str]) -> str:
+    """': <AWS's message>', only when it is short plain text, with credential values scrubbed."""
+    message = " ".join(str(err.response.get("Error", {}).get("Message", "")).split())
+    if not message or len(message) > 300 or "<" in message or "canonical" in message.lower():
+        return ""  # an HTML page from a proxy or emulator, or a signature report quoting headers
+    return ": " + scrub(message)
+
+
+def transport_problem(err: BaseException) -> str:
+    """What kind of transport failure this was, never its text (which may quote header values)."""
+    name = type(err).__name__
+    known = {
+        "EndpointConnectionError": "the AWS endpoint could not be reached",
+        "ConnectTimeoutError": "connecting to AWS timed out",
+        "ReadTimeoutError": "AWS did not answer in time",
+        "NoCredentialsError": "no credentials were found",
+        "ResponseParserError": "AWS answered something that is not an AWS response",
+    }
+    return known.get(name, f"{name} (details withheld: they can quote credentials)")
+
+
 class CredentialResolver:
     """Turns `Credentials` into boto3 client keyword arguments."""
 
@@ -75,8 +132,9 @@ class CredentialResolver:
         self._factory = factory
         self._clock = clock
         self._lock = threading.Lock()
-        self._assumed: dict[tuple[str, str | None, str | None], _Assumed] = {}
+        self._assumed: dict[tuple[str, str | None, str | None], _Assumed] = {}  # by role, external id, base keys
         self._secrets: parameters.SecretsProvider | None = None
+        self._known: set[str] = set()  # credential values seen, scrubbed from any message that quotes AWS
 
     def client_args(self, credentials: Credentials) -> dict[str, str]:
         """`aws_access_key_id` and friends for these credentials; {} for the function's role."""
@@ -100,22 +158,27 @@ class CredentialResolver:
             else:
                 message = f"secret {namespace}/{name} could not be read ({code})"
             raise CredentialsError(message, code) from err
-        if not isinstance(value, dict) or not all(
-            isinstance(value.get(key), str) and value[key] for key in SECRET_KEYS
-        ):
-            raise CredentialsError(
-                f"secret {namespace}/{name} ({sid}) must hold JSON with access_key and secret_key",
-                "SecretMalformed",
-            )
-        keys = {"aws_access_key_id": value["access_key"], "aws_secret_access_key": value["secret_key"]}
-        if value.get("session_token"):
-            keys["aws_session_token"] = str(value["session_token"])
+        keys = secret_keys(value, f"secret {namespace}/{name} ({sid})")
+        self._remember(keys)
         return keys
+
+    def _remember(self, keys: dict[str, str]) -> None:
+        with self._lock:
+            self._known.update(value for value in keys.values() if len(value) >= 4)
+
+    def scrub(self, text: str) -> str:
+        """`text` without any credential value this resolver has handled, for messages that quote AWS."""
+        with self._lock:
+            known = sorted(self._known, key=len, reverse=True)
+        for value in known:
+            if value in text:
+                text = text.replace(value, "***")
+        return text
 
     def _assume(self, credentials: Credentials, base: dict[str, str]) -> dict[str, str]:
         role_arn = credentials.role_arn
         assert role_arn is not None
-        cache_key = (role_arn, credentials.external_id, base.get("aws_access_key_id"))
+        cache_key = (role_arn, credentials.external_id, credentials_key(base))
         margin = settings().credentials_refresh_margin_seconds
         with self._lock:
             cached = self._assumed.get(cache_key)
@@ -128,11 +191,12 @@ class CredentialResolver:
         except ClientError as err:
             code = error_code(err)
             raise CredentialsError(
-                f"sts:AssumeRole on {role_arn} failed ({code}): {err.response['Error'].get('Message', '')}",
-                code,
+                f"sts:AssumeRole on {role_arn} failed ({code}){aws_message(err, self.scrub)}", code
             ) from err
-        except BotoCoreError as err:
-            raise CredentialsError(f"sts:AssumeRole on {role_arn} failed: {err}", type(err).__name__) from err
+        except BotoCoreError as err:  # transport errors can quote request headers: name the kind only
+            raise CredentialsError(
+                f"sts:AssumeRole on {role_arn} failed: {transport_problem(err)}", type(err).__name__
+            ) from err
         issued = answer["Credentials"]
         keys = {
             "aws_access_key_id": issued["AccessKeyId"],
@@ -140,9 +204,10 @@ class CredentialResolver:
             "aws_session_token": issued["SessionToken"],
         }
         expires: datetime = issued["Expiration"]
+        self._remember(keys)
         with self._lock:
             previous = self._assumed.get(cache_key)
             self._assumed[cache_key] = _Assumed(keys, expires.timestamp())
         if previous is not None:
-            self._factory.forget(previous.keys["aws_access_key_id"])
+            self._factory.forget(previous.keys)
         return keys

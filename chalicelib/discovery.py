@@ -22,11 +22,24 @@ from . import autodiscovery, aws
 from .accounts import Account, resolve
 from .config import settings
 from .credentials import error_code
-from .endpoints import Derived, EndpointSet, Instance, reconcile
+from .endpoints import Derived, EndpointSet, Instance, reconcile_one
+from .filters import TagIndex
 from .inventory import DiscoveryError, InstanceLister
-from .observability import count, count_with, distribution, logger, record_aws_calls
+from .observability import count, count_with, distribution, log_unexpected, logger, record_aws_calls
 from .spec import GroupKey, SpecError, Upstream
-from .store import ACCEPTED, DRAINING, ERROR, Status, Store, StoredUpstream, active_draining
+from .store import (
+    ACCEPTED,
+    DRAINING,
+    ERROR,
+    Guard,
+    Observations,
+    Outcome,
+    Status,
+    Store,
+    StoredUpstream,
+    active_draining,
+)
+from .times import iso, stamp
 
 REPORTED_CALLS = ("ec2:DescribeInstances", "sts:AssumeRole", "secretsmanager:GetSecretValue")
 
@@ -58,10 +71,6 @@ class ScanSummary:
             **({"discovered": self.discovered} if self.discovered is not None else {}),
             "aws_calls": calls,
         }
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def last_scan(entry: StoredUpstream, marks: dict[str, str]) -> str | None:
@@ -128,14 +137,29 @@ def _list_groups(
         except DiscoveryError as err:
             return err
         except Exception as err:  # noqa: BLE001 - whatever breaks one group must not stop the others
-            logger.exception("listing a group failed unexpectedly", extra={"group": str(group)})
-            return DiscoveryError(f"listing failed unexpectedly: {type(err).__name__}: {err}", type(err).__name__)
+            log_unexpected("listing a group failed unexpectedly", err, group=str(group))
+            return DiscoveryError(f"listing failed unexpectedly ({type(err).__name__})", type(err).__name__)
 
     if len(groups) <= 1:
         return {group: one(group) for group in groups}
     with ThreadPoolExecutor(max_workers=min(settings().scan_concurrency, len(groups))) as pool:
         futures = {group: pool.submit(contextvars.copy_context().run, one, group) for group in groups}
         return {group: future.result() for group, future in futures.items()}
+
+
+def record_status(store: Store, entry: StoredUpstream, status: Status, summary: ScanSummary) -> None:
+    """Write a changed status for the generation it was derived from; a failure is counted, not raised."""
+    if status == entry.status:
+        return
+    try:
+        store.put_status(entry.namespace, entry.name, status, entry.generation)
+    except (ClientError, BotoCoreError) as err:  # one failed write must not stop the others
+        summary.errors += 1
+        logger.error(
+            "storing a status failed; the next scan retries",
+            extra={"upstream": entry.key, "error_code": error_code(err)},
+        )
+        count_with("StoreErrors", 1, {"code": error_code(err)})
 
 
 def _record_failure(
@@ -159,34 +183,52 @@ def _record_failure(
     for upstream in members:
         summary.errors += 1
         previous = entries[upstream.key].status
-        status = Status(ERROR, str(err), previous.endpoints, previous.skipped, err.code)
         count_with("DiscoveryErrors", 1, {"upstream": upstream.key})
-        if status != previous:
-            store.put_status(upstream.namespace, upstream.name, status)
+        record_status(
+            store,
+            entries[upstream.key],
+            Status(ERROR, str(err), previous.endpoints, previous.skipped, err.code),
+            summary,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One group's successful listing, and the group's observation log as read before it."""
+
+    group: GroupKey
+    instances: list[Instance]
+    log: Observations
+    log_read_at: str  # when the log was read (before the listing started)
 
 
 def apply_group(
     store: Store,
     members: list[Upstream],
-    instances: list[Instance],
+    listing: Listing,
     entries: dict[str, StoredUpstream],
     digests: dict[str, str],
     summary: ScanSummary,
     draining: frozenset[str] = frozenset(),
 ) -> None:
-    """Write the sets and statuses of one successfully listed group that changed."""
-    for key, (endpoint_set, derived) in reconcile(members, instances, draining).items():
-        entry = entries[key]
-        summary.endpoint_counts.append(len(endpoint_set.endpoints))
+    """Write the sets and statuses of one successfully listed group that changed.
+
+    Each upstream is isolated: whatever fails for one (a hostile tag, a failed write) is
+    counted and logged, and the others are still written.
+    """
+    index = TagIndex(listing.instances)
+    for upstream in members:
         try:
-            _write(store, entry, endpoint_set, derived, digests, summary)
-        except (ClientError, BotoCoreError) as err:  # one failed write must not stop the others
+            endpoint_set, derived = reconcile_one(index, upstream, draining)
+            summary.endpoint_counts.append(len(endpoint_set.endpoints))
+            _write(store, entries[upstream.key], endpoint_set, derived, listing, digests, summary)
+        except Exception as err:  # noqa: BLE001 - one upstream must not stop the others
             summary.errors += 1
-            logger.error(
-                "storing an endpoint set failed; the next scan retries",
-                extra={"upstream": key, "error_code": error_code(err), "error": str(err)},
-            )
-            count_with("StoreErrors", 1, {"code": error_code(err)})
+            log_unexpected("reconciling an upstream failed; it keeps its last set", err, upstream=upstream.key)
+            count_with("StoreErrors" if isinstance(err, ClientError | BotoCoreError) else "ReconcileErrors", 1, {})
+
+
+WRITE_ATTEMPTS = 3
 
 
 def _write(
@@ -194,33 +236,53 @@ def _write(
     entry: StoredUpstream,
     endpoint_set: EndpointSet,
     derived: Derived,
+    listing: Listing,
     digests: dict[str, str],
     summary: ScanSummary,
 ) -> None:
+    """Write the set if it changed, guarded: the upstream is the one listed for, and no event
+    observed an instance of the group since the listing began (if one did, that observation
+    wins for its instance: the set keeps what is stored for it)."""
     key = entry.key
-    if endpoint_set.digest != digests.get(key):
-        if store.put_endpoint_set(endpoint_set, digests.get(key)):
+    log, expected = listing.log, digests.get(key)
+    for _ in range(WRITE_ATTEMPTS):
+        if endpoint_set.digest == expected:
+            break
+        guard = Guard(generation=entry.generation, group=listing.group.id, version=log.version)
+        outcome = store.write_set(endpoint_set, expected, guard)
+        if outcome is Outcome.WRITTEN:
             summary.changed += 1
             digests[key] = endpoint_set.digest
             logger.info(
                 "endpoint set changed",
                 extra={"upstream": key, "endpoints": len(endpoint_set.endpoints), "version": endpoint_set.version},
             )
-        else:
+            break
+        if outcome is not Outcome.OBSERVED:  # another scan wrote it, or the upstream changed: next scan
             summary.conflicts += 1
             logger.info(
-                "endpoint set written by another writer meanwhile; the next scan rechecks", extra={"upstream": key}
+                "endpoint set changed by another writer meanwhile; the next scan rechecks", extra={"upstream": key}
             )
+            return
+        log = store.observations(listing.group.id)
+        newer = {instance for instance, at in log.seen.items() if at >= listing.log_read_at}
+        current = store.get_endpoint_set(entry.namespace, entry.name)
+        expected = current.digest if current else None
+        kept = [endpoint for endpoint in (current.endpoints if current else ()) if endpoint.instance_id in newer]
+        listed = [endpoint for endpoint in endpoint_set.endpoints if endpoint.instance_id not in newer]
+        endpoint_set = EndpointSet.build(entry.namespace, entry.name, endpoint_set.region, listed + kept)
+    else:
+        summary.conflicts += 1
+        return
     status = Status(
         ACCEPTED,
         "",
-        len(derived.endpoints),
+        len(endpoint_set.endpoints),
         len(derived.skipped),
         port_fallbacks=derived.port_fallbacks,
         weight_fallbacks=derived.weight_fallbacks,
     )
-    if status != entry.status:
-        store.put_status(entry.namespace, entry.name, status)
+    record_status(store, entry, status, summary)
 
 
 def full_scan(
@@ -243,12 +305,11 @@ def full_scan(
         summary.upstreams = len(entries)
         for entry in entries.values():
             if entry.recorded is not None and entry.status != entry.recorded:
-                store.put_status(entry.namespace, entry.name, entry.status)
-        for entry, problem in unresolved:
+                record_status(store, replace(entry, status=entry.recorded), entry.status, summary)
+        for entry, problem in unresolved:  # keeps its last good set: only a listing may shrink one
             summary.errors += 1
             status = Status(ERROR, problem.message, entry.status.endpoints, entry.status.skipped, "AccountUnresolved")
-            if status != entry.status:
-                store.put_status(entry.namespace, entry.name, status)
+            record_status(store, entry, status, summary)
         groups = group_upstreams([entry.upstream for entry in entries.values() if entry.upstream])
         summary.groups = len(groups)
         marks = store.get_scan_marks()
@@ -257,6 +318,8 @@ def full_scan(
         draining = active_draining(draining_marks, iso(started))
         discovery_groups = autodiscovery.account_groups(accounts or [])
         order = sorted(set(groups) | set(discovery_groups), key=lambda group: marks.get(str(group), ""))
+        logs_read_at = stamp(clock())
+        logs = {group: store.observations(group.id) for group in order}  # before listing: see Listing
         listings = _list_groups(lister, order, time_left)
         if discovering:
             changes = _discover(store, entries, listings, discovery_groups, started)
@@ -270,24 +333,28 @@ def full_scan(
         running: set[str] = set()
         for group in order:
             listing, members = listings[group], groups.get(group, [])
-            if isinstance(listing, Deferred):
-                summary.deferred += 1
-            elif isinstance(listing, DiscoveryError):
-                _record_failure(store, group, members, entries, listing, summary)
-            else:
-                summary.instances += len(listing)
-                running.update(instance.instance_id for instance in listing)
-                apply_group(store, members, listing, entries, digests, summary, draining)
-                fresh_marks[str(group)] = iso(started)
+            try:
+                if isinstance(listing, Deferred):
+                    summary.deferred += 1
+                elif isinstance(listing, DiscoveryError):
+                    _record_failure(store, group, members, entries, listing, summary)
+                else:
+                    summary.instances += len(listing)
+                    running.update(instance.instance_id for instance in listing)
+                    listed = Listing(group, listing, logs[group], logs_read_at)
+                    apply_group(store, members, listed, entries, digests, summary, draining)
+                    fresh_marks[str(group)] = iso(started)
+                    _prune_observations(store, group, logs[group], started)
+            except Exception as err:  # noqa: BLE001 - one group must not stop the others
+                summary.errors += 1
+                log_unexpected("applying a group's listing failed; the next scan retries", err, group=str(group))
         if summary.deferred:
             logger.warning(
                 "scan stopped before its deadline; the next run continues with the groups left",
                 extra={"deferred_groups": summary.deferred},
             )
         _prune_draining(store, draining_marks, draining, running, complete=not (summary.errors or summary.deferred))
-        for key in set(digests) - set(entries):
-            namespace, _, name = key.partition("/")
-            store.delete_endpoint_set(namespace, name)  # its upstream was deleted during a scan
+        _delete_orphans(store, set(digests) - set(entries) - {entry.key for entry, _ in unresolved})
         renewed = {
             str(group)
             for group, members in groups.items()
@@ -308,9 +375,31 @@ def _discover(
 ) -> autodiscovery.DiscoveryChanges:
     listed = {group: listing for group, listing in listings.items() if isinstance(listing, list)}
     accounts = {group: account for group, account in discovery_groups.items() if group in listed}
-    desired = autodiscovery.wanted(listed, accounts)
+    holders = {key: autodiscovery.holder(entry) for key, entry in entries.items() if autodiscovery.is_discovered(entry)}
+    desired = autodiscovery.wanted(listed, accounts, holders)
     done = {(account.name, group.region) for group, account in accounts.items()}
     return autodiscovery.apply(store, entries, desired, done, now, iso)
+
+
+def _delete_orphans(store: Store, keys: set[str]) -> None:
+    """Sets whose upstream is gone (deleted during a scan): deleted only if it still is gone."""
+    for key in sorted(keys):
+        namespace, _, name = key.partition("/")
+        try:
+            store.delete_orphan_set(namespace, name)
+        except (ClientError, BotoCoreError) as err:
+            logger.warning("deleting an orphan endpoint set failed; the next scan retries", extra={"upstream": key})
+            count_with("StoreErrors", 1, {"code": error_code(err)})
+
+
+OBSERVATION_RETENTION = timedelta(minutes=20)  # longer than any invocation: no in-flight event loses its entry
+
+
+def _prune_observations(store: Store, group: GroupKey, log: Observations, started: datetime) -> None:
+    """Forget observations that this scan's listing (or an earlier one) has superseded."""
+    before = stamp(started - OBSERVATION_RETENTION)
+    if any(at < before for at in log.seen.values()):
+        store.prune_observations(group.id, before)
 
 
 def _prune_draining(

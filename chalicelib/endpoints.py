@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,6 +164,7 @@ class Derived:
     weight_fallbacks: int = 0  # instances whose `weightTag` was missing or invalid
 
 
+DECIMAL = re.compile(r"[0-9]{1,9}")  # a port or a weight: a few ASCII digits, never a huge number
 MAX_WEIGHT = 10_000  # Envoy sums weights per locality into 32 bits: keep far below that
 
 
@@ -180,7 +182,11 @@ def _number_from_tag(tags: Sequence[tuple[str, str]], key: str | None, low: int,
     if key is None:
         return None
     value = (tag_value(tags, key) or "").strip()
-    return int(value) if value.isdigit() and low <= int(value) <= high else None
+    # ASCII decimal only: str.isdigit() also accepts '²' and other digits int() refuses.
+    if not DECIMAL.fullmatch(value):
+        return None
+    number = int(value)
+    return number if low <= number <= high else None
 
 
 def _endpoint(upstream: Upstream, instance: Instance, draining: frozenset[str]) -> tuple[Endpoint | None, bool, bool]:
@@ -238,9 +244,10 @@ def reconcile(
 ) -> dict[str, tuple[EndpointSet, Derived]]:
     """Every upstream of one (credentials, region) group against that group's listing."""
     index = TagIndex(instances)
-    result: dict[str, tuple[EndpointSet, Derived]] = {}
-    for upstream in upstreams:
-        derived = derive(upstream, index.select(Matcher.compile(upstream.ec2.filters)), draining)
-        endpoint_set = EndpointSet.build(upstream.namespace, upstream.name, upstream.ec2.region, derived.endpoints)
-        result[upstream.key] = (endpoint_set, derived)
-    return result
+    return {upstream.key: reconcile_one(index, upstream, draining) for upstream in upstreams}
+
+
+def reconcile_one(index: TagIndex, upstream: Upstream, draining: frozenset[str]) -> tuple[EndpointSet, Derived]:
+    """One upstream against a group's indexed listing."""
+    derived = derive(upstream, index.select(Matcher.compile(upstream.ec2.filters)), draining)
+    return EndpointSet.build(upstream.namespace, upstream.name, upstream.ec2.region, derived.endpoints), derived

@@ -19,10 +19,11 @@ conflicting write is recomputed on the newer set.
 from __future__ import annotations
 
 import re
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.parser import ValidationError, parse
@@ -33,13 +34,14 @@ from . import autodiscovery, aws
 from .accounts import Account
 from .config import settings
 from .credentials import CredentialResolver
-from .discovery import iso, resolve_entries
+from .discovery import resolve_entries
 from .endpoints import Endpoint, EndpointSet, Instance, endpoint_of
 from .filters import Matcher
 from .inventory import DiscoveryError, InstanceLister
-from .observability import count, count_with, logger
+from .observability import count, count_with, log_unexpected, logger
 from .spec import Credentials, GroupKey, Upstream, parse_upstream
-from .store import DRAINING, Store, StoredUpstream, active_draining
+from .store import DRAINING, Conflict, Guard, Outcome, Store, StoredUpstream, active_draining
+from .times import iso, stamp
 
 INSTANCE_ARN = re.compile(r"^arn:aws[a-z-]*:ec2:[a-z0-9-]*:\d*:instance/(i-[0-9a-f]+)$")
 WRITE_ATTEMPTS = 5
@@ -162,6 +164,7 @@ class EventSummary:
     groups: int = 0
     changed: int = 0
     conflicts: int = 0
+    superseded: int = 0  # groups where a newer observation of the instance was already applied
     errors: int = 0
     discovered: list[str] | None = None  # upstreams a discovery tag created
     ignored: str | None = None
@@ -202,7 +205,7 @@ def affected_groups(
         except Exception as err:  # noqa: BLE001 - one unknown account must not stop the others
             logger.warning(
                 "cannot tell the account of an upstream's credentials",
-                extra={"upstream": upstream.key, "error": str(err)},
+                extra={"upstream": upstream.key, "error_type": type(err).__name__},
             )
             continue
         if account == trigger.account:
@@ -219,27 +222,94 @@ def membership(upstream: Upstream, instance: Instance | None, draining: frozense
     return endpoint_of(upstream, instance, draining)
 
 
-def update_one(store: Store, entry: StoredUpstream, instance_id: str, endpoint: Endpoint | None) -> tuple[bool, int]:
-    """Apply one instance's membership to an upstream's stored set; (changed, conflicts)."""
+def update_one(
+    store: Store, entry: StoredUpstream, instance_id: str, endpoint: Endpoint | None, guard: Guard
+) -> tuple[bool, int, bool]:
+    """Apply one instance's membership to an upstream's stored set: (changed, conflicts, superseded).
+
+    The write is guarded: the upstream is still the generation read, and this observation of
+    the instance is still the newest recorded (`superseded` when a newer one was: that
+    observer applies its own, so this one stops).
+    """
     upstream = entry.upstream
     assert upstream is not None
     for conflicts in range(WRITE_ATTEMPTS):  # each further round follows another writer's newer set
         current = store.get_endpoint_set(upstream.namespace, upstream.name)
         if current is None:
-            return False, conflicts  # never scanned: the next full scan builds the whole set
+            return False, conflicts, False  # never scanned: the next full scan builds the whole set
         kept = [e for e in current.endpoints if e.instance_id != instance_id]
         wanted = EndpointSet.build(
             upstream.namespace, upstream.name, current.region, kept + ([endpoint] if endpoint else [])
         )
         if wanted.digest == current.digest:
-            return False, conflicts
-        if store.put_endpoint_set(wanted, current.digest):
+            return False, conflicts, False
+        outcome = store.write_set(wanted, current.digest, guard)
+        if outcome is Outcome.WRITTEN:
             if entry.status.endpoints != len(wanted.endpoints):
-                store.put_status(
-                    upstream.namespace, upstream.name, replace(entry.status, endpoints=len(wanted.endpoints))
-                )
-            return True, conflicts
+                status = replace(entry.status, endpoints=len(wanted.endpoints))
+                store.put_status(upstream.namespace, upstream.name, status, entry.generation)
+            return True, conflicts, False
+        if outcome is not Outcome.SET_CHANGED:  # a newer observation, or the upstream was replaced
+            return False, conflicts, outcome is Outcome.OBSERVED
     raise RuntimeError(f"could not update {upstream.key} after {WRITE_ATTEMPTS} conflicting writes")
+
+
+_last_stamp = ""
+_stamp_lock = threading.Lock()
+
+
+def observation_time(clock: Callable[[], datetime]) -> str:
+    """When an observation is made; strictly increasing within a process, so two events handled
+    in a row by one process are ordered even when the clock does not move (tests) or steps back."""
+    global _last_stamp
+    with _stamp_lock:
+        now = stamp(clock())
+        if now <= _last_stamp:
+            moment = datetime.strptime(_last_stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+            now = stamp(moment + timedelta(microseconds=1))
+        _last_stamp = now
+        return now
+
+
+def _apply_group(
+    store: Store,
+    trigger: Trigger,
+    group: GroupKey,
+    members: list[StoredUpstream],
+    describe: Callable[[GroupKey], Instance | None | DiscoveryError],
+    at: str,
+    draining: frozenset[str],
+    summary: EventSummary,
+) -> None:
+    """Describe the instance for one group, record the observation, apply it to each upstream."""
+    instance = describe(group)
+    if isinstance(instance, DiscoveryError):
+        summary.errors += 1
+        logger.warning(
+            "describing the event's instance failed; the next scan retries",
+            extra={"group": str(group), "error_code": instance.code, "reason": str(instance)},
+        )
+        count_with("DiscoveryErrors", 1, {"group": str(group), "code": instance.code})
+        return
+    if not store.observe(group.id, trigger.instance_id, at):
+        summary.superseded += 1  # a newer observation of this instance is being applied
+        return
+    for entry in members:
+        assert entry.upstream is not None
+        summary.upstreams += 1
+        guard = Guard(generation=entry.generation, group=group.id, instance=(trigger.instance_id, at))
+        try:
+            endpoint = membership(entry.upstream, instance, draining)
+            changed, conflicts, superseded = update_one(store, entry, trigger.instance_id, endpoint, guard)
+        except Exception as err:  # noqa: BLE001 - one upstream must not stop the others
+            summary.errors += 1
+            log_unexpected("applying an event to an upstream failed", err, upstream=entry.key)
+            continue
+        summary.changed += changed
+        summary.conflicts += conflicts
+        if superseded:
+            summary.superseded += 1
+            return
 
 
 def handle(
@@ -267,6 +337,7 @@ def handle(
             store.set_mark(DRAINING, trigger.instance_id, until)
             draining |= {trigger.instance_id}
         described: dict[GroupKey, Instance | None | DiscoveryError] = {}
+        at = observation_time(clock)  # taken before any describe: the observation is at least this fresh
 
         def describe(group: GroupKey) -> Instance | None | DiscoveryError:
             """The instance as EC2 sees it now, once per group whatever asks."""
@@ -276,6 +347,9 @@ def handle(
                     described[group] = found[0] if found else None
                 except DiscoveryError as err:
                     described[group] = err
+                except Exception as err:  # noqa: BLE001 - an unexpected failure is this group's error
+                    log_unexpected("describing the event's instance failed unexpectedly", err, group=str(group))
+                    described[group] = DiscoveryError(f"describe failed ({type(err).__name__})", type(err).__name__)
             return described[group]
 
         stored = store.list_upstreams()
@@ -295,23 +369,11 @@ def handle(
             summary.ignored = f"no upstream covers account {trigger.account} in {trigger.region}"
         summary.groups = len(groups)
         for group, members in groups.items():
-            instance = describe(group)
-            if isinstance(instance, DiscoveryError):
+            try:
+                _apply_group(store, trigger, group, members, describe, at, draining, summary)
+            except Exception as err:  # noqa: BLE001 - one group must not stop the others
                 summary.errors += 1
-                logger.warning(
-                    "describing the event's instance failed; the next scan retries",
-                    extra={"group": str(group), "error_code": instance.code, "reason": str(instance)},
-                )
-                count_with("DiscoveryErrors", 1, {"group": str(group), "code": instance.code})
-                continue
-            for entry in members:
-                assert entry.upstream is not None
-                summary.upstreams += 1
-                changed, conflicts = update_one(
-                    store, entry, trigger.instance_id, membership(entry.upstream, instance, draining)
-                )
-                summary.changed += changed
-                summary.conflicts += conflicts
+                log_unexpected("applying an event to a group failed", err, group=str(group))
     summary.aws_calls = counter.as_dict()
     logger.info("event handled", extra={"summary": summary.as_dict(), "event_id": raw.get("id")})
     count("EventsHandled")
@@ -337,7 +399,10 @@ def _discover_from(
         if names is None or f"{names[0]}/{names[1]}" in existing:
             continue
         upstream = parse_upstream(autodiscovery.document(*names, account.name, group.region))
-        store.put_upstream(upstream, iso(now))
+        try:
+            store.put_upstream(upstream, iso(now), None)  # only if no one (a user, a scan) made it meanwhile
+        except Conflict:
+            continue
         store.put_endpoint_set(EndpointSet.build(upstream.namespace, upstream.name, group.region, ()), None)
         existing.add(upstream.key)
         created.append(upstream.key)

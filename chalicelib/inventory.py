@@ -15,7 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
 from .aws import ClientFactory
-from .credentials import CredentialResolver, CredentialsError, error_code
+from .credentials import CredentialResolver, CredentialsError, aws_message, error_code, transport_problem
 from .endpoints import Instance
 from .spec import Credentials
 
@@ -79,11 +79,14 @@ class Ec2Inventory:
             raise DiscoveryError(str(err), err.code) from err
         except ClientError as err:
             code = error_code(err)
-            message = err.response.get("Error", {}).get("Message", "")
+            message = aws_message(err, self._resolver.scrub)
+            if not message and code.isdigit():  # an HTTP status, not an AWS error: e.g. an unknown region
+                message = f": HTTP {code} from the EC2 endpoint of {region}; is {region} a region of this partition?"
             raise DiscoveryError(
-                f"ec2:DescribeInstances in {region} as {credentials.describe()} failed ({code}): {message}", code
+                f"ec2:DescribeInstances in {region} as {credentials.describe()} failed ({code}){message}", code
             ) from err
         except (BotoCoreError, ResponseParserError) as err:  # the latter: an HTML page from a proxy, say
             raise DiscoveryError(
-                f"ec2:DescribeInstances in {region} as {credentials.describe()} failed: {err}", type(err).__name__
+                f"ec2:DescribeInstances in {region} as {credentials.describe()} failed: {transport_problem(err)}",
+                type(err).__name__,
             ) from err

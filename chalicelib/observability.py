@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -75,3 +76,10 @@ def flush(**_: Any) -> None:
     with warnings.catch_warnings():  # an invocation without metrics is normal here (say, /healthz)
         warnings.simplefilter("ignore", UserWarning)
         metrics.flush_metrics(raise_on_empty_metrics=False)
+
+
+def log_unexpected(message: str, err: BaseException, **context: str) -> None:
+    """An unexpected error, logged with its type and stack but never its text: the text of a
+    transport or parsing error can quote credentials (a header value, say)."""
+    stack = "".join(traceback.format_tb(err.__traceback__)[-8:])
+    logger.error(message, extra={**context, "error_type": type(err).__name__, "stack": stack})

@@ -7,6 +7,7 @@ answer 400 `{"error", "field"}` and store nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -156,10 +157,21 @@ class GroupKey:
     credentials: Credentials
     region: str
 
+    @property
+    def id(self) -> str:
+        """A short stable key for the group's stored items."""
+        return fingerprint(str(self))
+
     def __str__(self) -> str:
+        """A readable, stable name for logs, metrics and stored marks: never the external id itself."""
         secret = "/".join(self.credentials.secret) if self.credentials.secret else "-"
-        external = f"|{self.credentials.external_id}" if self.credentials.external_id else ""
+        external = f"|ext:{fingerprint(self.credentials.external_id)}" if self.credentials.external_id else ""
         return f"{self.region}|{secret}|{self.credentials.role_arn or '-'}{external}"
+
+
+def fingerprint(value: str) -> str:
+    """A short digest that groups equal values without revealing them (external ids, credentials)."""
+    return hashlib.sha256(value.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ Tables (partition key `id`, a string):
 from __future__ import annotations
 
 import copy
+import enum
 import json
 import threading
 import uuid
@@ -34,6 +35,9 @@ from .endpoints import Endpoint, EndpointSet
 from .spec import SpecError, Upstream, parse_upstream
 
 SCAN_MARKS_ID = "~scan"
+OBSERVATIONS_PREFIX = "~seen/"  # + a group's id: the group's observation log
+SEEN_PREFIX = "seen:"  # + an instance id: an attribute of an observation log
+CHUNK_READ_ATTEMPTS = 5
 DRAINING, MISSING = "draining", "missing"  # kinds of marks
 ACCOUNT_PREFIX = "~account/"
 CHUNK_BYTES = 350_000  # of compressed endpoint records per item, under DynamoDB's 400 KB item limit
@@ -95,32 +99,80 @@ class StoredUpstream:
     upstream: Upstream | None = None
     problem: SpecError | None = field(default=None)
     recorded: Status | None = None  # the status in the store, when `status` differs from it
+    generation: str = ""  # changes with every write of the document: writes derived from it are conditional on it
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
 
-def stored(namespace: str, name: str, document: dict[str, Any], status: Status, updated_at: str) -> StoredUpstream:
+def stored(
+    namespace: str, name: str, document: dict[str, Any], status: Status, updated_at: str, generation: str = ""
+) -> StoredUpstream:
     """Re-validate a stored document, so a document that no longer parses is `Rejected`, not a crash."""
+    generation = generation or updated_at  # items written before generations existed
     try:
         upstream = parse_upstream(document, namespace, name)
-        return StoredUpstream(namespace, name, document, status, updated_at, upstream)
+        return StoredUpstream(namespace, name, document, status, updated_at, upstream, generation=generation)
     except SpecError as err:
         rejected = Status(REJECTED, err.message)
-        return StoredUpstream(namespace, name, document, rejected, updated_at, None, err, status)
+        return StoredUpstream(namespace, name, document, rejected, updated_at, None, err, status, generation)
+
+
+class Conflict(Exception):
+    """A conditional write found the item changed by another writer since it was read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """What must still hold for an endpoint set to be written (all of it, atomically).
+
+    - `generation`: the upstream is still the one the set was computed from (not deleted, not
+      replaced), so a scan or an event never writes a set for a document that is gone;
+    - `group` with `version`: no instance of the group was observed by an event since the scan
+      read the group's observation log (a scan's listing is older than such an observation);
+    - `group` with `instance` = (instance id, time): this writer's observation of that instance is
+      still the newest one recorded (an older observation never overrides a newer one).
+    """
+
+    generation: str | None = None
+    group: str | None = None
+    version: int | None = None
+    instance: tuple[str, str] | None = None
+
+
+class Outcome(enum.Enum):
+    WRITTEN = "written"
+    SET_CHANGED = "set changed"  # another writer changed the set since it was read
+    UPSTREAM_CHANGED = "upstream changed"  # the upstream was deleted or replaced
+    OBSERVED = "observed"  # a newer observation of the group (or instance) was recorded
+
+
+@dataclass(frozen=True, slots=True)
+class Observations:
+    """A group's observation log: when each instance was last observed by an event, and a version
+    that every recorded observation increments."""
+
+    version: int = 0
+    seen: dict[str, str] = field(default_factory=dict)
+
+
+ANY = "*"  # `expect` of an unconditional write
 
 
 class Store(Protocol):
-    def put_upstream(self, upstream: Upstream, now: str) -> None: ...
+    def put_upstream(self, upstream: Upstream, now: str, expect: str | None = ANY) -> str:
+        """Store the document; its new generation. `expect`: ANY, None (must not exist) or the
+        generation it must still have; `Conflict` otherwise."""
+        ...
 
     def get_upstream(self, namespace: str, name: str) -> StoredUpstream | None: ...
 
     def list_upstreams(self) -> list[StoredUpstream]: ...
 
-    def delete_upstream(self, namespace: str, name: str) -> bool: ...
+    def delete_upstream(self, namespace: str, name: str, expect: str = ANY) -> bool: ...
 
-    def put_status(self, namespace: str, name: str, status: Status) -> None: ...
+    def put_status(self, namespace: str, name: str, status: Status, generation: str | None = None) -> None: ...
 
     def get_endpoint_set(self, namespace: str, name: str) -> EndpointSet | None: ...
 
@@ -130,7 +182,21 @@ class Store(Protocol):
 
     def put_endpoint_set(self, endpoint_set: EndpointSet, expected_digest: str | None) -> bool: ...
 
+    def write_set(self, endpoint_set: EndpointSet, expected_digest: str | None, guard: Guard) -> Outcome: ...
+
     def delete_endpoint_set(self, namespace: str, name: str) -> None: ...
+
+    def delete_orphan_set(self, namespace: str, name: str) -> bool:
+        """Delete the set only if its upstream does not exist (atomically checked)."""
+        ...
+
+    def observe(self, group: str, instance_id: str, at: str) -> bool:
+        """Record an observation of an instance; False when a newer (or equal) one is recorded."""
+        ...
+
+    def observations(self, group: str) -> Observations: ...
+
+    def prune_observations(self, group: str, before: str) -> None: ...
 
     def get_scan_marks(self) -> dict[str, str]: ...
 
@@ -198,19 +264,26 @@ class MemoryStore:
         self.marks: dict[str, str] = {}
         self.marks_by_kind: dict[str, dict[str, str]] = {}
         self.accounts: dict[str, Account] = {}
+        self.logs: dict[str, Observations] = {}
         self.writes = 0
 
-    def put_upstream(self, upstream: Upstream, now: str) -> None:
+    def put_upstream(self, upstream: Upstream, now: str, expect: str | None = ANY) -> str:
         with self._lock:
+            current = self.upstreams.get(upstream.key)
+            if expect != ANY and (current.get("generation") if current else None) != expect:
+                raise Conflict(upstream.key)
             self.writes += 1
             encode_document(upstream.document)  # the same limit as DynamoDB
+            generation = uuid.uuid4().hex
             self.upstreams[upstream.key] = {
                 "namespace": upstream.namespace,
                 "name": upstream.name,
                 "document": json.dumps(upstream.document),
                 "status": PENDING.as_dict(),
                 "updatedAt": now,
+                "generation": generation,
             }
+            return generation
 
     def _load(self, item: dict[str, Any]) -> StoredUpstream:
         return stored(
@@ -219,6 +292,7 @@ class MemoryStore:
             json.loads(item["document"]),
             Status.from_dict(copy.deepcopy(item["status"])),
             item["updatedAt"],
+            item.get("generation", ""),
         )
 
     def get_upstream(self, namespace: str, name: str) -> StoredUpstream | None:
@@ -228,17 +302,21 @@ class MemoryStore:
     def list_upstreams(self) -> list[StoredUpstream]:
         return [self._load(item) for _, item in sorted(self.upstreams.items())]
 
-    def delete_upstream(self, namespace: str, name: str) -> bool:
+    def delete_upstream(self, namespace: str, name: str, expect: str = ANY) -> bool:
+        key = f"{namespace}/{name}"
         with self._lock:
-            existed = self.upstreams.pop(f"{namespace}/{name}", None) is not None
-            self.sets.pop(f"{namespace}/{name}", None)
+            current = self.upstreams.get(key)
+            if expect != ANY and (current is None or current["generation"] != expect):
+                raise Conflict(key)
+            existed = self.upstreams.pop(key, None) is not None
+            self.sets.pop(key, None)
             self.writes += 2
         return existed
 
-    def put_status(self, namespace: str, name: str, status: Status) -> None:
+    def put_status(self, namespace: str, name: str, status: Status, generation: str | None = None) -> None:
         with self._lock:
             item = self.upstreams.get(f"{namespace}/{name}")
-            if item is not None:
+            if item is not None and generation in (None, item["generation"]):
                 self.writes += 1
                 item["status"] = status.as_dict()
 
@@ -252,18 +330,62 @@ class MemoryStore:
         return {key: endpoint_set.digest for key, endpoint_set in self.sets.items()}
 
     def put_endpoint_set(self, endpoint_set: EndpointSet, expected_digest: str | None) -> bool:
+        return self.write_set(endpoint_set, expected_digest, Guard()) is Outcome.WRITTEN
+
+    def write_set(self, endpoint_set: EndpointSet, expected_digest: str | None, guard: Guard) -> Outcome:
         with self._lock:
+            upstream = self.upstreams.get(endpoint_set.key)
+            if guard.generation is not None and (upstream is None or upstream["generation"] != guard.generation):
+                return Outcome.UPSTREAM_CHANGED
+            if guard.group is not None:
+                log = self.logs.get(guard.group, Observations())
+                if guard.version is not None and log.version != guard.version:
+                    return Outcome.OBSERVED
+                if guard.instance is not None and log.seen.get(guard.instance[0]) != guard.instance[1]:
+                    return Outcome.OBSERVED
             current = self.sets.get(endpoint_set.key)
             if (current.digest if current else None) != expected_digest:
-                return False
+                return Outcome.SET_CHANGED
             self.writes += 1
             self.sets[endpoint_set.key] = endpoint_set
-            return True
+            return Outcome.WRITTEN
 
     def delete_endpoint_set(self, namespace: str, name: str) -> None:
         with self._lock:
             self.writes += 1
             self.sets.pop(f"{namespace}/{name}", None)
+
+    def delete_orphan_set(self, namespace: str, name: str) -> bool:
+        key = f"{namespace}/{name}"
+        with self._lock:
+            if key in self.upstreams or key not in self.sets:
+                return False
+            self.writes += 1
+            del self.sets[key]
+            return True
+
+    def observe(self, group: str, instance_id: str, at: str) -> bool:
+        with self._lock:
+            log = self.logs.get(group, Observations())
+            if log.seen.get(instance_id, "") >= at:
+                return False
+            self.writes += 1
+            self.logs[group] = Observations(log.version + 1, {**log.seen, instance_id: at})
+            return True
+
+    def observations(self, group: str) -> Observations:
+        log = self.logs.get(group, Observations())
+        return Observations(log.version, dict(log.seen))
+
+    def prune_observations(self, group: str, before: str) -> None:
+        with self._lock:
+            log = self.logs.get(group)
+            if log is None:
+                return
+            kept = {instance: at for instance, at in log.seen.items() if at >= before}
+            if kept != log.seen:
+                self.writes += 1
+                self.logs[group] = Observations(log.version, kept)
 
     def get_scan_marks(self) -> dict[str, str]:
         return dict(self.marks)
@@ -318,18 +440,35 @@ class DynamoStore:
 
     # -- upstreams -------------------------------------------------------------
 
-    def put_upstream(self, upstream: Upstream, now: str) -> None:
-        self._db.put_item(
-            TableName=self.upstreams_table,
-            Item={
-                "id": {"S": upstream.key},
-                "namespace": {"S": upstream.namespace},
-                "name": {"S": upstream.name},
-                "document": {"B": encode_document(upstream.document)},
-                "status": {"S": json.dumps(PENDING.as_dict())},
-                "updatedAt": {"S": now},
-            },
-        )
+    def put_upstream(self, upstream: Upstream, now: str, expect: str | None = ANY) -> str:
+        generation = uuid.uuid4().hex
+        condition: dict[str, Any] = {}
+        if expect is None:
+            condition = {"ConditionExpression": "attribute_not_exists(id)"}
+        elif expect != ANY:
+            condition = {
+                "ConditionExpression": "generation = :g OR (attribute_not_exists(generation) AND updatedAt = :g)",
+                "ExpressionAttributeValues": {":g": {"S": expect}},
+            }
+        try:
+            self._db.put_item(
+                TableName=self.upstreams_table,
+                Item={
+                    "id": {"S": upstream.key},
+                    "namespace": {"S": upstream.namespace},
+                    "name": {"S": upstream.name},
+                    "document": {"B": encode_document(upstream.document)},
+                    "status": {"S": json.dumps(PENDING.as_dict())},
+                    "updatedAt": {"S": now},
+                    "generation": {"S": generation},
+                },
+                **condition,
+            )
+        except ClientError as err:
+            if _conditional_failed(err):
+                raise Conflict(upstream.key) from None
+            raise
+        return generation
 
     @staticmethod
     def _load(item: dict[str, Any]) -> StoredUpstream:
@@ -339,6 +478,7 @@ class DynamoStore:
             decode_document(item["document"]),
             Status.from_dict(json.loads(item["status"]["S"])) if "status" in item else PENDING,
             item.get("updatedAt", {}).get("S", ""),
+            item.get("generation", {}).get("S", ""),
         )
 
     def get_upstream(self, namespace: str, name: str) -> StoredUpstream | None:
@@ -354,28 +494,48 @@ class DynamoStore:
             key=lambda entry: entry.key,
         )
 
-    def delete_upstream(self, namespace: str, name: str) -> bool:
-        answer = self._db.delete_item(
-            TableName=self.upstreams_table,
-            Key={"id": {"S": f"{namespace}/{name}"}},
-            ReturnValues="ALL_OLD",
-        )
+    @staticmethod
+    def _generation_condition(generation: str) -> dict[str, Any]:
+        """The item still has this generation (items older than generations: this updatedAt)."""
+        return {
+            "ConditionExpression": "generation = :g OR (attribute_not_exists(generation) AND updatedAt = :g)",
+            "ExpressionAttributeValues": {":g": {"S": generation}},
+        }
+
+    def delete_upstream(self, namespace: str, name: str, expect: str = ANY) -> bool:
+        condition = self._generation_condition(expect) if expect != ANY else {}
+        try:
+            answer = self._db.delete_item(
+                TableName=self.upstreams_table,
+                Key={"id": {"S": f"{namespace}/{name}"}},
+                ReturnValues="ALL_OLD",
+                **condition,
+            )
+        except ClientError as err:
+            if _conditional_failed(err):
+                raise Conflict(f"{namespace}/{name}") from None
+            raise
         self.delete_endpoint_set(namespace, name)
         return "Attributes" in answer
 
-    def put_status(self, namespace: str, name: str, status: Status) -> None:
+    def put_status(self, namespace: str, name: str, status: Status, generation: str | None = None) -> None:
+        condition = "attribute_exists(id)"
+        values: dict[str, Any] = {":s": {"S": json.dumps(status.as_dict())}}
+        if generation is not None:  # a status derived from one generation never lands on another
+            condition += " AND (generation = :g OR (attribute_not_exists(generation) AND updatedAt = :g))"
+            values[":g"] = {"S": generation}
         try:
             self._db.update_item(
                 TableName=self.upstreams_table,
                 Key={"id": {"S": f"{namespace}/{name}"}},
                 UpdateExpression="SET #s = :s",
-                ConditionExpression="attribute_exists(id)",
+                ConditionExpression=condition,
                 ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={":s": {"S": json.dumps(status.as_dict())}},
+                ExpressionAttributeValues=values,
             )
         except ClientError as err:
             if not _conditional_failed(err):
-                raise  # deleted meanwhile: nothing to record
+                raise  # deleted or replaced meanwhile: nothing to record
 
     # -- endpoint sets ---------------------------------------------------------
     #
@@ -416,28 +576,52 @@ class DynamoStore:
                 for item in answer["Responses"].get(self.endpoints_table, ()):
                     found[item["id"]["S"]] = item["body"]["B"]
                 request = answer.get("UnprocessedKeys") or {}
-        missing = [key for key in keys if key not in found]
-        if missing:
-            raise RuntimeError(f"endpoint set chunks missing: {missing[:3]}")
         return found
 
     def get_endpoint_set(self, namespace: str, name: str) -> EndpointSet | None:
-        answer = self._db.get_item(TableName=self.endpoints_table, Key={"id": {"S": f"{namespace}/{name}"}})
-        if "Item" not in answer:
-            return None
-        keys = self._chunk_keys(answer["Item"])
-        return self._set(answer["Item"], self._read_chunks(keys) if keys else None)
+        """The set as one writer wrote it: the head item, then its chunks.
+
+        A writer deletes the previous chunks right after switching the head, so a reader that
+        read the old head may find its chunks gone: it then re-reads the head (consistently)
+        and follows the newer write. It never answers a mix, and never fails for this race.
+        """
+        key = {"id": {"S": f"{namespace}/{name}"}}
+        answer = self._db.get_item(TableName=self.endpoints_table, Key=key)
+        for _ in range(CHUNK_READ_ATTEMPTS):
+            if "Item" not in answer:
+                return None
+            keys = self._chunk_keys(answer["Item"])
+            if not keys:
+                return self._set(answer["Item"])
+            chunks = self._read_chunks(keys)
+            if len(chunks) == len(keys):
+                return self._set(answer["Item"], chunks)
+            answer = self._db.get_item(TableName=self.endpoints_table, Key=key, ConsistentRead=True)
+        raise RuntimeError(f"endpoint set {namespace}/{name} was rewritten {CHUNK_READ_ATTEMPTS} times during one read")
 
     def list_endpoint_sets(self) -> list[EndpointSet]:
         items = self._scan(self.endpoints_table)
         chunks = {item["id"]["S"]: item["body"]["B"] for item in items if "#" in item["id"]["S"]}
-        return sorted((self._set(item, chunks) for item in items if "#" not in item["id"]["S"]), key=lambda s: s.key)
+        sets = []
+        for item in items:
+            if "#" in item["id"]["S"] or item["id"]["S"].startswith("~"):
+                continue
+            if all(key in chunks for key in self._chunk_keys(item)):
+                sets.append(self._set(item, chunks))
+            else:  # rewritten while the table was scanned: read it again on its own
+                again = self.get_endpoint_set(item["namespace"]["S"], item["name"]["S"])
+                if again is not None:
+                    sets.append(again)
+        return sorted(sets, key=lambda endpoint_set: endpoint_set.key)
 
     def endpoint_digests(self) -> dict[str, str]:
         items = self._scan(self.endpoints_table, ProjectionExpression="id, digest", ConsistentRead=True)
         return {item["id"]["S"]: item["digest"]["S"] for item in items if "#" not in item["id"]["S"]}
 
     def put_endpoint_set(self, endpoint_set: EndpointSet, expected_digest: str | None) -> bool:
+        return self.write_set(endpoint_set, expected_digest, Guard()) is Outcome.WRITTEN
+
+    def write_set(self, endpoint_set: EndpointSet, expected_digest: str | None, guard: Guard) -> Outcome:
         if expected_digest is None:
             condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(id)"}
         else:
@@ -464,17 +648,88 @@ class DynamoStore:
         chunk_keys = self._chunk_keys(item)
         for key, part in zip(chunk_keys, parts[1:], strict=True):
             self._db.put_item(TableName=self.endpoints_table, Item={"id": {"S": key}, "body": {"B": part}})
+        checks = self._guard_checks(endpoint_set, guard)
         try:
-            answer = self._db.put_item(TableName=self.endpoints_table, Item=item, ReturnValues="ALL_OLD", **condition)
+            if checks:  # the set and what it was derived from, checked and written atomically
+                old = self.get_head(endpoint_set.key)
+                self._db.transact_write_items(
+                    TransactItems=[
+                        *(check for check, _ in checks),
+                        {"Put": {"TableName": self.endpoints_table, "Item": item, **condition}},
+                    ]
+                )
+            else:
+                old = self._db.put_item(
+                    TableName=self.endpoints_table, Item=item, ReturnValues="ALL_OLD", **condition
+                ).get("Attributes")
         except ClientError as err:
-            if _conditional_failed(err):
-                self._delete_keys(chunk_keys)
-                return False
-            raise
-        old = answer.get("Attributes")
-        if old:
+            outcome = self._refusal(err, [meaning for _, meaning in checks] + [Outcome.SET_CHANGED])
+            if outcome is None:
+                raise
+            self._delete_keys(chunk_keys)
+            return outcome
+        if old and old.get("write") != item["write"]:
             self._delete_keys(self._chunk_keys(old))
-        return True
+        return Outcome.WRITTEN
+
+    def get_head(self, key: str) -> dict[str, Any] | None:
+        """The head item of a set (no chunks), read consistently: what a write replaces."""
+        answer = self._db.get_item(
+            TableName=self.endpoints_table,
+            Key={"id": {"S": key}},
+            ConsistentRead=True,
+            ProjectionExpression="id, #w, chunks",
+            ExpressionAttributeNames={"#w": "write"},
+        )
+        return answer.get("Item")
+
+    def _guard_checks(self, endpoint_set: EndpointSet, guard: Guard) -> list[tuple[dict[str, Any], Outcome]]:
+        """The transaction's condition checks, each with what its failure means."""
+        checks: list[tuple[dict[str, Any], Outcome]] = []
+        if guard.generation is not None:
+            check = {
+                "TableName": self.upstreams_table,
+                "Key": {"id": {"S": endpoint_set.key}},
+                **self._generation_condition(guard.generation),
+            }
+            checks.append(({"ConditionCheck": check}, Outcome.UPSTREAM_CHANGED))
+        if guard.group is not None and (guard.version is not None or guard.instance is not None):
+            if guard.instance is not None:
+                expression, names, values = (
+                    "#i = :t",
+                    {"#i": SEEN_PREFIX + guard.instance[0]},
+                    {":t": {"S": guard.instance[1]}},
+                )
+            else:
+                expression, names, values = "version = :v", {}, {":v": {"N": str(guard.version)}}
+                if guard.version == 0:  # no observation yet: the log must still not exist
+                    expression = "attribute_not_exists(version)"
+            observed: dict[str, Any] = {
+                "TableName": self.upstreams_table,
+                "Key": {"id": {"S": OBSERVATIONS_PREFIX + guard.group}},
+                "ConditionExpression": expression,
+            }
+            if guard.version != 0 or guard.instance is not None:
+                observed["ExpressionAttributeValues"] = values
+            if names:
+                observed["ExpressionAttributeNames"] = names
+            checks.append(({"ConditionCheck": observed}, Outcome.OBSERVED))
+        return checks
+
+    @staticmethod
+    def _refusal(err: ClientError, outcomes: list[Outcome]) -> Outcome | None:
+        """Which condition refused a write, or None when the error is not a refusal.
+
+        `outcomes` names what each transaction item's failed condition means, in order.
+        """
+        if _conditional_failed(err):
+            return Outcome.SET_CHANGED
+        if err.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+            return None
+        reasons = [reason.get("Code") for reason in err.response.get("CancellationReasons", [])]
+        if "ConditionalCheckFailed" not in reasons:
+            return None  # a conflict with another transaction, throttling: the caller's retry applies
+        return outcomes[reasons.index("ConditionalCheckFailed")]
 
     def delete_endpoint_set(self, namespace: str, name: str) -> None:
         answer = self._db.delete_item(
@@ -482,6 +737,78 @@ class DynamoStore:
         )
         if "Attributes" in answer:
             self._delete_keys(self._chunk_keys(answer["Attributes"]))
+
+    def delete_orphan_set(self, namespace: str, name: str) -> bool:
+        key = {"id": {"S": f"{namespace}/{name}"}}
+        old = self.get_head(f"{namespace}/{name}")
+        if old is None:
+            return False
+        try:
+            self._db.transact_write_items(
+                TransactItems=[
+                    {
+                        "ConditionCheck": {
+                            "TableName": self.upstreams_table,
+                            "Key": key,
+                            "ConditionExpression": "attribute_not_exists(id)",
+                        }
+                    },
+                    {"Delete": {"TableName": self.endpoints_table, "Key": key}},
+                ]
+            )
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") == "TransactionCanceledException":
+                return False  # the upstream exists (again): its set stays
+            raise
+        self._delete_keys(self._chunk_keys(old))
+        return True
+
+    # -- observation logs: per group, when an event last observed each instance ------------------
+
+    def observe(self, group: str, instance_id: str, at: str) -> bool:
+        # One attribute per instance (`seen:<id>`), so the first observation of a group creates
+        # the item in the same single write.
+        try:
+            self._db.update_item(
+                TableName=self.upstreams_table,
+                Key={"id": {"S": OBSERVATIONS_PREFIX + group}},
+                UpdateExpression="SET #i = :t ADD version :one",
+                ConditionExpression="attribute_not_exists(#i) OR #i < :t",
+                ExpressionAttributeNames={"#i": SEEN_PREFIX + instance_id},
+                ExpressionAttributeValues={":t": {"S": at}, ":one": {"N": "1"}},
+            )
+            return True
+        except ClientError as err:
+            if _conditional_failed(err):
+                return False  # a newer observation is recorded
+            raise
+
+    def observations(self, group: str) -> Observations:
+        answer = self._db.get_item(
+            TableName=self.upstreams_table, Key={"id": {"S": OBSERVATIONS_PREFIX + group}}, ConsistentRead=True
+        )
+        item = answer.get("Item")
+        if not item:
+            return Observations()
+        seen = {key.removeprefix(SEEN_PREFIX): value["S"] for key, value in item.items() if key.startswith(SEEN_PREFIX)}
+        return Observations(int(item.get("version", {}).get("N", "0")), seen)
+
+    def prune_observations(self, group: str, before: str) -> None:
+        old = sorted(instance for instance, at in self.observations(group).seen.items() if at < before)
+        for start in range(0, len(old), 100):
+            names = {f"#k{number}": SEEN_PREFIX + key for number, key in enumerate(old[start : start + 100])}
+            try:
+                self._db.update_item(
+                    TableName=self.upstreams_table,
+                    Key={"id": {"S": OBSERVATIONS_PREFIX + group}},
+                    UpdateExpression="REMOVE " + ", ".join(names),
+                    ConditionExpression=" AND ".join(f"{name} < :before" for name in names),
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues={":before": {"S": before}},
+                )
+            except ClientError as err:
+                if not _conditional_failed(err):
+                    raise  # else observed again meanwhile: the next scan prunes
 
     def _delete_keys(self, keys: list[str]) -> None:
         for key in keys:

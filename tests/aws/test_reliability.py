@@ -102,21 +102,21 @@ def test_dynamodb_failing_mid_scan_half_writes_nothing_and_the_next_scan_repairs
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "app", "Value": "web"}]}],
     )
     store = runtime.store()
-    original = store.put_endpoint_set
+    original = store.write_set
     calls = []
 
-    def fail_second(endpoint_set: Any, expected: Any) -> bool:
+    def fail_second(endpoint_set: Any, expected: Any, guard: Any) -> Any:
         calls.append(endpoint_set.key)
         if len(calls) == 2:
             raise ClientError({"Error": {"Code": "InternalServerError", "Message": "injected"}}, "PutItem")
-        return bool(original(endpoint_set, expected))
+        return original(endpoint_set, expected, guard)
 
-    monkeypatch.setattr(store, "put_endpoint_set", fail_second)
+    monkeypatch.setattr(store, "write_set", fail_second)
     broken = scan()
     assert (broken.changed, broken.errors) == (SECRET_GROUPS - 1, 1)
     sizes = sorted(served(name) or 0 for name in groups)
     assert sizes == [2, 3, 3, 3]  # the failed set still holds its last good content, whole
-    monkeypatch.setattr(store, "put_endpoint_set", original)
+    monkeypatch.setattr(store, "write_set", original)
     repaired = scan()
     assert (repaired.changed, repaired.errors) == (1, 0)
     assert all(served(name) == 3 for name in groups)
