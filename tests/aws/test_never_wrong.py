@@ -215,7 +215,7 @@ def test_a_reader_racing_a_rewrite_of_a_chunked_set_sees_one_whole_set(dynamo_st
 # --- 5. a stale observation never overrides a newer one ------------------------------------------------
 
 
-def test_a_tag_event_described_before_a_stop_never_brings_the_instance_back(fleet: dict[str, str]) -> None:
+def test_a_tag_event_described_before_a_stop_never_brings_the_instance_back(fleet: dict[str, str]) -> None:  # noqa: F811
     ec2 = boto3.client("ec2", region_name="us-east-1")
     web1 = fleet["web-1"]
 
@@ -237,7 +237,7 @@ def test_a_tag_event_described_before_a_stop_never_brings_the_instance_back(flee
     assert web1 not in members("web") and web1 not in members("all")
 
 
-def test_an_older_positive_event_never_lands_after_a_newer_no_op_negative(fleet: dict[str, str]) -> None:
+def test_an_older_positive_event_never_lands_after_a_newer_no_op_negative(fleet: dict[str, str]) -> None:  # noqa: F811
     """The negative observation changes no set (the instance is not a member), yet it still wins."""
     ec2 = boto3.client("ec2", region_name="us-east-1")
     api1 = fleet["api-1"]
