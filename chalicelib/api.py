@@ -64,9 +64,20 @@ def describe(entry: StoredUpstream, marks: dict[str, str]) -> dict[str, Any]:
     return {**document, "status": status}
 
 
+Apply = Callable[[set[str]], Any]  # reconcile these upstreams' groups now (a narrowed scan)
+
+
 def put_upstream(
-    store: Store, namespace: str, name: str, body: bytes | str, content_type: str | None, now: datetime
+    store: Store,
+    namespace: str,
+    name: str,
+    body: bytes | str,
+    content_type: str | None,
+    now: datetime,
+    apply: Apply | None = None,
 ) -> Reply:
+    """Store the document and, with `apply`, reconcile its group at once so the change is served
+    now; an unchanged document writes nothing and keeps its status and set."""
     bad = _path_names(namespace, name)
     if bad:
         return bad
@@ -74,14 +85,18 @@ def put_upstream(
         upstream = parse_upstream(load_one(body, content_type, settings().max_body_bytes), namespace, name)
     except SpecError as err:
         return error(400, err.message, err.field)
-    existed = store.get_upstream(namespace, name) is not None
+    previous = store.get_upstream(namespace, name)
+    if previous is not None and previous.document == upstream.document:
+        return ok(describe(previous, store.get_scan_marks()), 200)
     try:
         store.put_upstream(upstream, iso(now))
     except DocumentTooLarge as err:
         return error(413, str(err))
+    if apply is not None:
+        apply({upstream.key})
     entry = store.get_upstream(namespace, name)
     assert entry is not None
-    return ok(describe(entry, {}), 200 if existed else 201)
+    return ok(describe(entry, store.get_scan_marks()), 200 if previous else 201)
 
 
 def get_upstream(store: Store, namespace: str, name: str) -> Reply:
@@ -208,7 +223,9 @@ def prometheus_targets(
 # --- named accounts ------------------------------------------------------------------------------
 
 
-def put_account(store: Store, name: str, body: bytes | str, content_type: str | None) -> Reply:
+def put_account(
+    store: Store, name: str, body: bytes | str, content_type: str | None, apply: Apply | None = None
+) -> Reply:
     try:
         check_label(name, "name")
         account = parse_account(load_one(body, content_type, settings().max_body_bytes), name)
@@ -226,9 +243,14 @@ def put_account(store: Store, name: str, body: bytes | str, content_type: str | 
             "keep those regions, or change or delete those upstreams first",
             "regions",
         )
-    existed = store.get_account(name) is not None
+    previous = store.get_account(name)
+    if previous == account:
+        return ok(account.describe(), 200)
     store.put_account(account)
-    return ok(account.describe(), 200 if existed else 201)
+    users = {entry.key for entry in store.list_upstreams() if entry.upstream and entry.upstream.ec2.account == name}
+    if apply is not None and users:
+        apply(users)
+    return ok(account.describe(), 200 if previous else 201)
 
 
 def get_account(store: Store, name: str) -> Reply:

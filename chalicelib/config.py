@@ -25,6 +25,8 @@ class Settings(BaseModel):
     last_scan_resolution_seconds: int = Field(60, ge=0, alias="LAST_SCAN_RESOLUTION_SECONDS")
     draining_ttl_seconds: int = Field(7200, ge=60, alias="DRAINING_TTL_SECONDS")
     scan_deadline_margin_seconds: float = Field(15.0, ge=0, alias="SCAN_DEADLINE_MARGIN_SECONDS")
+    # how long a PUT (upstream or account) may spend reconciling its groups in the request
+    apply_seconds: float = Field(10.0, ge=0, alias="APPLY_SECONDS")
     discovery_enabled: bool = Field(False, alias="DISCOVERY_ENABLED")
     discovery_tag_key: str = Field("ec2-eds/upstream", min_length=1, max_length=128, alias="DISCOVERY_TAG_KEY")
     discovery_port_tag_key: str = Field("ec2-eds/port", min_length=1, max_length=128, alias="DISCOVERY_PORT_TAG_KEY")

@@ -290,16 +290,19 @@ def full_scan(
     lister: InstanceLister,
     clock: Callable[[], datetime],
     time_left: Callable[[], float] | None = None,
+    only: set[str] | None = None,
 ) -> ScanSummary:
     """List every group once, recompute every upstream, write what changed.
 
     Groups go oldest listing first, so one cut short by `time_left` (seconds
     the invocation has) leaves the rest to the next run and none starves.
+    `only` (upstream keys) narrows the scan to the groups that hold them: what a PUT runs
+    so that its change is served at once; it discovers and deletes nothing.
     """
     summary = ScanSummary()
     with aws.counting() as counter:
         started = clock()
-        discovering = settings().discovery_enabled
+        discovering = settings().discovery_enabled and only is None
         accounts = store.list_accounts() if discovering else None
         entries, unresolved = resolve_entries(store, store.list_upstreams(), accounts)
         summary.upstreams = len(entries)
@@ -318,6 +321,8 @@ def full_scan(
         draining = active_draining(draining_marks, iso(started))
         discovery_groups = autodiscovery.account_groups(accounts or [])
         order = sorted(set(groups) | set(discovery_groups), key=lambda group: marks.get(str(group), ""))
+        if only is not None:
+            order = [group for group in order if any(member.key in only for member in groups.get(group, []))]
         logs_read_at = stamp(clock())
         logs = {group: store.observations(group.id) for group in order}  # before listing: see Listing
         listings = _list_groups(lister, order, time_left)
@@ -353,8 +358,10 @@ def full_scan(
                 "scan stopped before its deadline; the next run continues with the groups left",
                 extra={"deferred_groups": summary.deferred},
             )
-        _prune_draining(store, draining_marks, draining, running, complete=not (summary.errors or summary.deferred))
-        _delete_orphans(store, set(digests) - set(entries) - {entry.key for entry, _ in unresolved})
+        complete = only is None and not (summary.errors or summary.deferred)
+        _prune_draining(store, draining_marks, draining, running, complete=complete)
+        if only is None:
+            _delete_orphans(store, set(digests) - set(entries) - {entry.key for entry, _ in unresolved})
         renewed = {
             str(group)
             for group, members in groups.items()

@@ -7,10 +7,13 @@ the logic directly.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from . import aws, config
 from .config import settings
+
+__all__ = ["settings"]  # re-exported for the entry points
 from .credentials import CredentialResolver
 from .events import AccountResolver
 from .inventory import Ec2Inventory
@@ -53,6 +56,10 @@ def accounts() -> AccountResolver:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def monotonic() -> float:
+    return time.monotonic()
 
 
 def reset() -> None:

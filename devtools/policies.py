@@ -63,7 +63,13 @@ PLACEHOLDER_ACCOUNT = "CENTRAL_ACCOUNT_ID"
 PLACEHOLDER_EXTERNAL_ID = "EXTERNAL_ID"
 
 UPSTREAMS, ENDPOINTS = "UPSTREAMS_TABLE", "ENDPOINTS_TABLE"
-_UPSTREAMS_READ_WRITE = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Scan"]
+_UPSTREAMS_READ_WRITE = [
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:Scan",
+    "dynamodb:ConditionCheckItem",
+]
 _EVENT_ENDPOINTS = ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"]
 # What each function calls on each table (chalicelib/store.py, by code path):
 # - every reader: Scan of upstreams (list), GetItem of `~scan`/`~draining`;
@@ -74,7 +80,12 @@ _EVENT_ENDPOINTS = ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutIt
 # - discovered upstreams (DISCOVERY_ENABLED, chalicelib/autodiscovery.py): the scan creates them
 #   (PutItem), marks them missing (UpdateItem/PutItem) and deletes them (DeleteItem of the upstream
 #   and its set); a tag-change event creates one (PutItem of the upstream and an empty set);
-# - API: all of the scan (POST /scan) plus PUT/DELETE of upstreams and accounts and the reads.
+# - guarded set writes (scan, events, API) are transactions: ConditionCheckItem on the upstream
+#   (its generation) and on the group's observation log `~seen/<group>`, PutItem of the set, after a
+#   GetItem of the set's head; events record observations with UpdateItem on `~seen/<group>`;
+#   orphaned sets are deleted in a transaction (ConditionCheckItem upstream, DeleteItem set).
+# - API: all of the scan (POST /scan, and a PUT reconciles its groups) plus PUT/DELETE of upstreams
+#   and accounts and the reads.
 DYNAMODB: dict[str, dict[str, list[str]]] = {
     API_HANDLER: {
         UPSTREAMS: [*_UPSTREAMS_READ_WRITE, "dynamodb:DeleteItem"],
@@ -88,10 +99,10 @@ DYNAMODB: dict[str, dict[str, list[str]]] = {
     },
     "scheduled_scan": {
         UPSTREAMS: [*_UPSTREAMS_READ_WRITE, "dynamodb:DeleteItem"],
-        ENDPOINTS: ["dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Scan"],
+        ENDPOINTS: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Scan"],
     },
     "ec2_state_change": {
-        UPSTREAMS: ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"],
+        UPSTREAMS: ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan", "dynamodb:ConditionCheckItem"],
         ENDPOINTS: _EVENT_ENDPOINTS,
     },
     "ec2_tag_change": {UPSTREAMS: _UPSTREAMS_READ_WRITE, ENDPOINTS: _EVENT_ENDPOINTS},
