@@ -298,7 +298,7 @@ def _schemas() -> dict[str, Any]:
                 "version_info": {"type": "string"},
                 "resources": {
                     "type": "array",
-                    "description": "one EDS cluster (envoy.config.cluster.v3.Cluster) per upstream, named name_namespace",
+                    "description": "one EDS cluster (envoy.config.cluster.v3.Cluster) per upstream: name_namespace",
                     "items": {
                         "type": "object",
                         "required": ["@type", "name", "type", "eds_cluster_config"],
