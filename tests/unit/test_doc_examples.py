@@ -287,7 +287,7 @@ def test_the_aws_example_uses_tls_and_the_local_one_make_runs_api() -> None:
     sans = tls.common_tls_context.validation_context.match_typed_subject_alt_names
     assert [san.matcher.exact for san in sans] == ["eds.example.com"]
     ((demo, _, local),) = eds_and_polling_clusters(load_bootstrap(EXAMPLES / "envoy-rest-eds-local.yaml"))
-    assert demo.name == "ec2-demo-upstream_gloo-system"
+    assert demo.name == "ec2-legacy-private_gloo-system"  # private addresses: loopback in make run's fleet
     assert local.name == "127.0.0.1" and not local.HasField("transport_socket")
     (host,) = [lb.endpoint.address.socket_address for e in local.load_assignment.endpoints for lb in e.lb_endpoints]
     assert (host.address, host.port_value) == ("127.0.0.1", 8000)
