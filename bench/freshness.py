@@ -1,6 +1,6 @@
 """Freshness through a real Envoy: how long after a change Envoy routes accordingly.
 
-    python -m bench.freshness [--samples 5] [--merge bench/results.json]
+    python -m bench.freshness [--samples 5] [--refresh-delays 1,5] [--merge bench/results.json]
 
 For each `refresh_delay` (Envoy's REST CDS and EDS polling period, which the
 API puts in the clusters it serves), with Envoy bootstrapped by CDS+EDS only:
@@ -71,7 +71,9 @@ def one_delay(
         namespace = f"fresh{int(delay * 1000)}"
         ec2.create_tags(Resources=[i for i, _ in mine], Tags=[{"Key": namespace, "Value": ""}])
         filters = [{"kvPair": {"key": TAG["Key"], "value": TAG["Value"]}}, {"key": namespace}]
-        body = {"spec": {"awsEc2": {"region": "us-east-1", "port": fleet.DEMO_PORT, "filters": filters}}}
+        body: dict[str, Any] = {
+            "spec": {"awsEc2": {"region": "us-east-1", "port": fleet.DEMO_PORT, "filters": filters}}
+        }
         requests.put(f"{base}/upstreams/{namespace}/web", json=body, timeout=30).raise_for_status()
 
         def scan(_: str = "") -> None:
@@ -179,11 +181,15 @@ def measure(samples: int, refresh_delays: tuple[float, ...], logs: Path) -> dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.freshness", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--samples", type=int, default=5, help="changes measured per figure and refresh_delay (5)")
+    parser.add_argument(
+        "--refresh-delays", default=",".join(f"{d:g}" for d in REFRESH_DELAYS), help="seconds, comma separated (1,5)"
+    )
     parser.add_argument("--merge", metavar="FILE", help="also write the figures into FILE's `freshness` (results.json)")
     args = parser.parse_args(argv)
     logs = Path(tempfile.mkdtemp(prefix="ec2-eds-freshness-"))
     try:
-        results = measure(args.samples, REFRESH_DELAYS, logs)
+        delays = tuple(float(value) for value in args.refresh_delays.split(","))
+        results = measure(args.samples, delays, logs)
     except BaseException:
         print(f"freshness failed: the logs are in {logs}", file=sys.stderr)
         raise

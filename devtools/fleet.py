@@ -176,7 +176,8 @@ PORT_TAGS = ("app-port", "ec2-eds/port")
 def _who(name: str, instance_id: str) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            host, port = self.server.server_address[:2]
+            address: Any = self.server.server_address
+            host, port = address[0], address[1]
             body = f"{name} {instance_id} {host}:{port}\n".encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")

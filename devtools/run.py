@@ -225,7 +225,7 @@ def serve(args: argparse.Namespace, logs: Path, kept: list[str], cleanup: contex
                 print(f"scan: {summary.changed} sets changed", flush=True)
         for process in processes:
             if process.popen.poll() is not None:
-                print(f"{process.popen.args[0]} exited with {process.popen.returncode}", file=sys.stderr)
+                print(f"{process.popen.args!r} exited with {process.popen.returncode}", file=sys.stderr)
                 return 1
 
 
