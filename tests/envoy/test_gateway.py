@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from devtools import envoy_local, stack
@@ -185,3 +187,51 @@ def test_the_guard_refuses_traffic_while_envoy_holds_a_host_outside_loopback(gat
             assert envoy.admin.probing() == []  # and no health check or outlier probe reaches them either
     finally:
         gateway.delete("tests", "public")
+
+
+def test_gloo_options_reach_envoy_by_cds_and_envoy_accepts_them(gateway: Gateway) -> None:
+    """A real Envoy takes the translated cluster: health checks on loopback hosts, breakers, least request."""
+    launched = gateway.launch(2, {"suite": "options"})
+    options = {
+        "connectionConfig": {"connectTimeout": "0.5s", "maxRequestsPerConnection": 10},
+        "loadBalancerConfig": {"leastRequest": {"choiceCount": 2}, "healthyPanicThreshold": 0},
+        "circuitBreakers": {"maxConnections": 7, "maxRetries": 1},
+        "healthChecks": [
+            {
+                "timeout": "1s",
+                "interval": "0.5s",
+                "unhealthyThreshold": 1,
+                "healthyThreshold": 1,
+                "httpHealthCheck": {"path": "/healthz"},
+            }
+        ],
+        "outlierDetection": {"consecutive5xx": 3, "interval": "1s"},
+    }
+    block = {"region": "us-east-1", "port": 8080, "filters": [{"kvPair": {"key": "suite", "value": "options"}}]}
+    body = {"spec": {"awsEc2": block, **options}}
+    answer = requests.put(f"{gateway.local.base}/upstreams/tests/options", json=body, timeout=30)
+    assert answer.status_code in (200, 201), answer.text
+    gateway.local.scan()
+    route = {"match": {"prefix": "/"}, "route": {"cluster_header": "x-cluster"}}
+    try:
+        with gateway.envoy([], [route], cds=True) as envoy:
+            envoy_local.wait_for("the hosts", lambda: len(gateway.hosts(envoy, "options_tests")) == 2)
+            dump = json.loads(envoy.admin.get("/config_dump?resource=dynamic_active_clusters"))
+            (cluster,) = [c["cluster"] for c in dump["configs"] if c["cluster"]["name"] == "options_tests"]
+            assert cluster["lb_policy"] == "LEAST_REQUEST" and cluster["connect_timeout"] == "0.500s"
+            assert cluster["circuit_breakers"]["thresholds"][0]["max_connections"] == 7
+            assert cluster["health_checks"][0]["http_health_check"]["path"] == "/healthz"
+            assert cluster["outlier_detection"]["consecutive_5xx"] == 3
+            stats = envoy.admin.get("/stats?filter=cluster_manager.cds.update_rejected")
+            assert stats.strip().endswith(": 0"), stats
+            # The active health check passes against the instances (loopback only: the guard checks every cluster).
+            envoy_local.wait_for(
+                "a passed health check",
+                lambda: (
+                    "options_tests.health_check.success" in envoy.admin.get("/stats?filter=health_check.success")
+                    and not envoy.admin.get("/stats?filter=options_tests.health_check.success").strip().endswith(": 0")
+                ),
+            )
+            assert set(gateway.send(envoy, 6, {"x-cluster": "options_tests"})) == {name for name, _, _ in launched}
+    finally:
+        gateway.delete("tests", "options")

@@ -355,3 +355,31 @@ OPTIONS = st.fixed_dictionaries(
 @given(options=OPTIONS)
 def test_whatever_options_are_accepted_envoy_accepts_the_cluster(options: dict[str, Any]) -> None:
     served(**options)  # strict parse and validation rules inside
+
+
+JUNK = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 2**33) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [*gloo_options.HEALTH_CHECK, *gloo_options.OUTLIER_DETECTION, *gloo_options.CIRCUIT_BREAKERS]
+                + ["roundRobin", "ringHash", "ringHashConfig", "slowStartConfig", "text", "send", "start", "end", "x"]
+            ),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(options=st.dictionaries(st.sampled_from([*FULL, "sslConfig", "discoveryMetadata"]), JUNK, max_size=3))
+def test_any_option_value_is_translated_or_refused_with_a_field_never_a_crash(options: dict[str, Any]) -> None:
+    try:
+        upstream = parse_upstream(doc(**options))
+    except SpecError as err:
+        assert err.field is not None and err.field.startswith("spec.")
+    else:
+        served(**{key: value for key, value in upstream.document["spec"].items() if key != "awsEc2"})
