@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
+    for key in ("NO_PROXY", "no_proxy"):  # the emulator is on loopback: never through an HTTP(S)_PROXY
+        os.environ[key] = ",".join(filter(None, [os.environ.get(key, ""), "127.0.0.1,localhost,::1"]))
     for key, value in (
         ("AWS_ACCESS_KEY_ID", "testing"),
         ("AWS_SECRET_ACCESS_KEY", "testing"),
