@@ -257,6 +257,8 @@ class Envoy:
         )
         try:
             stack.wait_http(f"{self.admin.base}/ready", self.process.popen, timeout=60)
+            # LIVE once its first CDS/EDS answers are in: only then are the listeners bound.
+            wait_for("Envoy to be LIVE", lambda: self.admin.get("/ready").strip() == "LIVE", timeout=60)
         except RuntimeError as err:
             self.stop()
             tail = (workdir / "envoy.log").read_text(errors="replace")[-1500:]
