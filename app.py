@@ -122,6 +122,12 @@ def envoy_eds():
     return respond(api.discovery_endpoints(runtime.store(), app.current_request.raw_body))
 
 
+@app.route("/v3/discovery:clusters", methods=["POST"])
+def envoy_cds():
+    request = app.current_request
+    return respond(api.discovery_clusters(runtime.store(), request.raw_body, request.headers.get("host")))
+
+
 @app.route("/prometheus/targets", methods=["GET"], authorizer=READ)
 def prometheus_targets():
     params = app.current_request.query_params or {}

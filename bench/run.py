@@ -51,6 +51,16 @@ def core(scenario: str) -> dict[str, Any]:
     return dict(json.loads(answer.stdout.strip().splitlines()[-1]))
 
 
+def freshness() -> dict[str, Any]:
+    """Scenario 7 in a fresh interpreter (bench/freshness.py): a real Envoy, loopback instances."""
+    answer = subprocess.run(
+        [sys.executable, "-m", "bench.freshness"], cwd=stack.PROJECT_DIR, capture_output=True, text=True, timeout=900
+    )
+    if answer.returncode != 0:
+        raise RuntimeError(f"bench.freshness failed: {answer.stderr.strip()[-600:]}")
+    return dict(json.loads(answer.stdout.strip().splitlines()[-1]))
+
+
 def timed(name: str, seconds: dict[str, float], work: Callable[[], Any]) -> Any:
     progress(f"[{name}]")
     started = time.monotonic()
@@ -129,6 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["package"] = (
         {"skipped": "--skip-package"} if args.skip_package else timed("6 package size", seconds, coldstart.package_size)
     )
+    results["freshness"] = timed("7 freshness through Envoy", seconds, freshness)
     results["goals"] = goals(results)
     results["seconds"] = {"total": round(time.monotonic() - started, 1), **seconds}
     if os.environ.get("BENCH_KEEP_LOGS"):
@@ -287,6 +298,16 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             "within limits",
             f"{package['zip_bytes'] / 1e6:.1f} MB zip, {package['unzipped_bytes'] / 1e6:.1f} MB unzipped",
             package["zip_bytes"] < 50e6 and package["unzipped_bytes"] < 250e6,
+        )
+    for delay, figures in results.get("freshness", {}).get("by_refresh_delay", {}).items():
+        worst = figures["stop_to_unrouted_by_event"]["max_s"]
+        limit = 2 * figures["refresh_delay_s"] + 1
+        goal(
+            f"7 stop + event -> Envoy stops routing, refresh_delay {delay} s",
+            f"<= 2 x refresh_delay + 1 s = {limit:g} s",
+            f"max {worst:g} s",
+            worst <= limit,
+            "" if worst <= limit else "Envoy polls every refresh_delay plus jitter; see bench/README.md",
         )
     return found
 
@@ -510,6 +531,23 @@ def render(results: dict[str, Any]) -> str:
         )
     else:
         out.append(f"   chalice package: skipped ({package['skipped']})")
+    fresh = results.get("freshness")
+    if fresh:
+        out.append(
+            f"\n7. Freshness through a real Envoy {fresh['envoy']} (CDS+EDS from ec2-eds, REST polling every "
+            f"refresh_delay), seconds, {fresh['samples']} changes each"
+        )
+        rows = []
+        for delay, figures in fresh["by_refresh_delay"].items():
+            for label, key in (
+                ("stop -> unrouted, by event", "stop_to_unrouted_by_event"),
+                ("stop -> unrouted, by scan right after", "stop_to_unrouted_by_scan"),
+                ("PUT -> first routed request (CDS+EDS)", "put_to_first_routed_request"),
+            ):
+                figure = figures[key]
+                rows.append([delay, label, figure["median_s"], figure["min_s"], figure["max_s"]])
+        out.append(_table(["refresh_delay s", "path", "median", "min", "max"], rows))
+        out.append("   by scan: add the time to the next scheduled scan (its rate: 5 min deployed, 5 s in make run).")
     out.append("\nGoals")
     out.append(
         _table(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from . import eds, prometheus
+from . import cds, eds, prometheus
 from .accounts import parse_account
 from .config import settings
 from .discovery import full_scan, iso, last_scan
@@ -165,6 +165,21 @@ def discovery_endpoints(store: Store, raw_body: bytes | None) -> Reply:
     if request.version_info == eds.response_version(request.clusters, sets):
         return Reply(304)
     return ok(eds.response(request.clusters, sets))
+
+
+def discovery_clusters(store: Store, raw_body: bytes | None, host: str | None) -> Reply:
+    """Envoy REST-JSON CDS: one EDS cluster per upstream, polling the API cluster; 304 when current."""
+    conf = settings()
+    try:
+        request = cds.parse_request(raw_body)
+        source = cds.EdsSource(cds.api_cluster(conf.cds_eds_cluster, host), conf.cds_eds_refresh_seconds)
+    except cds.CdsRequestError as err:
+        return error(400, str(err))
+    upstreams = [entry.upstream for entry in store.list_upstreams() if entry.upstream is not None]
+    served = cds.clusters(upstreams, source, request.names)
+    if request.version_info == cds.response_version(served):
+        return Reply(304)
+    return ok(cds.response(served))
 
 
 PROMETHEUS_BUDGET = 5_500_000  # bytes: under Lambda's 6 MB response limit, with room for headers

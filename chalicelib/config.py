@@ -38,6 +38,10 @@ class Settings(BaseModel):
     read_timeout: float = Field(10.0, gt=0, alias="AWS_READ_TIMEOUT")
     home_region: str = Field("us-east-1", alias="AWS_REGION")
     max_body_bytes: int = Field(1024 * 1024, ge=1, alias="MAX_BODY_BYTES")
+    # REST CDS: the static cluster the served clusters poll for EDS (default: the Host of the CDS request,
+    # which Envoy sets to its API cluster's name) and how often they poll.
+    cds_eds_cluster: str | None = Field(None, min_length=1, max_length=253, alias="CDS_EDS_CLUSTER")
+    cds_eds_refresh_seconds: float = Field(5.0, ge=0.05, le=3600, alias="CDS_EDS_REFRESH_SECONDS")
 
     model_config = {"populate_by_name": True, "frozen": True}
 

@@ -17,6 +17,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import gloo_options
+
 DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # all patterns: fullmatch
 DNS1123_SUBDOMAIN = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
@@ -291,6 +293,10 @@ def parse_upstream(document: Any, namespace: str | None = None, name: str | None
         field = _path(prefix, tuple(part for part in first["loc"] if part != "tagged-union"))
         message = first["msg"].removeprefix("Value error, ")
         raise SpecError(f"{field}: {message}", field) from None
+    try:
+        gloo_options.translate_document(doc)  # an option Envoy's cluster would not get is refused, not dropped
+    except gloo_options.OptionError as err:
+        raise SpecError(err.message, err.field) from None
     canonical = dict(doc)
     canonical.setdefault("apiVersion", "gloo.solo.io/v1")
     canonical.setdefault("kind", "Upstream")

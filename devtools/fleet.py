@@ -6,11 +6,20 @@ address; two for the `my-ec2-upstream` seed (`some-key`,
 `some-other-key=some-value`); `app-port` on web-6 (port from a tag); two
 tagged `ec2-eds/upstream=shop/web` for discovery through the named account
 `demo`.
+
+The fleet lives in a loopback VPC (127.0.0.0/16, which moto accepts): every
+private address is a 127.0.x.y, so `InstanceServers` can stand in for the
+instances with a small HTTP server bound on each one's private address that
+answers who it is. Public addresses (54.x from moto) are served by the API
+like any other but are never contacted.
 """
 
 from __future__ import annotations
 
+import http.server
+import ipaddress
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,14 +54,25 @@ FLEET = (
     Member("api-2", {"some-key": "y", "some-other-key": "other-value"}),
     # Discovered from tags (make run turns DISCOVERY_ENABLED on): an upstream shop/web appears.
     Member("shop-1", {"ec2-eds/upstream": "shop/web", "ec2-eds/port": "8080", "version": "v2"}),
-    Member("shop-2", {"ec2-eds/upstream": "shop/web", "version": "v1"}),
+    Member("shop-2", {"ec2-eds/upstream": "shop/web", "ec2-eds/port": "8080", "version": "v1"}),
 )
 
 
+VPC_CIDR, PUBLIC_CIDR, PRIVATE_CIDR = "127.0.0.0/16", "127.0.1.0/24", "127.0.2.0/24"
+
+
+def loopback_subnets(ec2: Any) -> tuple[str, str]:
+    """A VPC on 127.0.0.0/16: a subnet that maps public addresses on launch, and one that does not."""
+    vpc = ec2.create_vpc(CidrBlock=VPC_CIDR)["Vpc"]["VpcId"]
+    public = ec2.create_subnet(VpcId=vpc, CidrBlock=PUBLIC_CIDR, AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
+    ec2.modify_subnet_attribute(SubnetId=public, MapPublicIpOnLaunch={"Value": True})
+    private = ec2.create_subnet(VpcId=vpc, CidrBlock=PRIVATE_CIDR, AvailabilityZone="us-east-1b")["Subnet"]["SubnetId"]
+    return public, private
+
+
 def create_fleet(ec2: Any) -> dict[str, str]:
-    """Launch the demo fleet; answers {member name: instance id}."""
-    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
-    private_subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="172.31.250.0/24", AvailabilityZone="us-east-1b")
+    """Launch the demo fleet in a loopback VPC; answers {member name: instance id}."""
+    public, private = loopback_subnets(ec2)
     ids: dict[str, str] = {}
     for member in FLEET:
         tags = [{"Key": key, "Value": value} for key, value in {"Name": member.name, **member.tags}.items()]
@@ -61,10 +81,9 @@ def create_fleet(ec2: Any) -> dict[str, str]:
             "MinCount": 1,
             "MaxCount": 1,
             "InstanceType": "t3.micro",
+            "SubnetId": public if member.public else private,
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}],
         }
-        if not member.public:
-            request["SubnetId"] = private_subnet["Subnet"]["SubnetId"]
         ids[member.name] = ec2.run_instances(**request)["Instances"][0]["InstanceId"]
     stopped = [ids[member.name] for member in FLEET if not member.running]
     if stopped:
@@ -148,6 +167,89 @@ def find(ec2: Any, name: str) -> str:
     return str(ids[0])
 
 
+# --- stand-ins for the instances: one small HTTP server per running instance --------------------------
+
+DEMO_PORT = 8080  # what the loopback upstreams of the demo use (ec2-legacy-private, shop/web)
+PORT_TAGS = ("app-port", "ec2-eds/port")
+
+
+def _who(name: str, instance_id: str) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            address: Any = self.server.server_address
+            host, port = address[0], address[1]
+            body = f"{name} {instance_id} {host}:{port}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Instance-Id", instance_id)
+            self.send_header("X-Instance-Name", name)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    return Handler
+
+
+class InstanceServers:
+    """An HTTP server on each running instance's loopback private address, answering who it is.
+
+    `sync` starts one for every running instance (on `ports` and on the port its `app-port` or
+    `ec2-eds/port` tag names) and, with `follow_state`, stops those of instances no longer running,
+    as a stopped machine stops answering. Only loopback addresses are ever bound.
+    """
+
+    def __init__(self, ports: tuple[int, ...] = (DEMO_PORT,)) -> None:
+        self.ports = ports
+        self.servers: dict[tuple[str, int], tuple[http.server.ThreadingHTTPServer, str]] = {}
+
+    def _wanted(self, ec2: Any) -> dict[tuple[str, int], tuple[str, str]]:
+        wanted: dict[tuple[str, int], tuple[str, str]] = {}
+        for reservation in ec2.describe_instances()["Reservations"]:
+            for instance in reservation["Instances"]:
+                address = instance.get("PrivateIpAddress") or ""
+                if instance["State"]["Name"] != "running" or not ipaddress.ip_address(address or "0.0.0.0").is_loopback:
+                    continue
+                tags = {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}
+                ports = set(self.ports)
+                ports.update(int(tags[key]) for key in PORT_TAGS if tags.get(key, "").isdigit())
+                for port in ports:
+                    if 1024 <= port <= 65535:
+                        wanted[(address, port)] = (tags.get("Name", instance["InstanceId"]), instance["InstanceId"])
+        return wanted
+
+    def sync(self, ec2: Any, follow_state: bool = True) -> list[str]:
+        """Servers for the running instances; answers what changed, one line each."""
+        changes = []
+        wanted = self._wanted(ec2)
+        for key in [key for key in self.servers if key not in wanted and follow_state]:
+            server, name = self.servers.pop(key)
+            server.shutdown()
+            server.server_close()
+            changes.append(f"{name} stopped answering on {key[0]}:{key[1]}")
+        for key, (name, instance_id) in wanted.items():
+            if key in self.servers:
+                continue
+            try:
+                server = http.server.ThreadingHTTPServer(key, _who(name, instance_id))
+            except OSError as err:
+                changes.append(f"{name}: cannot listen on {key[0]}:{key[1]}: {err.strerror}")
+                continue
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, name=f"instance-{name}", daemon=True).start()
+            self.servers[key] = (server, name)
+            changes.append(f"{name} answers on {key[0]}:{key[1]}")
+        return changes
+
+    def close(self) -> None:
+        for server, _ in self.servers.values():
+            server.shutdown()
+            server.server_close()
+        self.servers.clear()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Change the demo fleet in the emulator: `python -m devtools.fleet stop web-1`."""
     import argparse
@@ -165,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
+    for key in ("NO_PROXY", "no_proxy"):  # the emulator is on loopback: never through an HTTP(S)_PROXY
+        os.environ[key] = ",".join(filter(None, [os.environ.get(key, ""), "127.0.0.1,localhost,::1"]))
     for key, value in (
         ("AWS_ACCESS_KEY_ID", "testing"),
         ("AWS_SECRET_ACCESS_KEY", "testing"),

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chalicelib import eds
+from chalicelib import cds, eds
 from chalicelib.accounts import ACCOUNT_ID, Account
 from chalicelib.spec import DNS1123_LABEL, REGION, ROLE_ARN, AwsEc2Spec
 
@@ -280,6 +280,38 @@ def _schemas() -> dict[str, Any]:
                 "type_url": {"type": "string", "enum": [eds.CLA_TYPE]},
             },
         },
+        "ClusterDiscoveryRequest": {
+            "type": "object",
+            "description": "Envoy's REST-JSON DiscoveryRequest for clusters: resource_names empty asks for all.",
+            "properties": {
+                "version_info": {"type": "string"},
+                "resource_names": {"type": "array", "maxItems": cds.MAX_NAMES, "items": {"type": "string"}},
+                "type_url": {"type": "string", "enum": [cds.CLUSTER_TYPE]},
+                "node": {"type": "object"},
+                "response_nonce": {"type": "string"},
+            },
+        },
+        "ClusterDiscoveryResponse": {
+            "type": "object",
+            "required": ["version_info", "resources", "type_url"],
+            "properties": {
+                "version_info": {"type": "string"},
+                "resources": {
+                    "type": "array",
+                    "description": "one EDS cluster (envoy.config.cluster.v3.Cluster) per upstream: name_namespace",
+                    "items": {
+                        "type": "object",
+                        "required": ["@type", "name", "type", "eds_cluster_config"],
+                        "properties": {
+                            "@type": {"const": cds.CLUSTER_TYPE},
+                            "name": {"type": "string"},
+                            "type": {"const": "EDS"},
+                        },
+                    },
+                },
+                "type_url": {"type": "string", "enum": [cds.CLUSTER_TYPE]},
+            },
+        },
         "TargetGroups": {
             "type": "array",
             "description": "Prometheus HTTP SD: one target group per endpoint.",
@@ -411,6 +443,15 @@ ROUTES: dict[str, dict[str, Any]] = {
             "200": json_reply("one ClusterLoadAssignment per requested cluster", ref("DiscoveryResponse")),
             "304": {"description": "the request's version_info is current"},
             "400": failure("not a DiscoveryRequest"),
+        },
+    },
+    "envoy_cds": {
+        "summary": "Envoy REST-JSON CDS: one EDS cluster per upstream, polling the API cluster Envoy named as Host",
+        "body": ref("ClusterDiscoveryRequest"),
+        "responses": {
+            "200": json_reply("every upstream's cluster", ref("ClusterDiscoveryResponse")),
+            "304": {"description": "the request's version_info is current"},
+            "400": failure("not a DiscoveryRequest for clusters, or no Host to name the API cluster"),
         },
     },
     "prometheus_targets": {

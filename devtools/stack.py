@@ -103,7 +103,11 @@ def start_moto(port: int, log: Path | None = None) -> tuple[Process, str]:
     ensure_free(port)
     endpoint = f"http://127.0.0.1:{port}"
     process = Process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], dict(os.environ), log)
-    wait_http(f"{endpoint}/moto-api/", process.popen)
+    try:
+        wait_http(f"{endpoint}/moto-api/", process.popen)
+    except BaseException:
+        process.stop()  # never left running when it did not come up in time
+        raise
     return process, endpoint
 
 
@@ -114,5 +118,9 @@ def start_chalice(port: int, env: dict[str, str], stage: str = "dev", log: Path 
     process = Process(
         [chalice, "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(port), "--stage", stage], env, log
     )
-    wait_http(f"{base}/healthz", process.popen)
+    try:
+        wait_http(f"{base}/healthz", process.popen)
+    except BaseException:
+        process.stop()
+        raise
     return process, base

@@ -66,3 +66,26 @@ def test_the_proxy_names_query_and_json_operations_by_signing_service() -> None:
     assert name == "ec2:DescribeInstances" and params["MaxResults"] == ["1000"]
     json_call = {"Authorization": auth.format("dynamodb"), "X-Amz-Target": "DynamoDB_20120810.GetItem"}
     assert operation(json_call, "/", b"{}")[0] == "dynamodb:GetItem"
+
+
+def test_freshness_runs_end_to_end_through_a_real_envoy() -> None:
+    """bench/freshness.py at its smallest: one change per figure, one refresh_delay; figures present, not judged."""
+    import json
+    import subprocess
+    import sys
+
+    from devtools import stack
+
+    answer = subprocess.run(
+        [sys.executable, "-m", "bench.freshness", "--samples", "1", "--refresh-delays", "0.5"],
+        cwd=stack.PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    results = json.loads(answer.stdout.strip().splitlines()[-1])
+    figures = results["by_refresh_delay"]["0.5"]
+    assert figures["refresh_delay_s"] == 0.5 and results["envoy"].count(".") == 2
+    for key in ("stop_to_unrouted_by_event", "stop_to_unrouted_by_scan", "put_to_first_routed_request"):
+        assert len(figures[key]["samples_s"]) == 1 and figures[key]["samples_s"][0] > 0

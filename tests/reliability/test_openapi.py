@@ -98,6 +98,7 @@ JSON = {"Content-Type": "application/json"}
 UPSTREAM = "/upstreams/{namespace}/{name}"
 ENDPOINTS = "/endpoints/{namespace}/{name}"
 EDS = "/v3/discovery:endpoints"
+CDS = "/v3/discovery:clusters"
 
 
 def test_every_answer_of_every_route_matches_its_description(checked: Checked, world: World) -> None:
@@ -148,6 +149,10 @@ def test_every_answer_of_every_route_matches_its_description(checked: Checked, w
         ),
     )
     checked("post", EDS, EDS, 400, headers=JSON, body='{"resource_names": []}')
+    clusters = checked("post", CDS, CDS, 200, headers={**JSON, "Host": "127.0.0.1"}, body="{}")
+    current = json.dumps({"version_info": clusters.json_body["version_info"]})
+    checked("post", CDS, CDS, 304, headers={**JSON, "Host": "127.0.0.1"}, body=current)
+    checked("post", CDS, CDS, 400, headers={**JSON, "Host": "127.0.0.1"}, body='{"resource_names": "web_shop"}')
     checked("get", "/prometheus/targets", "/prometheus/targets", 200)
     checked("get", "/prometheus/targets", "/prometheus/targets?shards=2&shard=1", 200)
     checked("get", "/prometheus/targets", "/prometheus/targets?shards=0", 400)
