@@ -359,7 +359,6 @@ def full_scan(
                 extra={"deferred_groups": summary.deferred},
             )
         complete = only is None and not (summary.errors or summary.deferred)
-        _prune_draining(store, draining_marks, draining, running, complete=complete)
         if only is None:
             _delete_orphans(store, set(digests) - set(entries) - {entry.key for entry, _ in unresolved})
         renewed = {
@@ -367,7 +366,13 @@ def full_scan(
             for group, members in groups.items()
             if any(entries[member.key].updated_at > marks.get(str(group), "") for member in members)
         }
-        _save_marks(store, marks, fresh_marks, {str(group) for group in groups}, renewed, started)
+        try:  # bookkeeping: what fails here is redone by the next scan, and no set depends on it
+            _prune_draining(store, draining_marks, draining, running, complete=complete)
+            _save_marks(store, marks, fresh_marks, {str(group) for group in groups}, renewed, started)
+        except (ClientError, BotoCoreError) as err:
+            summary.errors += 1
+            logger.error("recording the scan's marks failed; the next scan does", extra={"error_code": error_code(err)})
+            count_with("StoreErrors", 1, {"code": error_code(err)})
     summary.aws_calls = counter.as_dict()
     _report(summary)
     return summary

@@ -115,6 +115,12 @@ def for_moto(document: dict[str, Any]) -> dict[str, Any]:
     for statement in widened["Statement"]:
         if all(action.startswith(WIDENED_SERVICES) for action in statement["Action"]):
             statement["Resource"] = "*"
+        # AWS authorises a TransactWriteItems by each item's action (ConditionCheckItem for the
+        # checks, PutItem/DeleteItem for the writes); moto by the operation's name alone. The
+        # policy grants AWS's actions; moto gets its one name where the checks are granted, so that
+        # removing ConditionCheckItem still fails the workloads that need it.
+        if "dynamodb:ConditionCheckItem" in statement["Action"]:
+            statement["Action"] = [*statement["Action"], "dynamodb:TransactWriteItems"]
     return widened
 
 

@@ -28,6 +28,7 @@ CODE_ACTIONS = {
     "dynamodb:DeleteItem",
     "dynamodb:Scan",
     "dynamodb:BatchGetItem",
+    "dynamodb:ConditionCheckItem",  # the guarded writes' transactions
     *gen.DISCOVERY_ACTIONS,
 }
 LAMBDA_ACTIONS = {
