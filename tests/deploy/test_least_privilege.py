@@ -447,6 +447,12 @@ def record_dynamodb_calls(monkeypatch: pytest.MonkeyPatch) -> set[tuple[str, str
         if service == "dynamodb":
 
             def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+                if model.name == "TransactWriteItems":  # authorised by AWS item by item
+                    for item in params["TransactItems"]:
+                        (kind, request), *_ = item.items()
+                        action = "ConditionCheckItem" if kind == "ConditionCheck" else f"{kind}Item"
+                        calls.add((f"dynamodb:{action}", tables[request["TableName"]]))
+                    return
                 names = [params["TableName"]] if "TableName" in params else list(params.get("RequestItems", {}))
                 for name in names:
                     calls.add((f"dynamodb:{model.name}", tables[name]))
