@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from . import aws, config
 from .config import settings
 
-__all__ = ["settings"]  # re-exported for the entry points
 from .credentials import CredentialResolver
 from .events import AccountResolver
 from .inventory import Ec2Inventory
