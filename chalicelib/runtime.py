@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 
 from . import aws, config
 from .config import settings
-
 from .credentials import CredentialResolver
 from .events import AccountResolver
 from .inventory import Ec2Inventory
