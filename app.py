@@ -4,7 +4,7 @@ import os
 
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
-from chalicelib import api, discovery, events, runtime
+from chalicelib import api, discovery, events, local_gateway, runtime
 from chalicelib.observability import flush, logger, start_tracing
 
 # configure_logs=False: Chalice would set the `ec2-eds` logger, Powertools' own, to ERROR.
@@ -26,15 +26,40 @@ def respond(reply: api.Reply) -> Response:
     return Response(body=reply.text(), status_code=reply.status, headers=reply.headers)
 
 
+def request_id(event) -> str | None:
+    """API Gateway's request id for an HTTP request (`context` is its dict), else the Lambda invocation's."""
+    context = getattr(event, "context", None)
+    if isinstance(context, dict):
+        return context.get("requestId")
+    return getattr(context, "aws_request_id", None)
+
+
 @app.middleware("all")
 def observe(event, get_response):
     """Tracing started, request context in every log line, metrics flushed after every invocation."""
     start_tracing()
-    logger.append_keys(request_id=getattr(getattr(event, "context", None), "aws_request_id", None))
+    logger.append_keys(request_id=request_id(event))
     try:
         return get_response(event)
     finally:
         flush()
+
+
+@app.middleware("http")
+def one_error_format(request, get_response):
+    """Chalice's own answers (405, 415, 500: `{"Code", "Message"}`) in the API's `{"error", "field"}`."""
+    response = get_response(request)
+    route = app.routes.get(request.context.get("resourcePath", ""), {}).get(request.method)
+    accepted = route.content_types if route else None
+    body = api.framework_error(response.status_code, response.body, response.headers.get("Allow"), accepted)
+    if body is not None:
+        response.body = body
+        response.headers["Content-Type"] = api.JSON
+    return response
+
+
+if not os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # `chalice local` and the test client: unknown path -> 404
+    local_gateway.install()
 
 
 @app.route("/healthz", methods=["GET"])

@@ -19,7 +19,7 @@ from .discovery import full_scan, iso, last_scan
 from .endpoints import EndpointSet
 from .inventory import InstanceLister
 from .spec import SpecError, check_label, load_one, parse_cluster_name, parse_upstream
-from .store import DocumentTooLarge, Store, StoredUpstream
+from .store import ERROR, DocumentTooLarge, Store, StoredUpstream
 
 JSON = "application/json"
 
@@ -41,6 +41,27 @@ class Reply:
 
 def error(status: int, message: str, field_path: str | None = None) -> Reply:
     return Reply(status, {"error": message, "field": field_path}, {"Content-Type": JSON})
+
+
+def framework_error(
+    status: int, body: Any, allowed: str | None = None, accepted: list[str] | None = None
+) -> dict[str, Any] | None:
+    """An error Chalice answers by itself (`{"Code", "Message"}`) in the API's one shape; None for any other body."""
+    if status < 400 or not isinstance(body, dict) or set(body) != {"Code", "Message"}:
+        return None
+    code, message = body["Code"], str(body["Message"])
+    if code == "MethodNotAllowedError":
+        message = (
+            f"{message.removeprefix('Unsupported method: ')} is not allowed here: use {allowed or 'another method'}"
+        )
+    elif code == "UnsupportedMediaType":
+        types = ", ".join(accepted or [JSON])
+        message = (
+            f"Content-Type {message.removeprefix('Unsupported media type: ')} is not accepted: send one of {types}"
+        )
+    elif code == "InternalServerError":
+        message = "internal error: the function's log has the details (look for this request's request_id)"
+    return {"error": message, "field": None}
 
 
 def ok(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
@@ -73,7 +94,7 @@ def put_upstream(
     try:
         upstream = parse_upstream(load_one(body, content_type, settings().max_body_bytes), namespace, name)
     except SpecError as err:
-        return error(400, err.message, err.field)
+        return error(err.status, err.message, err.field)
     existed = store.get_upstream(namespace, name) is not None
     try:
         store.put_upstream(upstream, iso(now))
@@ -121,14 +142,40 @@ def get_endpoints(store: Store, namespace: str, name: str, if_none_match: str | 
         return bad
     endpoint_set = store.get_endpoint_set(namespace, name)
     if endpoint_set is None:
-        if store.get_upstream(namespace, name) is None:
+        entry = store.get_upstream(namespace, name)
+        if entry is None:
             return error(404, f"upstream {namespace}/{name} not found")
-        return error(404, f"upstream {namespace}/{name} has no endpoint set yet: wait for the next scan")
+        return error(404, _why_no_set(entry))
     etag = f'"{endpoint_set.version}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if _etag_matches(if_none_match, etag):
         return Reply(304, None, headers)
     return ok(endpoint_set.public(), headers=headers)
+
+
+_RESCAN = "then POST /scan (or wait for the next scheduled scan)"
+_ERROR_HINTS = {
+    "ResourceNotFoundException": "create the secret its secretRef names "
+    "(python -m chalicelib.cli secret create-aws --namespace NS --name NAME --access-key K --secret-key S), " + _RESCAN,
+    "SecretMalformed": "store JSON with access_key and secret_key in that secret "
+    "(python -m chalicelib.cli secret create-aws ...), " + _RESCAN,
+    "AccountUnresolved": "fix the named account (PUT /accounts/{name}) or the upstream's account field, " + _RESCAN,
+    "AccessDenied": "allow sts:AssumeRole and ec2:DescribeInstances to these credentials, " + _RESCAN,
+    "AccessDeniedException": "allow secretsmanager:GetSecretValue on the secret to the function's role, " + _RESCAN,
+    "UnauthorizedOperation": "allow ec2:DescribeInstances to these credentials, " + _RESCAN,
+    "AuthFailure": "the credentials are not valid: update the secret, " + _RESCAN,
+    "InvalidClientTokenId": "the credentials are not valid: update the secret, " + _RESCAN,
+}
+
+
+def _why_no_set(entry: StoredUpstream) -> str:
+    """A 404's message for an upstream without a set: its status, and what would give it one."""
+    key, status = entry.key, entry.status
+    if status.state != ERROR:
+        return f"upstream {key} has no endpoint set yet ({status.state}: {status.reason}): wait for the next scan"
+    hint = _ERROR_HINTS.get(status.code or "", "fix the cause named above, then POST /scan (or wait for the next scan)")
+    code = f" [{status.code}]" if status.code else ""
+    return f"upstream {key} is in Error{code}: {status.reason}; {hint}"
 
 
 def scan(
@@ -142,7 +189,7 @@ def discovery_endpoints(store: Store, raw_body: bytes | None) -> Reply:
     try:
         request = eds.parse_request(raw_body)
     except eds.EdsRequestError as err:
-        return error(400, str(err))
+        return error(400, str(err), err.field)
     sets = {}
     for cluster in request.clusters:
         names = parse_cluster_name(cluster)
@@ -213,13 +260,24 @@ def put_account(store: Store, name: str, body: bytes | str, content_type: str | 
         check_label(name, "name")
         account = parse_account(load_one(body, content_type, settings().max_body_bytes), name)
     except SpecError as err:
-        return error(400, err.message, err.field)
+        return error(err.status, err.message, err.field)
     existed = store.get_account(name) is not None
     store.put_account(account)
     return ok(account.describe(), 200 if existed else 201)
 
 
+def _account_name(name: str) -> Reply | None:
+    try:
+        check_label(name, "name")
+    except SpecError as err:
+        return error(400, err.message, err.field)
+    return None
+
+
 def get_account(store: Store, name: str) -> Reply:
+    bad = _account_name(name)
+    if bad:
+        return bad
     account = store.get_account(name)
     if account is None:
         return error(404, f"account {name} not found")
@@ -231,6 +289,9 @@ def list_accounts(store: Store) -> Reply:
 
 
 def delete_account(store: Store, name: str) -> Reply:
+    bad = _account_name(name)
+    if bad:
+        return bad
     users = [entry.key for entry in store.list_upstreams() if entry.upstream and entry.upstream.ec2.account == name]
     if users:
         return error(409, f"account {name} is used by {', '.join(users)}: change or delete them first")
