@@ -23,14 +23,22 @@ def seconds_left(context):
 
 
 def respond(reply: api.Reply) -> Response:
+    reply = api.within_limit(reply)  # never an answer past Lambda's 6 MB, on any route
     return Response(body=reply.text(), status_code=reply.status, headers=reply.headers)
 
 
+def query(name: str) -> str | None:
+    return (app.current_request.query_params or {}).get(name)
+
+
 def request_id(event) -> str | None:
-    """API Gateway's request id for an HTTP request (`context` is its dict), else the Lambda invocation's."""
+    """An HTTP request's id from API Gateway (`context` is its requestContext dict; the id a client sees
+    in x-amzn-RequestId), else the Lambda invocation's (event handlers, and `chalice local`)."""
     context = getattr(event, "context", None)
     if isinstance(context, dict):
-        return context.get("requestId")
+        if context.get("requestId"):
+            return context["requestId"]
+        context = getattr(event, "lambda_context", None)
     return getattr(context, "aws_request_id", None)
 
 
@@ -69,7 +77,7 @@ def healthz():
 
 @app.route("/upstreams", methods=["GET"], authorizer=ADMIN)
 def list_upstreams():
-    return respond(api.list_upstreams(runtime.store()))
+    return respond(api.list_upstreams(runtime.store(), query("after")))
 
 
 @app.route("/upstreams/{namespace}/{name}", methods=["PUT"], content_types=YAML_OR_JSON, authorizer=ADMIN)
@@ -94,7 +102,7 @@ def delete_upstream(namespace, name):
 
 @app.route("/accounts", methods=["GET"], authorizer=ADMIN)
 def list_accounts():
-    return respond(api.list_accounts(runtime.store()))
+    return respond(api.list_accounts(runtime.store(), query("after")))
 
 
 @app.route("/accounts/{name}", methods=["PUT"], content_types=YAML_OR_JSON, authorizer=ADMIN)

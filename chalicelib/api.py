@@ -115,9 +115,13 @@ def get_upstream(store: Store, namespace: str, name: str) -> Reply:
     return ok(describe(entry, store.get_scan_marks()))
 
 
-def list_upstreams(store: Store) -> Reply:
+def list_upstreams(store: Store, after: str | None = None) -> Reply:
+    """Every upstream, in key order; past one answer's budget, a page and `next` (GET /upstreams?after=NEXT)."""
     marks = store.get_scan_marks()
-    return ok({"upstreams": [describe(entry, marks) for entry in store.list_upstreams()]})
+    entries = sorted(store.list_upstreams(), key=lambda entry: entry.key)
+    return _page(
+        "upstreams", [(entry.key, describe(entry, marks)) for entry in entries if not after or entry.key > after]
+    )
 
 
 def delete_upstream(store: Store, namespace: str, name: str) -> Reply:
@@ -150,7 +154,18 @@ def get_endpoints(store: Store, namespace: str, name: str, if_none_match: str | 
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if _etag_matches(if_none_match, etag):
         return Reply(304, None, headers)
-    return ok(endpoint_set.public(), headers=headers)
+    text = json.dumps(endpoint_set.public(), separators=(",", ":"))
+    size = wire_bytes(text)
+    if size > RESPONSE_BUDGET:
+        count = len(endpoint_set.endpoints)
+        return error(
+            413,
+            f"the endpoint set of {namespace}/{name} is {size} bytes ({count} endpoints), over the "
+            f"{RESPONSE_BUDGET} one answer may hold: split the upstream into upstreams with narrower filters "
+            f"(at most about {RESPONSE_BUDGET * count // size} endpoints each), or read its targets from "
+            f"GET /prometheus/targets?namespace={namespace}&name={name}&shards=K&shard=I",
+        )
+    return ok(text, headers=headers)
 
 
 _RESCAN = "then POST /scan (or wait for the next scheduled scan)"
@@ -184,6 +199,84 @@ def scan(
     return ok(full_scan(store, lister, clock, time_left).as_dict())
 
 
+# --- one answer's size ------------------------------------------------------------------------------
+#
+# A synchronous Lambda returns at most 6 MB (6,291,456 bytes) and API Gateway's proxy integration
+# carries the body as a JSON string inside that answer: quotes and backslashes are escaped and
+# non-ASCII characters become \uXXXX. Every route measures its body that way (`wire_bytes`) against
+# one budget, and answers a clear 413 naming how to split the request (EDS, /endpoints, Prometheus)
+# or pages (the lists). `within_limit` is the last guard of every route.
+
+LAMBDA_RESPONSE_LIMIT = 6_291_456
+RESPONSE_BUDGET = 6_000_000  # bytes of the body as carried; the rest is room for status and headers
+PROMETHEUS_BUDGET = RESPONSE_BUDGET
+
+
+def wire_bytes(text: str) -> int:
+    """The bytes a body takes in Lambda's answer to API Gateway (a JSON string)."""
+    return len(json.dumps(text))
+
+
+def _part_bytes(value: Any) -> int:
+    """What one element adds to a JSON array on the wire (its text, escaped, and a comma)."""
+    return wire_bytes(json.dumps(value, separators=(",", ":"))) - 1
+
+
+def within_limit(reply: Reply) -> Reply:
+    """The reply, or a 413 when its body would not fit in one Lambda answer (no route may exceed it)."""
+    text = reply.text()
+    if len(text) * 6 + 2 <= RESPONSE_BUDGET:  # even fully escaped, it fits: no need to measure
+        return reply
+    size = wire_bytes(text)
+    if size <= RESPONSE_BUDGET:
+        return reply
+    return error(413, f"the answer would be {size} bytes, over the {RESPONSE_BUDGET} one answer may hold")
+
+
+def _page(kind: str, items: list[tuple[str, Any]]) -> Reply:
+    """`{kind: [...]}` with as many items as fit, in order; `next` names the last one when more follow."""
+    used = wire_bytes(json.dumps({kind: [], "next": "x" * 600}))
+    shown: list[tuple[str, Any]] = []
+    for key, item in items:
+        used += _part_bytes(item)
+        if used > RESPONSE_BUDGET and shown:
+            return ok({kind: [value for _, value in shown], "next": shown[-1][0]})
+        shown.append((key, item))
+    return ok({kind: [value for _, value in shown]})
+
+
+def _eds_too_large(clusters: tuple[str, ...], sets: dict[str, EndpointSet | None], size: int) -> Reply:
+    """413 naming how to split a DiscoveryRequest whose answer would not fit."""
+    frame = wire_bytes(json.dumps(eds.response((), {})))
+    sizes = [_part_bytes(eds.assignment(cluster, sets.get(cluster))) for cluster in clusters]
+    for cluster, part in zip(clusters, sizes, strict=True):
+        if frame + part > RESPONSE_BUDGET:
+            count = len(endpoints.endpoints) if (endpoints := sets.get(cluster)) else 0
+            most = RESPONSE_BUDGET * count // part
+            return error(
+                413,
+                f"cluster {cluster} alone is {part} bytes ({count} endpoints), over the {RESPONSE_BUDGET} "
+                f"one answer may hold: split its upstream into upstreams with narrower filters "
+                f"(at most about {most} endpoints each)",
+                "resource_names",
+            )
+    batches: list[list[int]] = [[]]
+    used = frame
+    for index, part in enumerate(sizes):
+        if used + part > RESPONSE_BUDGET:
+            batches.append([])
+            used = frame
+        batches[-1].append(index)
+        used += part
+    slices = ", ".join(f"resource_names[{batch[0]}:{batch[-1] + 1}]" for batch in batches)
+    return error(
+        413,
+        f"the {len(clusters)} clusters' assignments are {size} bytes, over the {RESPONSE_BUDGET} one answer "
+        f"may hold: ask for them in {len(batches)} requests ({slices})",
+        "resource_names",
+    )
+
+
 def discovery_endpoints(store: Store, raw_body: bytes | None) -> Reply:
     """Envoy REST-JSON EDS: one read per requested cluster; 304 when Envoy's version is current."""
     try:
@@ -196,16 +289,17 @@ def discovery_endpoints(store: Store, raw_body: bytes | None) -> Reply:
         sets[cluster] = store.get_endpoint_set(*names) if names else None
     if request.version_info == eds.response_version(request.clusters, sets):
         return Reply(304)
-    return ok(eds.response(request.clusters, sets))
-
-
-PROMETHEUS_BUDGET = 5_500_000  # bytes: under Lambda's 6 MB response limit, with room for headers
+    text = json.dumps(eds.response(request.clusters, sets), separators=(",", ":"))
+    size = wire_bytes(text)
+    if size > RESPONSE_BUDGET:
+        return _eds_too_large(request.clusters, sets, size)
+    return ok(text)
 
 
 def _shards_needed(sets: list[EndpointSet]) -> int:
     """The fewest shards whose every shard fits the budget (hash shards are not exactly even)."""
     sizes = [
-        (endpoint_set, endpoint, len(json.dumps(group, separators=(",", ":"))) + 1)
+        (endpoint_set, endpoint, _part_bytes(group))
         for endpoint_set in sets
         for endpoint, group in zip(endpoint_set.endpoints, prometheus.target_groups([endpoint_set]), strict=True)
     ]
@@ -241,11 +335,12 @@ def prometheus_targets(
         ]
     groups = prometheus.target_groups(sets, index, count)
     text = json.dumps(groups, separators=(",", ":"))
-    if len(text) > PROMETHEUS_BUDGET:
+    size = wire_bytes(text)
+    if size > PROMETHEUS_BUDGET:
         needed = _shards_needed(sets)
         return error(
             413,
-            f"{len(text)} bytes of targets exceed one answer: split them with ?shards={needed}&shard=K "
+            f"{size} bytes of targets exceed one answer: split them with ?shards={needed}&shard=K "
             f"(K from 0 to {needed - 1}), one http_sd_configs entry per shard",
             "shards",
         )
@@ -284,8 +379,10 @@ def get_account(store: Store, name: str) -> Reply:
     return ok(account.describe())
 
 
-def list_accounts(store: Store) -> Reply:
-    return ok({"accounts": [account.describe() for account in store.list_accounts()]})
+def list_accounts(store: Store, after: str | None = None) -> Reply:
+    """Every named account, by name; past one answer's budget, a page and `next` (GET /accounts?after=NEXT)."""
+    accounts = sorted(store.list_accounts(), key=lambda account: account.name)
+    return _page("accounts", [(a.name, a.describe()) for a in accounts if not after or a.name > after])
 
 
 def delete_account(store: Store, name: str) -> Reply:
