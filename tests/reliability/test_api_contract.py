@@ -76,9 +76,9 @@ def assert_error(response: Any, status: int, field: str | None = None) -> dict[s
 
 BIG = "9" * 5000
 HOSTILE_JSON = {
-    "int-5000-digits": ('{"spec":{"awsEc2":{"region":"us-east-1","port":%s}}}' % BIG, "spec.awsEc2.port"),
-    "int-5000-digits-negative": ('{"metadata":{"annotations":{"a":-%s}},"spec":{}}' % BIG, "metadata.annotations.a"),
-    "int-past-64-bits": ('{"spec":{"awsEc2":{"region":"us-east-1"}},"x":%d}' % (INT_MAX + 1), "x"),
+    "int-5000-digits": ('{"spec":{"awsEc2":{"region":"us-east-1","port":' + BIG + "}}}", "spec.awsEc2.port"),
+    "int-5000-digits-negative": ('{"metadata":{"annotations":{"a":-' + BIG + '}},"spec":{}}', "metadata.annotations.a"),
+    "int-past-64-bits": ('{"spec":{"awsEc2":{"region":"us-east-1"}},"x":' + str(INT_MAX + 1) + "}", "x"),
     "nan": ('{"spec":{"awsEc2":{"region":"us-east-1"}},"x":NaN}', "x"),
     "infinity": ('{"spec":{"awsEc2":{"region":"us-east-1"}},"x":[1,-Infinity]}', "x[1]"),
     "float-overflow": ('{"spec":{"awsEc2":{"region":"us-east-1"}},"x":1e999}', "x"),
@@ -164,7 +164,7 @@ DOCUMENTS = st.recursive(
     SCALARS, lambda children: objects(children) | st.lists(children, max_size=4).map(lambda v: f"[{','.join(v)}]")
 )
 UPSTREAMISH = st.builds(
-    lambda extra, block: '{"spec":{"awsEc2":{"region":"us-east-1"%s}}%s}' % (block, extra),
+    lambda extra, block: '{"spec":{"awsEc2":{"region":"us-east-1"' + block + "}}" + extra + "}",
     st.lists(st.tuples(KEYS, DOCUMENTS), max_size=3).map(lambda items: "".join(f',"{k}":{v}' for k, v in items)),
     st.lists(st.tuples(KEYS, DOCUMENTS), max_size=2).map(lambda items: "".join(f',"{k}":{v}' for k, v in items)),
 )
@@ -195,7 +195,7 @@ def test_any_document_with_hostile_values_is_refused_or_stored_as_strict_json(
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(extra=DOCUMENTS)
 def test_any_discovery_request_with_hostile_values_is_never_a_server_error(http: Any, extra: str) -> None:
-    text = '{"resource_names":["web_shop"],"node":%s}' % extra
+    text = '{"resource_names":["web_shop"],"node":' + extra + "}"
     response = body_routes(http)["eds"](text.encode(), "application/json")
 
     assert response.status_code in (200, 400), response.body[:300]
