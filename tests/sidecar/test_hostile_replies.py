@@ -80,7 +80,14 @@ def acceptable(body: Any) -> bool:
             text = entry.get(key)
             if not isinstance(text, str) or not text.isprintable() or len(text) > 255:
                 return False
-        if str(entry.get("health")).upper() not in {"UNKNOWN", "HEALTHY", "UNHEALTHY", "DRAINING", "TIMEOUT", "DEGRADED"}:
+        if str(entry.get("health")).upper() not in {
+            "UNKNOWN",
+            "HEALTHY",
+            "UNHEALTHY",
+            "DRAINING",
+            "TIMEOUT",
+            "DEGRADED",
+        }:
             return False
         if not isinstance(entry.get("health"), str):
             return False
@@ -124,7 +131,9 @@ def mutation() -> st.SearchStrategy[Callable[[dict[str, Any]], None]]:
     index = st.integers(0, 1)
     return st.one_of(
         st.builds(top, st.just("cluster_name"), NAMES),
-        st.builds(top, st.sampled_from(["namespace", "name"]), st.sampled_from(["gloo-system", "web", "other", "web\n"])),
+        st.builds(
+            top, st.sampled_from(["namespace", "name"]), st.sampled_from(["gloo-system", "web", "other", "web\n"])
+        ),
         st.builds(top, st.just("version"), st.sampled_from(["v2", "", "v\n2", 7])),
         st.builds(field_at, index, st.just("address"), ADDRESSES),
         st.builds(field_at, index, st.just("port"), PORTS),
