@@ -427,7 +427,7 @@ ROUTES: dict[str, dict[str, Any]] = {
                 "no such upstream, or no endpoint set yet: the error gives the upstream's status reason and what to do"
             ),
             "413": failure(
-                f"the set would pass one answer's budget ({BUDGET} bytes, about 25,000 endpoints): "
+                f"the set would pass one answer's budget ({BUDGET} bytes, about 31,000 endpoints): "
                 "the error names how many endpoints an upstream may hold and the Prometheus shards that can read it"
             ),
         },
