@@ -466,6 +466,14 @@ def _yaml_message(err: yaml.YAMLError) -> str:
     return " ".join(str(err).split())
 
 
+def _check_text(text: str, where: str | None) -> None:
+    """Unicode text only: an escaped lone surrogate (`"\\ud800"`) is no character (RFC 8259 section 8.2)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SpecError("a string holds a lone surrogate (\\ud800-\\udfff escape): not Unicode text", where) from None
+
+
 def _check_json_safe(value: Any, path: str = "") -> None:
     """Refuse what JSON cannot hold: markers left by the parsers, non-finite floats, huge integers,
     binary values and keys that are not strings (YAML can say all of these)."""
@@ -477,12 +485,15 @@ def _check_json_safe(value: Any, path: str = "") -> None:
         for key, child in value.items():
             if not isinstance(key, str):
                 raise SpecError(f"mapping keys must be strings, got {str(key)[:40]!r}", where)
+            _check_text(key, where)
             _check_json_safe(child, f"{path}.{key}" if path else key)
     elif isinstance(value, list):
         for index, child in enumerate(value):
             _check_json_safe(child, f"{path}[{index}]")
     elif isinstance(value, _Refused):
         raise SpecError(value.why, where)
+    elif isinstance(value, str):
+        _check_text(value, where)
     elif isinstance(value, float) and not math.isfinite(value):
         raise SpecError(f"{value} is not a JSON number: numbers must be finite", where)
     elif isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from app import app
 from chalicelib import api, eds, runtime
 from chalicelib.endpoints import Endpoint, EndpointSet
-from chalicelib.spec import INT_MAX, INT_MIN
+from chalicelib.spec import INT_MAX, INT_MIN, SpecError, load_documents
 from chalicelib.store import ERROR, MemoryStore, Status
 
 from .conftest import Output
@@ -202,6 +202,42 @@ def test_any_discovery_request_with_hostile_values_is_never_a_server_error(http:
     body = strict_json(response.body)
     if response.status_code == 400:
         assert set(body) == {"error", "field"}
+
+
+@settings(max_examples=1000, deadline=None)
+@given(text=DOCUMENTS | UPSTREAMISH, as_yaml=st.booleans())
+def test_the_loader_returns_strict_json_or_a_spec_error_and_nothing_else(text: str, as_yaml: bool) -> None:
+    """The mechanism itself, fast: whatever the loader returns survives a strict JSON round trip unchanged."""
+    try:
+        docs = load_documents(text, "application/yaml" if as_yaml else "application/json", 1024 * 1024)
+    except SpecError as err:
+        assert err.message and (err.field is None or isinstance(err.field, str))
+        return
+    for doc in docs:
+        assert strict_json(json.dumps(doc, allow_nan=False).encode()) == doc
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        ('{"a": 1, "a": 1}', True),
+        ('{"a": {"b": 1}, "c": {"b": 2}}', False),  # the same key in two objects is not a duplicate
+        ('{"a": 1e308}', False),
+        ('{"a": 1e309}', True),
+        ('{"a": -0.0}', False),
+        ('{"a": 18446744073709551615}', False),
+        ('{"a": 18446744073709551616}', True),
+        ('{"a": -9223372036854775809}', True),
+        ('{"a": "\\ud83d\\ude00"}', False),  # an escaped surrogate pair is one character
+        ('{"a": "\\ud800"}', True),  # a lone surrogate is none
+    ],
+)
+def test_the_json_loader_draws_the_line_where_json_and_protobuf_do(text: str, refused: bool) -> None:
+    if refused:
+        with pytest.raises(SpecError):
+            load_documents(text, "application/json", 1024)
+    else:
+        assert load_documents(text, "application/json", 1024) == [json.loads(text)]
 
 
 @pytest.mark.parametrize("method", ["get", "delete"])
