@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from sidecar.agent import Agent, Config, HttpResult, Outcome, Upstream
@@ -187,6 +187,7 @@ def test_a_hostile_reply_never_writes_another_file_and_never_replaces_the_good_o
         assert every_file <= FILES, every_file  # nothing else, anywhere under the directory
         assert not any(Path(directory).parent.glob("passwd"))
         written = (out / "web_gloo-system.json").read_bytes()
+        event("acceptable" if acceptable(reply) else "refused")
         if acceptable(reply):
             assert outcome in (Outcome.WRITTEN, Outcome.UNCHANGED), caplog.text
             _, (assignment,) = parse_eds_text(written)
