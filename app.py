@@ -28,7 +28,8 @@ def respond(reply: api.Reply) -> Response:
 
 
 def query(name: str) -> str | None:
-    return (app.current_request.query_params or {}).get(name)
+    request = app.current_request
+    return (request.query_params or {}).get(name) if request is not None else None
 
 
 def request_id(event) -> str | None:
