@@ -190,7 +190,7 @@ def _why_no_set(entry: StoredUpstream) -> str:
         return f"upstream {key} has no endpoint set yet ({status.state}: {status.reason}): wait for the next scan"
     hint = _ERROR_HINTS.get(status.code or "", "fix the cause named above, then POST /scan (or wait for the next scan)")
     code = f" [{status.code}]" if status.code else ""
-    return f"upstream {key} is in Error{code}: {status.reason}; {hint}"
+    return f"upstream {key} has no endpoint set yet: it is in Error{code}: {status.reason}; {hint}"
 
 
 def scan(
