@@ -154,8 +154,8 @@ def get_endpoints(store: Store, namespace: str, name: str, if_none_match: str | 
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if _etag_matches(if_none_match, etag):
         return Reply(304, None, headers)
-    text = json.dumps(endpoint_set.public(), separators=(",", ":"))
-    size = wire_bytes(text)
+    body = endpoint_set.public()
+    size = wire_bytes(json.dumps(body, separators=(",", ":")))
     if size > RESPONSE_BUDGET:
         count = len(endpoint_set.endpoints)
         return error(
@@ -165,7 +165,7 @@ def get_endpoints(store: Store, namespace: str, name: str, if_none_match: str | 
             f"(at most about {RESPONSE_BUDGET * count // size} endpoints each), or read its targets from "
             f"GET /prometheus/targets?namespace={namespace}&name={name}&shards=K&shard=I",
         )
-    return ok(text, headers=headers)
+    return ok(body, headers=headers)
 
 
 _RESCAN = "then POST /scan (or wait for the next scheduled scan)"
@@ -224,12 +224,9 @@ def _part_bytes(value: Any) -> int:
 
 def within_limit(reply: Reply) -> Reply:
     """The reply, or a 413 when its body would not fit in one Lambda answer (no route may exceed it)."""
-    text = reply.text()
-    if len(text) * 6 + 2 <= RESPONSE_BUDGET:  # even fully escaped, it fits: no need to measure
-        return reply
-    size = wire_bytes(text)
-    if size <= RESPONSE_BUDGET:
-        return reply
+    text = reply.text()  # serialised once here; the reply returned carries the text
+    if len(text) * 6 + 2 <= RESPONSE_BUDGET or (size := wire_bytes(text)) <= RESPONSE_BUDGET:
+        return Reply(reply.status, text if reply.body is not None else None, reply.headers)
     return error(413, f"the answer would be {size} bytes, over the {RESPONSE_BUDGET} one answer may hold")
 
 
@@ -289,11 +286,11 @@ def discovery_endpoints(store: Store, raw_body: bytes | None) -> Reply:
         sets[cluster] = store.get_endpoint_set(*names) if names else None
     if request.version_info == eds.response_version(request.clusters, sets):
         return Reply(304)
-    text = json.dumps(eds.response(request.clusters, sets), separators=(",", ":"))
-    size = wire_bytes(text)
+    answer = eds.response(request.clusters, sets)
+    size = wire_bytes(json.dumps(answer, separators=(",", ":")))
     if size > RESPONSE_BUDGET:
         return _eds_too_large(request.clusters, sets, size)
-    return ok(text)
+    return ok(answer)
 
 
 def _shards_needed(sets: list[EndpointSet]) -> int:
