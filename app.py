@@ -4,7 +4,7 @@ import os
 
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
-from chalicelib import api, discovery, events, runtime
+from chalicelib import api, discovery, events, local_gateway, runtime
 from chalicelib.observability import flush, logger, start_tracing
 
 # configure_logs=False: Chalice would set the `ec2-eds` logger, Powertools' own, to ERROR.
@@ -23,18 +23,52 @@ def seconds_left(context):
 
 
 def respond(reply: api.Reply) -> Response:
+    reply = api.within_limit(reply)  # never an answer past Lambda's 6 MB, on any route
     return Response(body=reply.text(), status_code=reply.status, headers=reply.headers)
+
+
+def query(name: str) -> str | None:
+    request = app.current_request
+    return (request.query_params or {}).get(name) if request is not None else None
+
+
+def request_id(event) -> str | None:
+    """An HTTP request's id from API Gateway (`context` is its requestContext dict; the id a client sees
+    in x-amzn-RequestId), else the Lambda invocation's (event handlers, and `chalice local`)."""
+    context = getattr(event, "context", None)
+    if isinstance(context, dict):
+        if context.get("requestId"):
+            return context["requestId"]
+        context = getattr(event, "lambda_context", None)
+    return getattr(context, "aws_request_id", None)
 
 
 @app.middleware("all")
 def observe(event, get_response):
     """Tracing started, request context in every log line, metrics flushed after every invocation."""
     start_tracing()
-    logger.append_keys(request_id=getattr(getattr(event, "context", None), "aws_request_id", None))
+    logger.append_keys(request_id=request_id(event))
     try:
         return get_response(event)
     finally:
         flush()
+
+
+@app.middleware("http")
+def one_error_format(request, get_response):
+    """Chalice's own answers (405, 415, 500: `{"Code", "Message"}`) in the API's `{"error", "field"}`."""
+    response = get_response(request)
+    route = app.routes.get(request.context.get("resourcePath", ""), {}).get(request.method)
+    accepted = route.content_types if route else None
+    body = api.framework_error(response.status_code, response.body, response.headers.get("Allow"), accepted)
+    if body is not None:
+        response.body = body
+        response.headers["Content-Type"] = api.JSON
+    return response
+
+
+if not os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # `chalice local` and the test client: unknown path -> 404
+    local_gateway.install()
 
 
 @app.route("/healthz", methods=["GET"])
@@ -44,7 +78,7 @@ def healthz():
 
 @app.route("/upstreams", methods=["GET"], authorizer=ADMIN)
 def list_upstreams():
-    return respond(api.list_upstreams(runtime.store()))
+    return respond(api.list_upstreams(runtime.store(), query("after")))
 
 
 @app.route("/upstreams/{namespace}/{name}", methods=["PUT"], content_types=YAML_OR_JSON, authorizer=ADMIN)
@@ -85,7 +119,7 @@ def delete_upstream(namespace, name):
 
 @app.route("/accounts", methods=["GET"], authorizer=ADMIN)
 def list_accounts():
-    return respond(api.list_accounts(runtime.store()))
+    return respond(api.list_accounts(runtime.store(), query("after")))
 
 
 @app.route("/accounts/{name}", methods=["PUT"], content_types=YAML_OR_JSON, authorizer=ADMIN)
