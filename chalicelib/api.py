@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from . import eds, prometheus
+from . import eds, prometheus, tables
 from .accounts import parse_account
 from .config import settings
 from .discovery import full_scan, iso, last_scan
 from .endpoints import EndpointSet
 from .inventory import InstanceLister
+from .observability import logger
 from .spec import SpecError, check_label, load_one, parse_cluster_name, parse_upstream
 from .store import DocumentTooLarge, Store, StoredUpstream
 
@@ -41,6 +42,15 @@ class Reply:
 
 def error(status: int, message: str, field_path: str | None = None) -> Reply:
     return Reply(status, {"error": message, "field": field_path}, {"Content-Type": JSON})
+
+
+def missing_table(err: BaseException) -> Reply | None:
+    """503 naming the missing DynamoDB table and the `bootstrap` command, if that is what `err` is."""
+    if not tables.is_missing_table(err):
+        return None
+    message = tables.missing_table_message(missing=tables.missing_tables())
+    logger.error("table missing", extra={"reason": message})
+    return error(503, message)
 
 
 def ok(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
