@@ -405,11 +405,11 @@ def cmd_secret_create(args: argparse.Namespace) -> None:
         client.create_secret(Name=sid, SecretString=value)
         action = "created"
     except ClientError as err:
-        code = err.response["Error"]["Code"]
-        if code == "InvalidRequestException" and "delet" in err.response["Error"].get("Message", "").lower():
-            client.restore_secret(SecretId=sid)  # scheduled for deletion: `create` brings it back
-        elif code != "ResourceExistsException":
+        # It exists (AWS says InvalidRequestException when it is scheduled for deletion).
+        if err.response["Error"]["Code"] not in ("ResourceExistsException", "InvalidRequestException"):
             raise
+        if "DeletedDate" in client.describe_secret(SecretId=sid):
+            client.restore_secret(SecretId=sid)  # scheduled for deletion: `create-aws` brings it back
         client.put_secret_value(SecretId=sid, SecretString=value)
         action = "updated"
     if args.output:
@@ -470,6 +470,7 @@ def cmd_secret_delete(args: argparse.Namespace) -> None:
     users = secret_refs_in_use().get((args.namespace, args.name), [])
     client = aws.clients().client("secretsmanager")
     try:
+        client.describe_secret(SecretId=sid)  # a forced delete of an absent secret would "succeed"
         if args.now:
             client.delete_secret(SecretId=sid, ForceDeleteWithoutRecovery=True)
         else:
