@@ -49,7 +49,7 @@ DEFAULT_TIMEOUT = 5.0
 DEFAULT_BACKOFF_MAX = 60.0
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # DNS-1123 label, as DESIGN.md requires
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # DNS-1123 label, as upstream names are
 _CLUSTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")  # safe as a file name: no '/', no leading '.'
 
 
@@ -62,7 +62,7 @@ class PollError(Exception):
 
 
 class ShapeError(PollError):
-    """The body is JSON but not the `GET /endpoints` shape of DESIGN.md."""
+    """The body is JSON but not the documented `GET /endpoints` shape."""
 
 
 # --------------------------------------------------------------------------- configuration
