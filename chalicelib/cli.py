@@ -525,7 +525,7 @@ def cmd_event(args: argparse.Namespace) -> None:
     if args.output:
         emit(result, args.output)
     else:
-        print_summary(f"event {result.get('kind', '')} handled".replace("  ", " "), result)
+        print_summary("event handled", result)
 
 
 # --- the parser --------------------------------------------------------------------------------------------------
