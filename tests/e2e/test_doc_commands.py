@@ -279,8 +279,30 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """What `make run` serves: the seeded stack, discovery on as make run has it, after its first scan."""
     logs = tmp_path_factory.mktemp("doc-stack")
     with seeded_stack(logs, DISCOVERY_ENABLED="true") as started:
-        started.scan()
+        FIRST_SCAN.update(started.scan())
         yield started
+
+
+FIRST_SCAN: dict[str, object] = {}
+
+
+def test_the_readme_explains_the_first_scans_figures(demo: LocalStack) -> None:
+    """`instances: 36` for eleven instances: nine running, listed by each of four groups."""
+    readme = (ROOT / "README.md").read_text()
+    running = len(demo.ids) - 2  # web-3 and web-7 are seeded stopped
+    assert (len(demo.ids), running, FIRST_SCAN["groups"], FIRST_SCAN["instances"]) == (11, 9, 4, 36)
+    assert "reports 36 for its eleven demo instances: nine" in readme and "each of the four groups" in readme
+    for name in demo.ids:
+        assert f"`{name}`" in readme or name in ("web-2", "web-3", "web-4", "web-5", "web-6"), name
+
+
+def test_the_sample_table_has_the_clis_columns(demo: LocalStack) -> None:
+    from chalicelib.cli import UPSTREAM_COLUMNS
+
+    sample = next(b for b in doc_blocks() if b.key == (README, " ".join(UPSTREAM_COLUMNS)))
+    shown = {line.split()[1] for line in sample.text.splitlines()[1:]}
+    served = {u["metadata"]["name"] for u in demo.get("/upstreams").json()["upstreams"]}
+    assert shown <= served
 
 
 def user_shell(demo: LocalStack, tmp: Path) -> dict[str, str]:
