@@ -121,7 +121,7 @@ BLOCKS: dict[tuple[str, str], Use] = {
     (README, ".venv/bin/python -m devtools.fleet stop web-2"): Use(
         LIVE,
         "events at once: web-2 leaves both its sets, web-5 drains",
-        expect=("event handled", "StateChangeEvent", "SpotInterruptionEvent", "{web-1}", "DRAINING"),
+        expect=("event handled", "StateChangeEvent", "SpotInterruptionEvent", "{web-1}", "DRAINING", "shop/admin"),
     ),
     (README, ".venv/bin/python -m chalicelib.cli get upstreams"): Use(
         LIVE,
@@ -195,8 +195,10 @@ HOW_TO_CLASSIFY = """\
 {where}: a new ```{lang} block, not yet in BLOCKS of tests/e2e/test_doc_commands.py:
 {text}
 Add an entry keyed by ("{doc}", {first!r}):
-  Use(LIVE, why, expect=(...))  if it runs against `make run`'s stack; expect= text its output must show
-  Use(SERVICE, why)             if it keeps running (add a rule in run_service for a new kind of service)
+  Use(LIVE, why, expect=(...))  if it runs against `make run`'s stack; expect= text its output must show;
+                                http_errors=True if a curl in it shows an error answer (4xx/5xx) on purpose
+  Use(SERVICE, why)             if it keeps running (Envoy, a gateway): add its start/ready/stop rule to
+                                test_service_block_starts_serves_and_stops
   Use(OFFLINE, why)             if it needs real AWS or another host: say which, in why
   Use(SUITE, why)               if it runs tests
   Use(TEXT, why)                if it is not a command (output, a diagram); prefer a ``` block without `sh`"""
@@ -351,7 +353,7 @@ def test_live_block_runs_against_the_demo_stack(block: Block, demo: LocalStack, 
 
 
 def test_the_event_walkthrough_changes_what_is_served(demo: LocalStack) -> None:
-    """After the README's event block (run above, in document order): web-2 gone at once, web-5 draining."""
+    """After the README's event block (run above, in document order): web-2 gone, web-5 draining, shop/admin made."""
     events_block = next(b for b in blocks_of(LIVE) if "spot-interruption" in b.text)
     assert "web-2" in events_block.text and "web-5" in events_block.text
     demo_set = {e["instance_id"]: e for e in demo.get("/endpoints/gloo-system/ec2-demo-upstream").json()["endpoints"]}
@@ -360,6 +362,9 @@ def test_the_event_walkthrough_changes_what_is_served(demo: LocalStack) -> None:
         pytest.skip("the README's event block has not run in this session (run the whole module)")
     assert set(demo_set) == {demo.ids["web-1"]} or set(demo_set) == set()  # web-1 may be stopped by the README
     assert legacy[demo.ids["web-5"]]["health"] == "DRAINING"
+    admin = demo.get("/endpoints/shop/admin")  # discovered from the tag, by the event alone
+    assert admin.status_code == 200, admin.text
+    assert [e["instance_id"] for e in admin.json()["endpoints"]] == [demo.ids["web-6"]]
 
 
 # --- SERVICE: started, seen ready, stopped ------------------------------------------------------------------------
