@@ -116,27 +116,6 @@ def prometheus_targets():
     )
 
 
-def answer_missing_tables(view):
-    """A route whose DynamoDB table does not exist answers 503 naming it and `bootstrap`, not a bare 500."""
-
-    @functools.wraps(view)
-    def guarded(*args, **kwargs):
-        try:
-            return view(*args, **kwargs)
-        except ClientError as err:
-            reply = api.missing_table(err)
-            if reply is None:
-                raise
-            return respond(reply)
-
-    return guarded
-
-
-for _methods in app.routes.values():
-    for _entry in _methods.values():
-        _entry.view_function = answer_missing_tables(_entry.view_function)
-
-
 # EventBridge rules, one per event kind; each delivers to the same handler code as `cli event`.
 @app.on_cw_event({"source": ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"]})
 def ec2_state_change(event):
@@ -168,3 +147,25 @@ def asg_terminate_lifecycle(event):
 @app.schedule(Rate(int(os.environ.get("SCAN_RATE_MINUTES", "5")), unit=Rate.MINUTES))
 def scheduled_scan(event):
     return discovery.full_scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(event.context)).as_dict()
+
+
+# Last, so that it covers every route above.
+def answer_missing_tables(view):
+    """A route whose DynamoDB table does not exist answers 503 naming it and `bootstrap`, not a bare 500."""
+
+    @functools.wraps(view)
+    def guarded(*args, **kwargs):
+        try:
+            return view(*args, **kwargs)
+        except ClientError as err:
+            reply = api.missing_table(err)
+            if reply is None:
+                raise
+            return respond(reply)
+
+    return guarded
+
+
+for _methods in app.routes.values():
+    for _entry in _methods.values():
+        _entry.view_function = answer_missing_tables(_entry.view_function)
