@@ -1,7 +1,9 @@
 """ec2-eds: the whole surface of the service, routes and triggers, on one screen."""
 
+import functools
 import os
 
+from botocore.exceptions import ClientError
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
 from chalicelib import api, discovery, events, local_gateway, runtime
@@ -203,3 +205,25 @@ def asg_terminate_lifecycle(event):
 @app.schedule(Rate(int(os.environ.get("SCAN_RATE_MINUTES", "5")), unit=Rate.MINUTES))
 def scheduled_scan(event):
     return discovery.full_scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(event.context)).as_dict()
+
+
+# Last, so that it covers every route above.
+def answer_missing_tables(view):
+    """A route whose DynamoDB table does not exist answers 503 naming it and `bootstrap`, not a bare 500."""
+
+    @functools.wraps(view)
+    def guarded(*args, **kwargs):
+        try:
+            return view(*args, **kwargs)
+        except ClientError as err:
+            reply = api.missing_table(err)
+            if reply is None:
+                raise
+            return respond(reply)
+
+    return guarded
+
+
+for _methods in app.routes.values():
+    for _entry in _methods.values():
+        _entry.view_function = answer_missing_tables(_entry.view_function)

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from . import cds, eds, prometheus
+from . import cds, eds, prometheus, tables
 from .accounts import parse_account
 from .config import settings
 from .discovery import full_scan, iso, last_scan
 from .endpoints import EndpointSet
 from .inventory import InstanceLister
+from .observability import logger
 from .spec import SpecError, check_label, load_one, parse_cluster_name, parse_upstream
 from .store import ERROR, DocumentTooLarge, Store, StoredUpstream
 
@@ -62,6 +63,15 @@ def framework_error(
     elif code == "InternalServerError":
         message = "internal error: the function's log has the details (look for this request's request_id)"
     return {"error": message, "field": None}
+
+
+def missing_table(err: BaseException) -> Reply | None:
+    """503 naming the missing DynamoDB table and the `bootstrap` command, if that is what `err` is."""
+    if not tables.is_missing_table(err):
+        return None
+    message = tables.missing_table_message(missing=tables.missing_tables())
+    logger.error("table missing", extra={"reason": message})
+    return error(503, message)
 
 
 def ok(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:

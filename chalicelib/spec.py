@@ -248,6 +248,16 @@ def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
+def _quote_hint(error: Any) -> str:
+    """What to do when YAML read an unquoted number or boolean where a string belongs."""
+    given = error.get("input")
+    if error.get("type") != "string_type" or not isinstance(given, (bool, int, float)):
+        return ""
+    if isinstance(given, bool):  # YAML 1.1: true, yes, on, ... unquoted
+        return " (YAML read an unquoted true/false/yes/no/on/off as a boolean: put the value in quotes)"
+    return f" (YAML read the unquoted number {given}: put it in quotes, '{given}')"
+
+
 def _expect_mapping(value: Any, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SpecError(f"{field} must be a mapping", field)
@@ -267,7 +277,8 @@ def parse_upstream(document: Any, namespace: str | None = None, name: str | None
     for field, from_url in (("name", name), ("namespace", namespace)):
         given = metadata.get(field)
         if given is not None and not isinstance(given, str):
-            raise SpecError(f"metadata.{field} must be a string", f"metadata.{field}")
+            hint = _quote_hint({"type": "string_type", "input": given})
+            raise SpecError(f"metadata.{field} must be a string{hint}", f"metadata.{field}")
         if given is not None and from_url is not None and given != from_url:
             raise SpecError(
                 f"metadata.{field} {given!r} differs from the {field} in the path {from_url!r}",
@@ -300,7 +311,7 @@ def parse_upstream(document: Any, namespace: str | None = None, name: str | None
     except ValidationError as err:
         first = err.errors()[0]
         field = _path(prefix, tuple(part for part in first["loc"] if part != "tagged-union"))
-        message = first["msg"].removeprefix("Value error, ")
+        message = first["msg"].removeprefix("Value error, ") + _quote_hint(first)
         raise SpecError(f"{field}: {message}", field) from None
     try:
         gloo_options.translate_document(doc)  # an option Envoy's cluster would not get is refused, not dropped

@@ -64,7 +64,7 @@ class PollError(Exception):
 
 
 class ShapeError(PollError):
-    """The body is JSON but not the `GET /endpoints` shape of DESIGN.md."""
+    """The body is JSON but not the documented `GET /endpoints` shape."""
 
 
 # --------------------------------------------------------------------------- configuration
