@@ -94,19 +94,9 @@ def put_upstream(namespace, name):
             request.raw_body,
             request.headers.get("content-type"),
             runtime.now(),
-            apply_now,
+            runtime.apply_now,
         )
     )
-
-
-def apply_now(keys: set[str]) -> None:
-    """A changed upstream or account is served at once: its groups are reconciled in the request,
-    within APPLY_SECONDS; what does not fit is left to the next scan."""
-    conf = runtime.settings()
-    deadline = runtime.monotonic() + conf.apply_seconds
-    # A group is started only while the budget lasts (the scan keeps its usual margin on top).
-    time_left = lambda: conf.scan_deadline_margin_seconds + deadline - runtime.monotonic()  # noqa: E731
-    discovery.full_scan(runtime.store(), runtime.inventory(), runtime.now, time_left, only=keys)
 
 
 @app.route("/upstreams/{namespace}/{name}", methods=["GET"], authorizer=ADMIN)
@@ -128,7 +118,7 @@ def list_accounts():
 def put_account(name):
     request = app.current_request
     return respond(
-        api.put_account(runtime.store(), name, request.raw_body, request.headers.get("content-type"), apply_now)
+        api.put_account(runtime.store(), name, request.raw_body, request.headers.get("content-type"), runtime.apply_now)
     )
 
 

@@ -312,9 +312,15 @@ def cmd_apply(args: argparse.Namespace) -> None:
     now = iso(runtime.now())
     actions = {}
     for upstream in upstreams:
-        existed = store.get_upstream(upstream.namespace, upstream.name) is not None
+        existing = store.get_upstream(upstream.namespace, upstream.name)
+        if existing is not None and existing.document == upstream.document:
+            actions[upstream.key] = "unchanged"  # nothing written: status and set stay as they are
+            continue
         store.put_upstream(upstream, now)
-        actions[upstream.key] = "configured" if existed else "created"
+        actions[upstream.key] = "configured" if existing else "created"
+    changed = {key for key, action in actions.items() if action != "unchanged"}
+    if changed:
+        runtime.apply_now(changed)  # served at once, as a PUT is
     if args.output:
         emit({"applied": list(actions)}, args.output)
         return
@@ -385,7 +391,7 @@ def cmd_account(args: argparse.Namespace) -> None:
     }
     if args.external_id:
         document["externalId"] = args.external_id
-    reply = api.put_account(runtime.store(), args.name, json.dumps(document), "application/json")
+    reply = api.put_account(runtime.store(), args.name, json.dumps(document), "application/json", runtime.apply_now)
     if reply.status >= 400:
         raise SpecError(reply.body["error"], reply.body["field"])
     if args.output:
