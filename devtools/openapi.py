@@ -424,6 +424,7 @@ ROUTES: dict[str, dict[str, Any]] = {
             "200": json_reply("replaced", ref("AccountDescribed")),
             "201": json_reply("created", ref("AccountDescribed")),
             "400": failure(f"the name in the path or the document is {BAD_BODY}"),
+            "409": failure("the edit drops a region that upstreams using the account are in (they are named)"),
             "413": failure(BODY_TOO_LARGE),
         },
     },
