@@ -656,6 +656,7 @@ def quiet_service_logs(request: pytest.FixtureRequest) -> None:
     request.addfinalizer(lambda: observability.logger.setLevel(level))
 
 
+@pytest.mark.timeout(1800)  # passing, well under a minute; failing, Hypothesis shrinks the counterexample
 def test_every_set_follows_the_rules_through_any_interleaving() -> None:
     """All six invariants by default; `MODEL_CHECKS=b` checks only (b), to see its own counterexample."""
     run_model(CHECKS)
