@@ -561,7 +561,8 @@ class EdsMachine(RuleBasedStateMachine):
             if not upstream.matches(dict(seen.tags)):
                 self.fail(
                     "a",
-                    f"{key} holds {instance_id}, whose newest applied observation (seq {seen.seq}, tags {dict(seen.tags)}) does not match {upstream.filters}",
+                    f"{key} holds {instance_id}, whose newest applied observation (seq {seen.seq}, "
+                    f"tags {dict(seen.tags)}) does not match {upstream.filters}",
                 )
 
     def check_no_shrink(
@@ -584,12 +585,14 @@ class EdsMachine(RuleBasedStateMachine):
             if seen is None or seen.seq < self.spec_seq(upstream):
                 self.fail(
                     "b",
-                    f"{key} lost {instance_id} with no applied observation since its spec (a failed or skipped listing)",
+                    f"{key} lost {instance_id} with no applied observation since its spec "
+                    "(a failed or skipped listing)",
                 )
             if seen.state == RUNNING and upstream.matches(dict(seen.tags)):
                 self.fail(
                     "b",
-                    f"{key} lost {instance_id}, though its newest applied observation (seq {seen.seq}) says running and matching: a stale observation removed it",
+                    f"{key} lost {instance_id}, though its newest applied observation (seq {seen.seq}) "
+                    "says running and matching: a stale observation removed it",
                 )
 
     def check_written_from_current_spec(
@@ -605,7 +608,8 @@ class EdsMachine(RuleBasedStateMachine):
                 if held.get(instance_id) != wanted:
                     self.fail(
                         "e",
-                        f"{worker.label} wrote {key} with {instance_id} as {held.get(instance_id)}; its observation (seq {seen.seq}, {seen.state}, tags {dict(seen.tags)}) and the current spec give {wanted}",
+                        f"{worker.label} wrote {key} with {instance_id} as {held.get(instance_id)}; its observation "
+                        f"(seq {seen.seq}, {seen.state}, tags {dict(seen.tags)}) and the current spec give {wanted}",
                     )
 
     def teardown(self) -> None:
