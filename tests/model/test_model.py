@@ -52,6 +52,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -281,7 +282,11 @@ class EdsMachine(RuleBasedStateMachine):
             if clean and (instance_id not in self.obligations or seen.order > self.obligations[instance_id].order):
                 self.obligations[instance_id] = seen
         self.finished.append(worker)
-        if worker.error is not None:
+        # An event whose draining mark could not be written fails as a whole, on purpose: Lambda
+        # retries a failed asynchronous invocation (then its failure queue keeps it), and a drain
+        # warning must not be lost. Every other failure must stay inside its upstream or group.
+        retried = isinstance(worker.error, ClientError) and worker.error.operation_name == "set_mark"
+        if worker.error is not None and not retried:
             bump("escaped_exceptions")
             if "c" in self.CHECKS:
                 self.fail("c", f"{worker.label} raised {worker.error!r}\n{worker.trace}")
