@@ -247,9 +247,10 @@ def scenario(
                     patience,
                     0.02,  # type: ignore[misc]
                 )
-                draining_s.append(ended[old_id] - started)
-                away = watch.away(old_address)
-                margins.append((ended[old_id] - away) if away is not None else float("nan"))
+                if kind != "no-drain":
+                    draining_s.append(ended[old_id] - started)
+                away = envoy_local.wait_for("the watch to see it", lambda a=old_address: watch.away(a), 5, 0.02)  # type: ignore[misc]
+                margins.append(ended[old_id] - away)
                 if kind == "spot" and old_address in watch.draining:
                     warning_to_draining.append(watch.draining[old_address] - started)
                 instances.append((new_id, new_address))

@@ -9,7 +9,7 @@ timeout or a cold start loses nothing.
 
 - **Drain period**: `DRAIN_SECONDS`, default 2 x `CDS_EDS_REFRESH_SECONDS` (two polls of Envoy's
   REST EDS), never past the hook's heartbeat timeout less `HEARTBEAT_MARGIN` (read with
-  `DescribeLifecycleHooks`; the setting alone when that fails). SQS delays a message at most 900 s:
+  `DescribeLifecycleHooks`; a failure to read it fails the event, which Lambda retries). SQS delays a message at most 900 s:
   a longer period is waited in several hops, each message carrying when it is due.
 - **Idempotent**: a duplicate event schedules a second message; the second completion finds no
   active lifecycle action (`ValidationError`) and stops there, as it does after the hook timed out.
@@ -116,14 +116,14 @@ class Lifecycle:
         self._sqs.send_message(QueueUrl=self.queue_url(), MessageBody=pending.body(), DelaySeconds=seconds)
 
     def heartbeat(self, region: str, group: str, hook: str) -> float | None:
-        """The hook's heartbeat timeout, or None when it cannot be read (the setting alone applies)."""
-        try:
-            hooks = self._autoscaling(region).describe_lifecycle_hooks(
-                AutoScalingGroupName=group, LifecycleHookNames=[hook]
-            )["LifecycleHooks"]
-        except (ClientError, BotoCoreError) as err:
-            logger.warning("cannot read the hook's heartbeat timeout", extra={"group": group, "error": str(err)})
-            return None
+        """The hook's heartbeat timeout; None when the hook is gone (the setting alone applies).
+
+        A failure to read it propagates: no completion is scheduled that could come after the
+        timeout, the event is retried, and failing that the hook's default result applies.
+        """
+        hooks = self._autoscaling(region).describe_lifecycle_hooks(
+            AutoScalingGroupName=group, LifecycleHookNames=[hook]
+        )["LifecycleHooks"]
         return float(hooks[0]["HeartbeatTimeout"]) if hooks else None
 
     def schedule(self, raw: Any) -> dict[str, Any] | None:
