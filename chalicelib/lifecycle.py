@@ -9,8 +9,9 @@ timeout or a cold start loses nothing.
 
 - **Drain period**: `DRAIN_SECONDS`, default 2 x `CDS_EDS_REFRESH_SECONDS` (two polls of Envoy's
   REST EDS), never past the hook's heartbeat timeout less `HEARTBEAT_MARGIN` (read with
-  `DescribeLifecycleHooks`; a failure to read it fails the event, which Lambda retries). SQS delays a message at most 900 s:
-  a longer period is waited in several hops, each message carrying when it is due.
+  `DescribeLifecycleHooks`; a failure to read it fails the event, which Lambda retries).
+  SQS delays a message at most 900 s: a longer period is waited in several hops, each message
+  carrying when it is due.
 - **Idempotent**: a duplicate event schedules a second message; the second completion finds no
   active lifecycle action (`ValidationError`) and stops there, as it does after the hook timed out.
 - **Failure**: a completion that fails otherwise is sent again with a growing delay, up to
