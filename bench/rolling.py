@@ -257,7 +257,7 @@ def scenario(
             time.sleep(4 * INTERVAL * 10)
         olds = {i for i, _ in instances[:count]}
         result: dict[str, Any] = {
-            "instances_replaced": len(draining_s),
+            "instances_replaced": len(margins),
             "requests": client.sent,
             "failed": len(client.failures),
             "refused": client.refused,

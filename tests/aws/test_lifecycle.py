@@ -197,7 +197,9 @@ def test_other_events_and_hook_test_notifications_schedule_nothing(world: dict[s
 
 
 def test_the_lambda_handler_drains_then_schedules(
-    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch, fleet: dict[str, str]  # noqa: F811
+    world: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    fleet: dict[str, str],  # noqa: F811
 ) -> None:
     """app.py's terminate lifecycle handler: the instance is DRAINING at once, its completion queued."""
     lifecycle.reset()
