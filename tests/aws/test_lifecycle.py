@@ -210,3 +210,38 @@ def test_the_lambda_handler_drains_then_schedules(
     assert summary["completion"]["instance_id"] == fleet["web-1"] and len(sent) == 1
     world["clock"].now += 30
     assert lifecycle.complete_messages([json.dumps(sent[0][0])]) == ["completed"]
+
+
+def test_the_chalice_handlers_drain_then_complete_through_the_queue(
+    world: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    fleet: dict[str, str],  # noqa: F811
+) -> None:
+    """app.py as Lambda runs it: the EventBridge handler queues, the SQS handler completes."""
+    from chalice.test import Client
+
+    from app import app
+
+    monkeypatch.setattr(lifecycle, "_lifecycle", world["lifecycle"])
+    sent = _sent(world, monkeypatch)
+    event = world["actions"].start(GROUP, HOOK, fleet["web-1"])
+    with Client(app) as client:
+        answer = client.lambda_.invoke(
+            "asg_terminate_lifecycle",
+            client.events.generate_cw_event(
+                source=event["source"],
+                detail_type=event["detail-type"],
+                detail=event["detail"],
+                resources=event["resources"],
+                region="us-east-1",
+            ),
+        ).payload
+        assert answer["completion"]["drain_seconds"] == 30.0 and members("web")[fleet["web-1"]] == "DRAINING"
+        ((body, delay),) = sent
+        assert delay == 30
+        world["clock"].now += 30
+        sqs_event = client.events.generate_sqs_event(
+            message_bodies=[json.dumps(body)], queue_name=config.settings().drain_queue
+        )
+        assert client.lambda_.invoke("asg_drain_complete", sqs_event).payload == {"outcomes": ["completed"]}
+    assert world["terminated"] == [fleet["web-1"]]
