@@ -12,12 +12,20 @@ from typing import Any
 
 import boto3
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chalicelib import config, lifecycle
 from devtools.asg import LifecycleActions
 from tests.aws.test_events import fleet, members  # noqa: F401 - the fixture
 
 GROUP, HOOK = "web-asg", "drain-before-terminate"
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
 
 
 class Clock:
@@ -245,3 +253,77 @@ def test_the_chalice_handlers_drain_then_complete_through_the_queue(
         )
         assert client.lambda_.invoke("asg_drain_complete", sqs_event).payload == {"outcomes": ["completed"]}
     assert world["terminated"] == [fleet["web-1"]]
+
+
+class Queue:
+    """The drain queue as the Lifecycle sees it: messages visible after their delay, delivered earliest first."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.messages: list[tuple[float, int, str]] = []
+        self.delays: list[int] = []
+
+    def get_queue_url(self, QueueName: str) -> dict[str, str]:  # noqa: N803 - boto3's names
+        return {"QueueUrl": f"https://sqs.us-east-1.amazonaws.com/123456789012/{QueueName}"}
+
+    def send_message(self, QueueUrl: str, MessageBody: str, DelaySeconds: int) -> dict[str, str]:  # noqa: N803
+        assert 0 <= DelaySeconds <= lifecycle.MAX_DELAY
+        self.delays.append(DelaySeconds)
+        self.messages.append((self.clock() + DelaySeconds, len(self.delays), MessageBody))
+        self.messages.sort()
+        return {}
+
+
+class Hooks:
+    """describe_lifecycle_hooks of one hook with this heartbeat timeout, then the group's side."""
+
+    def __init__(self, heartbeat: int, actions: LifecycleActions) -> None:
+        self.heartbeat, self.actions = heartbeat, actions
+
+    def describe_lifecycle_hooks(self, **_: Any) -> dict[str, Any]:
+        return {"LifecycleHooks": [{"HeartbeatTimeout": self.heartbeat}]}
+
+    def complete_lifecycle_action(self, **request: Any) -> dict[str, Any]:
+        return self.actions.complete_lifecycle_action(**request)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    drain=st.integers(0, 7200),
+    heartbeat=st.integers(30, 7200),
+    copies=st.integers(1, 3),
+    failures=st.integers(0, 2 * lifecycle.COMPLETE_ATTEMPTS),
+)
+def test_any_drain_duplicates_and_failures_complete_once_never_early(
+    drain: int, heartbeat: int, copies: int, failures: int, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    monkeypatch_module.setenv("DRAIN_SECONDS", str(drain))
+    config.reset()
+    clock = Clock()
+    queue = Queue(clock)
+    accepted: list[float] = []
+    actions = LifecycleActions(None, on_complete=lambda *_: accepted.append(clock()))
+    actions.fail_next = failures
+    handler = lifecycle.Lifecycle(queue, lambda region: Hooks(heartbeat, actions), clock=clock)
+    event = actions.start(GROUP, HOOK, "i-0123456789abcdef0")
+    started = clock()
+    for _ in range(copies):
+        handler.schedule(event)
+    first_try = None
+    for _ in range(200):  # every message is handled once, when visible, as Lambda's trigger does
+        if not queue.messages:
+            break
+        visible, _, body = queue.messages.pop(0)
+        clock.now = max(clock.now, visible)
+        calls = len(actions.calls)
+        handler.complete(body)
+        if first_try is None and len(actions.calls) > calls:
+            first_try = clock.now
+    assert not queue.messages  # it ends: nothing is sent again forever
+    period = min(drain, max(0, heartbeat - lifecycle.HEARTBEAT_MARGIN))
+    assert first_try is not None and first_try >= started + period  # never before the drain period
+    assert first_try <= started + max(0, heartbeat - lifecycle.HEARTBEAT_MARGIN) + 1  # nor past the heartbeat
+    assert len(accepted) <= 1  # completed at most once, whatever the duplicates
+    if failures < lifecycle.COMPLETE_ATTEMPTS:
+        assert len(accepted) == 1  # a transient failure is retried until it goes through
+    config.reset()
