@@ -211,7 +211,8 @@ def deliver(raw: Any) -> dict[str, Any]:
     from . import events
 
     summary = events.deliver(raw)
-    summary["completion"] = lifecycle().schedule(raw)
+    # A rejected event (malformed) drained nothing: nothing is completed early; the hook's timeout decides.
+    summary["completion"] = lifecycle().schedule(raw) if summary.get("kind") else None
     return summary
 
 

@@ -327,3 +327,14 @@ def test_any_drain_duplicates_and_failures_complete_once_never_early(
     if failures < lifecycle.COMPLETE_ATTEMPTS:
         assert len(accepted) == 1  # a transient failure is retried until it goes through
     config.reset()
+
+
+def test_a_malformed_lifecycle_event_drains_nothing_and_completes_nothing(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lifecycle, "_lifecycle", world["lifecycle"])
+    event = world["actions"].start(GROUP, HOOK, "i-0123456789abcdef0")
+    event["detail"]["EC2InstanceId"] = "not-an-instance"
+    summary = lifecycle.deliver(event)
+    assert summary["ignored"] and summary["completion"] is None
+    assert queued(world) == []
