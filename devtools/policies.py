@@ -343,6 +343,39 @@ def cfn_role_name(function: str) -> str:
     return to_cfn_resource_name(f"{function}_role")
 
 
+# API Gateway answers some requests before the function runs (an unknown path or method, an unsigned
+# request to an IAM route, throttling, a timeout): its gateway responses give them the API's one error
+# shape. It cannot tell an unknown path from an unsigned request (both MISSING_AUTHENTICATION_TOKEN),
+# so that one stays a 403 whose message names both causes.
+ERROR_TEMPLATE = '{"error":$context.error.messageString,"field":null}'
+NO_ROUTE_MESSAGE = (
+    "no such route (the API's OpenAPI document lists them), or a route that needs a SigV4-signed request "
+    "got an unsigned one"
+)
+
+
+def gateway_responses() -> dict[str, Any]:
+    """API Gateway's own 4xx/5xx answers in `{"error", "field"}` (RestAPI is chalice package's API)."""
+
+    def response(kind: str, template: str, status: str | None = None) -> dict[str, Any]:
+        properties: dict[str, Any] = {
+            "RestApiId": {"Ref": "RestAPI"},
+            "ResponseType": kind,
+            "ResponseParameters": {"gatewayresponse.header.Content-Type": "'application/json'"},
+            "ResponseTemplates": {"application/json": template},
+        }
+        if status:
+            properties["StatusCode"] = status
+        return {"Type": "AWS::ApiGateway::GatewayResponse", "Properties": properties}
+
+    no_route = json.dumps({"error": NO_ROUTE_MESSAGE, "field": None}, separators=(",", ":"))
+    return {
+        "ErrorShape4xx": response("DEFAULT_4XX", ERROR_TEMPLATE),
+        "ErrorShape5xx": response("DEFAULT_5XX", ERROR_TEMPLATE),
+        "ErrorShapeNoRoute": response("MISSING_AUTHENTICATION_TOKEN", no_route, "403"),
+    }
+
+
 def merge_template(stage: str) -> dict[str, Any]:
     """What `chalice package --merge-template` adds to the stage's SAM template."""
     resources: dict[str, Any] = table_resources(stage)
@@ -387,6 +420,7 @@ def merge_template(stage: str) -> dict[str, Any]:
                 "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": ["FailedInvocationsQueue", "Arn"]}}},
             },
         }
+    resources.update(gateway_responses())
     outputs: dict[str, Any] = {
         "UpstreamsTableName": {"Value": {"Ref": "UpstreamsTable"}},
         "EndpointsTableName": {"Value": {"Ref": "EndpointsTable"}},

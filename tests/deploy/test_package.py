@@ -170,6 +170,28 @@ def test_prod_api_signs_admin_and_read_routes(packaged: Callable[[str], tuple[Pa
 
 
 @pytest.mark.parametrize("stage", gen.STAGES)
+def test_api_gateways_own_errors_answer_in_the_one_error_shape(
+    stage: str, packaged: Callable[[str], tuple[Path, dict[str, Any]]]
+) -> None:
+    """DEFAULT_4XX/5XX and MISSING_AUTHENTICATION_TOKEN render `{"error", "field"}` (README, "Errors")."""
+    _, template = packaged(stage)
+    responses = {
+        r["Properties"]["ResponseType"]: r["Properties"]
+        for r in of_type(template, "AWS::ApiGateway::GatewayResponse").values()
+    }
+
+    assert set(responses) == {"DEFAULT_4XX", "DEFAULT_5XX", "MISSING_AUTHENTICATION_TOKEN"}
+    for kind, properties in responses.items():
+        assert properties["RestApiId"] == {"Ref": "RestAPI"}
+        assert "RestAPI" in template["Resources"]
+        text = properties["ResponseTemplates"]["application/json"]
+        # API Gateway substitutes $context.error.messageString with the quoted message
+        rendered = json.loads(text.replace("$context.error.messageString", json.dumps('Limit "exceeded"')))
+        assert set(rendered) == {"error", "field"} and rendered["field"] is None and rendered["error"], kind
+    assert responses["MISSING_AUTHENTICATION_TOKEN"]["StatusCode"] == "403"
+
+
+@pytest.mark.parametrize("stage", gen.STAGES)
 def test_packaged_template_lints_clean(stage: str, packaged: Callable[[str], tuple[Path, dict[str, Any]]]) -> None:
     path, _ = packaged(stage)
     cfn_lint(path)
