@@ -9,7 +9,8 @@ timeout or a cold start loses nothing.
 
 - **Drain period**: `DRAIN_SECONDS`, default 2 x `CDS_EDS_REFRESH_SECONDS` (two polls of Envoy's
   REST EDS), never past the hook's heartbeat timeout less `HEARTBEAT_MARGIN` (read with
-  `DescribeLifecycleHooks`; a failure to read it fails the event, which Lambda retries).
+  `DescribeLifecycleHooks`, counted from the event's `time`, so a late delivery has less left;
+  a failure to read it fails the event, which Lambda retries).
   SQS delays a message at most 900 s: a longer period is waited in several hops, each message
   carrying when it is due.
 - **Idempotent**: a duplicate event schedules a second message; the second completion finds no
@@ -26,6 +27,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -82,6 +84,14 @@ def pending_of(raw: Any, now: float, drain: float) -> Pending | None:
     )
 
 
+def event_time(raw: dict[str, Any], default: float) -> float:
+    """When the lifecycle action started: the event's `time` (epoch seconds), else `default`."""
+    try:
+        return datetime.strptime(str(raw.get("time")), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return default
+
+
 def drain_period(heartbeat: float | None = None) -> float:
     """The drain period: the setting (default two EDS polls), within the hook's heartbeat timeout."""
     conf = settings()
@@ -132,8 +142,11 @@ class Lifecycle:
         probe = pending_of(raw, 0.0, 0.0)
         if probe is None:
             return None
-        drain = drain_period(self.heartbeat(probe.region, probe.group, probe.hook))
+        heartbeat = self.heartbeat(probe.region, probe.group, probe.hook)
         now = self._clock()
+        if heartbeat is not None:  # the timeout runs from the action's start: a late delivery has less left
+            heartbeat -= max(0.0, now - event_time(raw, now))
+        drain = drain_period(heartbeat)
         pending = replace(probe, event_at=now, due=now + drain)
         self._send(pending, drain)  # an error propagates: the event is retried, the drain is idempotent
         count("LifecycleCompletionsScheduled")

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ class LifecycleActions:
             self.active[instance_id] = (group, hook, token)
         event: dict[str, Any] = json.loads((EVENTS / "asg-terminate-lifecycle.json").read_text())
         event["id"] = str(uuid.uuid4())
+        event["time"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event["region"] = region
         event["resources"] = [
             f"arn:aws:autoscaling:{region}:{event['account']}:autoScalingGroup:{uuid.uuid4()}:autoScalingGroupName/{group}"

@@ -338,3 +338,14 @@ def test_a_malformed_lifecycle_event_drains_nothing_and_completes_nothing(
     summary = lifecycle.deliver(event)
     assert summary["ignored"] and summary["completion"] is None
     assert queued(world) == []
+
+
+def test_a_late_event_leaves_less_of_the_heartbeat(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat timeout runs from the action's start (the event's time), not from its delivery."""
+    monkeypatch.setenv("DRAIN_SECONDS", "3600")
+    config.reset()
+    event = world["actions"].start(GROUP, HOOK, "i-0123456789abcdef0")
+    event["time"] = "1970-01-12T13:46:40Z"  # 1,000,000 s after the epoch: 200 s before the clock
+    world["clock"].now = 1_000_200.0
+    scheduled = world["lifecycle"].schedule(event)
+    assert scheduled["drain_seconds"] == 300 - 200 - lifecycle.HEARTBEAT_MARGIN
