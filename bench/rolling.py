@@ -48,6 +48,7 @@ GROUP, HOOK = "web-asg", "drain-before-terminate"
 INTERVAL = 0.01  # seconds between two client requests
 MAX_REQUESTS = 20000
 MAX_SECONDS = 300.0
+USED_ADDRESSES: set[str] = set()  # every address handed to an instance in this process
 
 
 def _stats(samples: list[float]) -> dict[str, Any]:
@@ -166,13 +167,22 @@ def scenario(
     ended: dict[str, float] = {}
 
     def launch() -> tuple[str, str]:
-        made = ec2.run_instances(
-            ImageId=fleet.AMI,
-            MinCount=1,
-            MaxCount=1,
-            SubnetId=subnet["SubnetId"],
-            TagSpecifications=[{"ResourceType": "instance", "Tags": [tag]}],
-        )["Instances"][0]
+        """A running instance with an address no instance of this run ever had: moto draws private
+        addresses at random and may hand out one in use, whose server would then stop with the other."""
+        for _ in range(50):
+            made = ec2.run_instances(
+                ImageId=fleet.AMI,
+                MinCount=1,
+                MaxCount=1,
+                SubnetId=subnet["SubnetId"],
+                TagSpecifications=[{"ResourceType": "instance", "Tags": [tag]}],
+            )["Instances"][0]
+            if made["PrivateIpAddress"] not in USED_ADDRESSES:
+                break
+            ec2.terminate_instances(InstanceIds=[made["InstanceId"]])
+        else:
+            raise RuntimeError("no unused address in the loopback subnet")
+        USED_ADDRESSES.add(made["PrivateIpAddress"])
         servers.sync(ec2)
         return made["InstanceId"], made["PrivateIpAddress"]
 
