@@ -19,7 +19,7 @@ import pytest
 
 from devtools import envoy_local, stack
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def rolled() -> dict[str, Any]:
         env=envoy_local.no_proxy_environment(),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=540,
     )
     assert answer.returncode == 0, answer.stderr[-3000:]
     return dict(json.loads(answer.stdout.strip().splitlines()[-1]))
