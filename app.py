@@ -6,7 +6,7 @@ import os
 from botocore.exceptions import ClientError
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
-from chalicelib import api, discovery, events, local_gateway, runtime
+from chalicelib import api, discovery, events, lifecycle, local_gateway, runtime
 from chalicelib.observability import flush, logger, start_tracing
 
 # configure_logs=False: Chalice would set the `ec2-eds` logger, Powertools' own, to ERROR.
@@ -188,7 +188,14 @@ def ec2_tag_change(event):
 
 @app.on_cw_event({"source": ["aws.autoscaling"], "detail-type": ["EC2 Instance-terminate Lifecycle Action"]})
 def asg_terminate_lifecycle(event):
-    return events.deliver(event.to_dict())
+    return lifecycle.deliver(event.to_dict())  # drain, then schedule CompleteLifecycleAction on the drain queue
+
+
+# The drain queue (an SQS delay queue): a message is due when the drain period is over; its handler
+# completes the lifecycle action (CONTINUE), so the group terminates the instance only then.
+@app.on_sqs_message(queue=os.environ.get("DRAIN_QUEUE", "ec2-eds-dev-drain"), batch_size=1)
+def asg_drain_complete(event):
+    return {"outcomes": lifecycle.complete_messages([record.body for record in event])}
 
 
 # The rate is a deployment setting: Chalice loads the app with the stage's variables.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from . import aws, config
+from . import aws, config, lifecycle
 from .config import settings
 from .credentials import CredentialResolver
 from .events import AccountResolver
@@ -77,3 +77,4 @@ def reset() -> None:
     _store = _resolver = _inventory = _accounts = None
     aws.reset()
     config.reset()
+    lifecycle.reset()

@@ -152,8 +152,8 @@ def test_prod_template_sends_failed_events_to_the_queue(
     for config in configs.values():
         destination = config["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]
         assert destination == {"Fn::GetAtt": ["FailedInvocationsQueue", "Arn"]}
-    (queue,) = of_type(template, "AWS::SQS::Queue").values()
-    assert queue["Properties"]["QueueName"] == "ec2-eds-prod-failed-invocations"
+    queues = {queue["Properties"]["QueueName"] for queue in of_type(template, "AWS::SQS::Queue").values()}
+    assert queues == {"ec2-eds-prod-failed-invocations", "ec2-eds-prod-drain"}
     groups = {g["Properties"]["LogGroupName"] for g in of_type(template, "AWS::Logs::LogGroup").values()}
     assert groups == {f"/aws/lambda/{gen.function_name('prod', function)}" for function in gen.FUNCTIONS}
 
@@ -245,3 +245,14 @@ def test_private_api_variant_packages_and_lints(tmp_path: Path) -> None:
     assert "security" not in paths["/endpoints/{namespace}/{name}"]["get"]  # READ_ROUTES_AUTH=none
     assert paths["/upstreams/{namespace}/{name}"]["put"]["security"] == [{"sigv4": []}]  # admin stays signed
     cfn_lint(tmp_path / "out" / "sam.json")
+
+
+def test_prod_template_consumes_the_drain_queue(packaged: Callable[[str], tuple[Path, dict[str, Any]]]) -> None:
+    """asg_drain_complete is triggered by the drain queue the merge template creates, one message at a time."""
+    _, template = packaged("prod")
+    function = of_type(template, "AWS::Serverless::Function")[gen.cfn_name(gen.DRAIN_FUNCTION)]
+    (event,) = function["Properties"]["Events"].values()
+    assert event["Type"] == "SQS" and event["Properties"]["BatchSize"] == 1
+    assert "ec2-eds-prod-drain" in json.dumps(event["Properties"]["Queue"])
+    assert function["DependsOn"] == ["DrainQueue"]
+    assert function["Properties"]["Environment"]["Variables"]["DRAIN_QUEUE"] == "ec2-eds-prod-drain"

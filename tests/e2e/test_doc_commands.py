@@ -102,6 +102,7 @@ class Use:
 
 README, DEPLOY, ENVOY, EXTENSIONS = "README.md", "docs/DEPLOY.md", "docs/envoy.md", "docs/extensions.md"
 RELIABILITY, SIDECAR = "docs/RELIABILITY.md", "sidecar/README.md"
+ROLLING = "docs/rolling.md"
 REAL_AWS = "needs a real AWS account"
 
 BLOCKS: dict[tuple[str, str], Use] = {
@@ -175,6 +176,13 @@ BLOCKS: dict[tuple[str, str], Use] = {
         OFFLINE, "the deployed domain: the poller runs against the local API instead"
     ),
     (RELIABILITY, ".venv/bin/python -m pytest tests/reliability -q"): Use(SUITE, "runs tests"),
+    (ROLLING, "aws autoscaling put-lifecycle-hook --auto-scaling-group-name web-asg --l"): Use(
+        OFFLINE, REAL_AWS + ": an Auto Scaling group"
+    ),
+    (ROLLING, ".venv/bin/python -m bench.rolling"): Use(
+        OFFLINE, "minutes of a real Envoy per run: the bench's make recipe is checked, the runs are bench/rolling.py's"
+    ),
+    (ROLLING, ".venv/bin/python -m pytest tests/envoy/test_rolling.py"): Use(SUITE, "runs tests"),
     (ENVOY, "make run"): Use(SERVICE, "Envoy polling the demo stack (skipped without an envoy binary)"),
     (EXTENSIONS, "python -m chalicelib.cli account add prod --account-id 111111111111 --as"): Use(
         OFFLINE, "a deployed stage (its tables, $API its URL): the curl runs against the local API instead"
