@@ -169,20 +169,13 @@ def scenario(
     def launch() -> tuple[str, str]:
         """A running instance with an address no instance of this run ever had: moto draws private
         addresses at random and may hand out one in use, whose server would then stop with the other."""
-        for _ in range(50):
-            made = ec2.run_instances(
-                ImageId=fleet.AMI,
-                MinCount=1,
-                MaxCount=1,
-                SubnetId=subnet["SubnetId"],
-                TagSpecifications=[{"ResourceType": "instance", "Tags": [tag]}],
-            )["Instances"][0]
-            if made["PrivateIpAddress"] not in USED_ADDRESSES:
-                break
-            ec2.terminate_instances(InstanceIds=[made["InstanceId"]])
-        else:
-            raise RuntimeError("no unused address in the loopback subnet")
-        USED_ADDRESSES.add(made["PrivateIpAddress"])
+        made = fleet.run_unique(
+            ec2,
+            USED_ADDRESSES,
+            ImageId=fleet.AMI,
+            SubnetId=subnet["SubnetId"],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [tag]}],
+        )
         servers.sync(ec2)
         return made["InstanceId"], made["PrivateIpAddress"]
 
