@@ -115,6 +115,9 @@ def aws_message(err: ClientError, scrub: Callable[[str], str]) -> str:
 def transport_problem(err: BaseException) -> str:
     """What kind of transport failure this was, never its text (which may quote header values)."""
     name = type(err).__name__
+    url = getattr(err, "kwargs", {}).get("endpoint_url")
+    if name == "EndpointConnectionError" and isinstance(url, str):  # an address, never a credential
+        return f"could not connect to the endpoint {url}"
     known = {
         "EndpointConnectionError": "the AWS endpoint could not be reached",
         "ConnectTimeoutError": "connecting to AWS timed out",

@@ -210,6 +210,7 @@ def test_no_secret_and_no_external_id_spreads(
     for name, value in SECRETS.items():
         world.secret(name, value)
     web = world.launch(2)
+    boto3.client("sqs", region_name="us-east-1").create_queue(QueueName="ec2-eds-dev-drain")  # as deployed
 
     with Client(app) as client:  # it sets the stage's variables: ours come after
         # Each failure once, without client-side rate limiting: what is said about it is the point.

@@ -133,7 +133,8 @@ def test_every_answer_of_every_route_matches_its_description(checked: Checked, w
     checked("get", UPSTREAM, "/upstreams/shop/web", 200)
     checked("get", UPSTREAM, "/upstreams/shop/nope", 404)
     checked("get", UPSTREAM, "/upstreams/Shop/web", 400)
-    checked("get", ENDPOINTS, "/endpoints/shop/web", 404)  # no set before the first scan
+    checked("get", ENDPOINTS, "/endpoints/shop/web", 200)  # served at once: the PUT reconciled its group
+    checked("get", ENDPOINTS, "/endpoints/shop/never", 404)  # no such upstream
     checked("post", "/scan", "/scan", 200)
     checked("get", "/upstreams", "/upstreams", 200)
     etag = checked("get", ENDPOINTS, "/endpoints/shop/web", 200).headers["ETag"]
