@@ -34,8 +34,8 @@ from . import autodiscovery, aws
 from .accounts import Account
 from .config import settings
 from .credentials import CredentialResolver
-from .discovery import resolve_entries
-from .endpoints import Endpoint, EndpointSet, Instance, endpoint_of
+from .discovery import health_counts, resolve_entries
+from .endpoints import UNHEALTHY, Endpoint, EndpointSet, Instance, endpoint_of
 from .filters import Matcher
 from .inventory import DiscoveryError, InstanceLister
 from .observability import count, count_with, log_unexpected, logger
@@ -238,6 +238,7 @@ def update_one(
         if current is None:
             return False, conflicts, False  # never scanned: the next full scan builds the whole set
         kept = [e for e in current.endpoints if e.instance_id != instance_id]
+        endpoint = keep_unhealthy(endpoint, current)
         wanted = EndpointSet.build(
             upstream.namespace, upstream.name, current.region, kept + ([endpoint] if endpoint else [])
         )
@@ -245,13 +246,23 @@ def update_one(
             return False, conflicts, False
         outcome = store.write_set(wanted, current.digest, guard)
         if outcome is Outcome.WRITTEN:
-            if entry.status.endpoints != len(wanted.endpoints):
-                status = replace(entry.status, endpoints=len(wanted.endpoints))
+            unhealthy, draining = health_counts(wanted)
+            status = replace(entry.status, endpoints=len(wanted.endpoints), unhealthy=unhealthy, draining=draining)
+            if status != entry.status:
                 store.put_status(upstream.namespace, upstream.name, status, entry.generation)
             return True, conflicts, False
         if outcome is not Outcome.SET_CHANGED:  # a newer observation, or the upstream was replaced
             return False, conflicts, outcome is Outcome.OBSERVED
     raise RuntimeError(f"could not update {upstream.key} after {WRITE_ATTEMPTS} conflicting writes")
+
+
+def keep_unhealthy(endpoint: Endpoint | None, current: EndpointSet) -> Endpoint | None:
+    """An event does not ask EC2 for instance status: an instance served UNHEALTHY stays so until a scan
+    sees its checks pass."""
+    if endpoint is None or endpoint.health == UNHEALTHY:
+        return endpoint
+    stored = [e for e in current.endpoints if e.instance_id == endpoint.instance_id and e.health == UNHEALTHY]
+    return replace(endpoint, health=UNHEALTHY) if stored else endpoint
 
 
 _last_stamp = ""
