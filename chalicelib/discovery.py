@@ -59,6 +59,7 @@ class ScanSummary:
     conflicts: int = 0
     groups: int = 0
     deferred: int = 0
+    health_errors: int = 0  # groups whose DescribeInstanceStatus failed (their endpoints kept their health)
     discovered: dict[str, int] | None = None
     aws_calls: dict[str, int] = field(default_factory=dict)
     endpoint_counts: list[int] = field(default_factory=list)
@@ -74,6 +75,7 @@ class ScanSummary:
             "groups": self.groups,
             "conflicts": self.conflicts,
             "deferred": self.deferred,
+            **({"health_errors": self.health_errors} if self.health_errors else {}),
             **({"discovered": self.discovered} if self.discovered is not None else {}),
             "aws_calls": calls,
         }
@@ -399,6 +401,7 @@ def full_scan(
         logs = {group: store.observations(group.id) for group in order}  # before listing: see Listing
         health: dict[GroupKey, InstanceHealth | None] = {}
         listings = _list_groups(lister, order, time_left, health)
+        summary.health_errors = sum(1 for report in health.values() if report is None)
         try:
             draining = _mark_due(store, due_drains(health, started), draining)
         except (ClientError, BotoCoreError) as err:  # the next scan marks them; the sets are still written
