@@ -1,10 +1,12 @@
 """ec2-eds: the whole surface of the service, routes and triggers, on one screen."""
 
+import functools
 import os
 
+from botocore.exceptions import ClientError
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
-from chalicelib import api, discovery, events, runtime
+from chalicelib import api, discovery, events, lifecycle, local_gateway, runtime
 from chalicelib.observability import flush, logger, start_tracing
 
 # configure_logs=False: Chalice would set the `ec2-eds` logger, Powertools' own, to ERROR.
@@ -23,18 +25,52 @@ def seconds_left(context):
 
 
 def respond(reply: api.Reply) -> Response:
+    reply = api.within_limit(reply)  # never an answer past Lambda's 6 MB, on any route
     return Response(body=reply.text(), status_code=reply.status, headers=reply.headers)
+
+
+def query(name: str) -> str | None:
+    request = app.current_request
+    return (request.query_params or {}).get(name) if request is not None else None
+
+
+def request_id(event) -> str | None:
+    """An HTTP request's id from API Gateway (`context` is its requestContext dict; the id a client sees
+    in x-amzn-RequestId), else the Lambda invocation's (event handlers, and `chalice local`)."""
+    context = getattr(event, "context", None)
+    if isinstance(context, dict):
+        if context.get("requestId"):
+            return context["requestId"]
+        context = getattr(event, "lambda_context", None)
+    return getattr(context, "aws_request_id", None)
 
 
 @app.middleware("all")
 def observe(event, get_response):
     """Tracing started, request context in every log line, metrics flushed after every invocation."""
     start_tracing()
-    logger.append_keys(request_id=getattr(getattr(event, "context", None), "aws_request_id", None))
+    logger.append_keys(request_id=request_id(event))
     try:
         return get_response(event)
     finally:
         flush()
+
+
+@app.middleware("http")
+def one_error_format(request, get_response):
+    """Chalice's own answers (405, 415, 500: `{"Code", "Message"}`) in the API's `{"error", "field"}`."""
+    response = get_response(request)
+    route = app.routes.get(request.context.get("resourcePath", ""), {}).get(request.method)
+    accepted = route.content_types if route else None
+    body = api.framework_error(response.status_code, response.body, response.headers.get("Allow"), accepted)
+    if body is not None:
+        response.body = body
+        response.headers["Content-Type"] = api.JSON
+    return response
+
+
+if not os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # `chalice local` and the test client: unknown path -> 404
+    local_gateway.install()
 
 
 @app.route("/healthz", methods=["GET"])
@@ -44,7 +80,7 @@ def healthz():
 
 @app.route("/upstreams", methods=["GET"], authorizer=ADMIN)
 def list_upstreams():
-    return respond(api.list_upstreams(runtime.store()))
+    return respond(api.list_upstreams(runtime.store(), query("after")))
 
 
 @app.route("/upstreams/{namespace}/{name}", methods=["PUT"], content_types=YAML_OR_JSON, authorizer=ADMIN)
@@ -58,19 +94,9 @@ def put_upstream(namespace, name):
             request.raw_body,
             request.headers.get("content-type"),
             runtime.now(),
-            apply_now,
+            runtime.apply_now,
         )
     )
-
-
-def apply_now(keys: set[str]) -> None:
-    """A changed upstream or account is served at once: its groups are reconciled in the request,
-    within APPLY_SECONDS; what does not fit is left to the next scan."""
-    conf = runtime.settings()
-    deadline = runtime.monotonic() + conf.apply_seconds
-    # A group is started only while the budget lasts (the scan keeps its usual margin on top).
-    time_left = lambda: conf.scan_deadline_margin_seconds + deadline - runtime.monotonic()  # noqa: E731
-    discovery.full_scan(runtime.store(), runtime.inventory(), runtime.now, time_left, only=keys)
 
 
 @app.route("/upstreams/{namespace}/{name}", methods=["GET"], authorizer=ADMIN)
@@ -85,14 +111,14 @@ def delete_upstream(namespace, name):
 
 @app.route("/accounts", methods=["GET"], authorizer=ADMIN)
 def list_accounts():
-    return respond(api.list_accounts(runtime.store()))
+    return respond(api.list_accounts(runtime.store(), query("after")))
 
 
 @app.route("/accounts/{name}", methods=["PUT"], content_types=YAML_OR_JSON, authorizer=ADMIN)
 def put_account(name):
     request = app.current_request
     return respond(
-        api.put_account(runtime.store(), name, request.raw_body, request.headers.get("content-type"), apply_now)
+        api.put_account(runtime.store(), name, request.raw_body, request.headers.get("content-type"), runtime.apply_now)
     )
 
 
@@ -162,7 +188,14 @@ def ec2_tag_change(event):
 
 @app.on_cw_event({"source": ["aws.autoscaling"], "detail-type": ["EC2 Instance-terminate Lifecycle Action"]})
 def asg_terminate_lifecycle(event):
-    return events.deliver(event.to_dict())
+    return lifecycle.deliver(event.to_dict())  # drain, then schedule CompleteLifecycleAction on the drain queue
+
+
+# The drain queue (an SQS delay queue): a message is due when the drain period is over; its handler
+# completes the lifecycle action (CONTINUE), so the group terminates the instance only then.
+@app.on_sqs_message(queue=os.environ.get("DRAIN_QUEUE", "ec2-eds-dev-drain"), batch_size=1)
+def asg_drain_complete(event):
+    return {"outcomes": lifecycle.complete_messages([record.body for record in event])}
 
 
 @app.on_cw_event({"source": ["aws.ec2"], "detail-type": ["EC2 Instance Rebalance Recommendation"]})
@@ -185,3 +218,25 @@ def ec2_scheduled_change(event):
 @app.schedule(Rate(int(os.environ.get("SCAN_RATE_MINUTES", "5")), unit=Rate.MINUTES))
 def scheduled_scan(event):
     return discovery.full_scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(event.context)).as_dict()
+
+
+# Last, so that it covers every route above.
+def answer_missing_tables(view):
+    """A route whose DynamoDB table does not exist answers 503 naming it and `bootstrap`, not a bare 500."""
+
+    @functools.wraps(view)
+    def guarded(*args, **kwargs):
+        try:
+            return view(*args, **kwargs)
+        except ClientError as err:
+            reply = api.missing_table(err)
+            if reply is None:
+                raise
+            return respond(reply)
+
+    return guarded
+
+
+for _methods in app.routes.values():
+    for _entry in _methods.values():
+        _entry.view_function = answer_missing_tables(_entry.view_function)

@@ -61,6 +61,16 @@ def freshness() -> dict[str, Any]:
     return dict(json.loads(answer.stdout.strip().splitlines()[-1]))
 
 
+def rolling() -> dict[str, Any]:
+    """Scenario 8 in a fresh interpreter (bench/rolling.py): a rolling replacement behind a real Envoy."""
+    answer = subprocess.run(
+        [sys.executable, "-m", "bench.rolling"], cwd=stack.PROJECT_DIR, capture_output=True, text=True, timeout=900
+    )
+    if answer.returncode != 0:
+        raise RuntimeError(f"bench.rolling failed: {answer.stderr.strip()[-600:]}")
+    return dict(json.loads(answer.stdout.strip().splitlines()[-1]))
+
+
 def timed(name: str, seconds: dict[str, float], work: Callable[[], Any]) -> Any:
     progress(f"[{name}]")
     started = time.monotonic()
@@ -140,6 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         {"skipped": "--skip-package"} if args.skip_package else timed("6 package size", seconds, coldstart.package_size)
     )
     results["freshness"] = timed("7 freshness through Envoy", seconds, freshness)
+    results["rolling"] = timed("8 rolling replacement through Envoy", seconds, rolling)
     results["goals"] = goals(results)
     results["seconds"] = {"total": round(time.monotonic() - started, 1), **seconds}
     if os.environ.get("BENCH_KEEP_LOGS"):
@@ -309,6 +320,17 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             worst <= limit,
             "" if worst <= limit else "Envoy polls every refresh_delay plus jitter; see bench/README.md",
         )
+    roll = results.get("rolling", {})
+    for path in ("lifecycle", "spot"):
+        if path in roll:
+            failed = roll[path]["failed"]
+            goal(
+                f"8 rolling replacement by {path}: failed requests through Envoy",
+                "0",
+                f"{failed} of {roll[path]['requests']}",
+                failed == 0,
+                "" if failed == 0 else "see bench/README.md (8)",
+            )
     return found
 
 
@@ -548,6 +570,50 @@ def render(results: dict[str, Any]) -> str:
                 rows.append([delay, label, figure["median_s"], figure["min_s"], figure["max_s"]])
         out.append(_table(["refresh_delay s", "path", "median", "min", "max"], rows))
         out.append("   by scan: add the time to the next scheduled scan (its rate: 5 min deployed, 5 s in make run).")
+    roll = results.get("rolling")
+    if roll:
+        out.append(
+            f"\n8. Rolling replacement of {roll['instances']} instances behind a real Envoy {roll['envoy']} "
+            f"(refresh_delay {roll['refresh_delay_s']:g} s, DRAIN_SECONDS {roll['drain_s']:g}, no retry policy)"
+        )
+        rows = []
+        for path, label in (
+            ("lifecycle", "ASG lifecycle hook, completed by ec2-eds"),
+            ("no-drain", "no hook: terminated at once (no draining)"),
+            ("spot", f"spot warning (scaled to {roll.get('spot', {}).get('spot_warning_s', 0):g} s)"),
+        ):
+            figures = roll.get(path)
+            if not figures:
+                continue
+            completion = figures.get("event_to_completion", {})
+            rows.append(
+                [
+                    label,
+                    f"{figures['failed']} / {figures['requests']}",
+                    figures["draining"].get("median_s", "-"),
+                    figures["draining"].get("max_s", "-"),
+                    completion.get("median_s", "-"),
+                    completion.get("max_s", "-"),
+                    figures["envoy_margin"].get("min_s", "-"),
+                ]
+            )
+        out.append(
+            _table(
+                [
+                    "path",
+                    "failed / sent",
+                    "DRAINING median s",
+                    "max",
+                    "event->Complete median s",
+                    "max",
+                    "Envoy away before end, min s",
+                ],
+                rows,
+            )
+        )
+        spot = roll.get("spot", {}).get("warning_to_envoy_draining")
+        if spot:
+            out.append(f"   spot: warning -> Envoy shows DRAINING in max {spot['max_s']} s (the warning gives 120 s)")
     out.append("\nGoals")
     out.append(
         _table(

@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from . import cds, eds, prometheus
+from . import cds, eds, prometheus, tables
 from .accounts import parse_account
 from .config import settings
 from .discovery import full_scan, iso, last_scan
 from .endpoints import EndpointSet
 from .inventory import InstanceLister
+from .observability import logger
 from .spec import SpecError, check_label, load_one, parse_cluster_name, parse_upstream
-from .store import DocumentTooLarge, Store, StoredUpstream
+from .store import ERROR, DocumentTooLarge, Store, StoredUpstream
 
 JSON = "application/json"
 
@@ -41,6 +42,36 @@ class Reply:
 
 def error(status: int, message: str, field_path: str | None = None) -> Reply:
     return Reply(status, {"error": message, "field": field_path}, {"Content-Type": JSON})
+
+
+def framework_error(
+    status: int, body: Any, allowed: str | None = None, accepted: list[str] | None = None
+) -> dict[str, Any] | None:
+    """An error Chalice answers by itself (`{"Code", "Message"}`) in the API's one shape; None for any other body."""
+    if status < 400 or not isinstance(body, dict) or set(body) != {"Code", "Message"}:
+        return None
+    code, message = body["Code"], str(body["Message"])
+    if code == "MethodNotAllowedError":
+        message = (
+            f"{message.removeprefix('Unsupported method: ')} is not allowed here: use {allowed or 'another method'}"
+        )
+    elif code == "UnsupportedMediaType":
+        types = ", ".join(accepted or [JSON])
+        message = (
+            f"Content-Type {message.removeprefix('Unsupported media type: ')} is not accepted: send one of {types}"
+        )
+    elif code == "InternalServerError":
+        message = "internal error: the function's log has the details (look for this request's request_id)"
+    return {"error": message, "field": None}
+
+
+def missing_table(err: BaseException) -> Reply | None:
+    """503 naming the missing DynamoDB table and the `bootstrap` command, if that is what `err` is."""
+    if not tables.is_missing_table(err):
+        return None
+    message = tables.missing_table_message(missing=tables.missing_tables())
+    logger.error("table missing", extra={"reason": message})
+    return error(503, message)
 
 
 def ok(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
@@ -84,7 +115,7 @@ def put_upstream(
     try:
         upstream = parse_upstream(load_one(body, content_type, settings().max_body_bytes), namespace, name)
     except SpecError as err:
-        return error(400, err.message, err.field)
+        return error(err.status, err.message, err.field)
     previous = store.get_upstream(namespace, name)
     if previous is not None and previous.document == upstream.document:
         return ok(describe(previous, store.get_scan_marks()), 200)
@@ -109,9 +140,13 @@ def get_upstream(store: Store, namespace: str, name: str) -> Reply:
     return ok(describe(entry, store.get_scan_marks()))
 
 
-def list_upstreams(store: Store) -> Reply:
+def list_upstreams(store: Store, after: str | None = None) -> Reply:
+    """Every upstream, in key order; past one answer's budget, a page and `next` (GET /upstreams?after=NEXT)."""
     marks = store.get_scan_marks()
-    return ok({"upstreams": [describe(entry, marks) for entry in store.list_upstreams()]})
+    entries = sorted(store.list_upstreams(), key=lambda entry: entry.key)
+    return _page(
+        "upstreams", [(entry.key, describe(entry, marks)) for entry in entries if not after or entry.key > after]
+    )
 
 
 def delete_upstream(store: Store, namespace: str, name: str) -> Reply:
@@ -136,14 +171,51 @@ def get_endpoints(store: Store, namespace: str, name: str, if_none_match: str | 
         return bad
     endpoint_set = store.get_endpoint_set(namespace, name)
     if endpoint_set is None:
-        if store.get_upstream(namespace, name) is None:
+        entry = store.get_upstream(namespace, name)
+        if entry is None:
             return error(404, f"upstream {namespace}/{name} not found")
-        return error(404, f"upstream {namespace}/{name} has no endpoint set yet: wait for the next scan")
+        return error(404, _why_no_set(entry))
     etag = f'"{endpoint_set.version}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if _etag_matches(if_none_match, etag):
         return Reply(304, None, headers)
-    return ok(endpoint_set.public(), headers=headers)
+    body = endpoint_set.public()
+    size = wire_bytes(json.dumps(body, separators=(",", ":")))
+    if size > RESPONSE_BUDGET:
+        count = len(endpoint_set.endpoints)
+        return error(
+            413,
+            f"the endpoint set of {namespace}/{name} is {size} bytes ({count} endpoints), over the "
+            f"{RESPONSE_BUDGET} one answer may hold: split the upstream into upstreams with narrower filters "
+            f"(at most about {RESPONSE_BUDGET * count // size} endpoints each), or read its targets from "
+            f"GET /prometheus/targets?namespace={namespace}&name={name}&shards=K&shard=I",
+        )
+    return ok(body, headers=headers)
+
+
+_RESCAN = "then POST /scan (or wait for the next scheduled scan)"
+_ERROR_HINTS = {
+    "ResourceNotFoundException": "create the secret its secretRef names "
+    "(python -m chalicelib.cli secret create-aws --namespace NS --name NAME --access-key K --secret-key S), " + _RESCAN,
+    "SecretMalformed": "store JSON with access_key and secret_key in that secret "
+    "(python -m chalicelib.cli secret create-aws ...), " + _RESCAN,
+    "AccountUnresolved": "fix the named account (PUT /accounts/{name}) or the upstream's account field, " + _RESCAN,
+    "AccessDenied": "allow sts:AssumeRole and ec2:DescribeInstances to these credentials, " + _RESCAN,
+    "AccessDeniedException": "allow secretsmanager:GetSecretValue on the secret to the function's role, " + _RESCAN,
+    "UnauthorizedOperation": "allow ec2:DescribeInstances to these credentials, " + _RESCAN,
+    "AuthFailure": "the credentials are not valid: update the secret, " + _RESCAN,
+    "InvalidClientTokenId": "the credentials are not valid: update the secret, " + _RESCAN,
+}
+
+
+def _why_no_set(entry: StoredUpstream) -> str:
+    """A 404's message for an upstream without a set: its status, and what would give it one."""
+    key, status = entry.key, entry.status
+    if status.state != ERROR:
+        return f"upstream {key} has no endpoint set yet ({status.state}: {status.reason}): wait for the next scan"
+    hint = _ERROR_HINTS.get(status.code or "", "fix the cause named above, then POST /scan (or wait for the next scan)")
+    code = f" [{status.code}]" if status.code else ""
+    return f"upstream {key} has no endpoint set yet: it is in Error{code}: {status.reason}; {hint}"
 
 
 def scan(
@@ -152,19 +224,98 @@ def scan(
     return ok(full_scan(store, lister, clock, time_left).as_dict())
 
 
+# --- one answer's size ------------------------------------------------------------------------------
+#
+# A synchronous Lambda returns at most 6 MB (6,291,456 bytes) and API Gateway's proxy integration
+# carries the body as a JSON string inside that answer: quotes and backslashes are escaped and
+# non-ASCII characters become \uXXXX. Every route measures its body that way (`wire_bytes`) against
+# one budget, and answers a clear 413 naming how to split the request (EDS, /endpoints, Prometheus)
+# or pages (the lists). `within_limit` is the last guard of every route.
+
+LAMBDA_RESPONSE_LIMIT = 6_291_456
+RESPONSE_BUDGET = 6_000_000  # bytes of the body as carried; the rest is room for status and headers
+PROMETHEUS_BUDGET = RESPONSE_BUDGET
+
+
+def wire_bytes(text: str) -> int:
+    """The bytes a body takes in Lambda's answer to API Gateway (a JSON string)."""
+    return len(json.dumps(text))
+
+
+def _part_bytes(value: Any) -> int:
+    """What one element adds to a JSON array on the wire (its text, escaped, and a comma)."""
+    return wire_bytes(json.dumps(value, separators=(",", ":"))) - 1
+
+
+def within_limit(reply: Reply) -> Reply:
+    """The reply, or a 413 when its body would not fit in one Lambda answer (no route may exceed it)."""
+    text = reply.text()  # serialised once here; the reply returned carries the text
+    if len(text) * 6 + 2 <= RESPONSE_BUDGET or (size := wire_bytes(text)) <= RESPONSE_BUDGET:
+        return Reply(reply.status, text if reply.body is not None else None, reply.headers)
+    return error(413, f"the answer would be {size} bytes, over the {RESPONSE_BUDGET} one answer may hold")
+
+
+def _page(kind: str, items: list[tuple[str, Any]]) -> Reply:
+    """`{kind: [...]}` with as many items as fit, in order; `next` names the last one when more follow."""
+    used = wire_bytes(json.dumps({kind: [], "next": "x" * 600}))
+    shown: list[tuple[str, Any]] = []
+    for key, item in items:
+        used += _part_bytes(item)
+        if used > RESPONSE_BUDGET and shown:
+            return ok({kind: [value for _, value in shown], "next": shown[-1][0]})
+        shown.append((key, item))
+    return ok({kind: [value for _, value in shown]})
+
+
+def _eds_too_large(clusters: tuple[str, ...], sets: dict[str, EndpointSet | None], size: int) -> Reply:
+    """413 naming how to split a DiscoveryRequest whose answer would not fit."""
+    frame = wire_bytes(json.dumps(eds.response((), {})))
+    sizes = [_part_bytes(eds.assignment(cluster, sets.get(cluster))) for cluster in clusters]
+    for cluster, part in zip(clusters, sizes, strict=True):
+        if frame + part > RESPONSE_BUDGET:
+            count = len(endpoints.endpoints) if (endpoints := sets.get(cluster)) else 0
+            most = RESPONSE_BUDGET * count // part
+            return error(
+                413,
+                f"cluster {cluster} alone is {part} bytes ({count} endpoints), over the {RESPONSE_BUDGET} "
+                f"one answer may hold: split its upstream into upstreams with narrower filters "
+                f"(at most about {most} endpoints each)",
+                "resource_names",
+            )
+    batches: list[list[int]] = [[]]
+    used = frame
+    for index, part in enumerate(sizes):
+        if used + part > RESPONSE_BUDGET:
+            batches.append([])
+            used = frame
+        batches[-1].append(index)
+        used += part
+    slices = ", ".join(f"resource_names[{batch[0]}:{batch[-1] + 1}]" for batch in batches)
+    return error(
+        413,
+        f"the {len(clusters)} clusters' assignments are {size} bytes, over the {RESPONSE_BUDGET} one answer "
+        f"may hold: ask for them in {len(batches)} requests ({slices})",
+        "resource_names",
+    )
+
+
 def discovery_endpoints(store: Store, raw_body: bytes | None) -> Reply:
     """Envoy REST-JSON EDS: one read per requested cluster; 304 when Envoy's version is current."""
     try:
         request = eds.parse_request(raw_body)
     except eds.EdsRequestError as err:
-        return error(400, str(err))
+        return error(400, str(err), err.field)
     sets = {}
     for cluster in request.clusters:
         names = parse_cluster_name(cluster)
         sets[cluster] = store.get_endpoint_set(*names) if names else None
     if request.version_info == eds.response_version(request.clusters, sets):
         return Reply(304)
-    return ok(eds.response(request.clusters, sets))
+    text = json.dumps(eds.response(request.clusters, sets), separators=(",", ":"))  # Envoy's hot path: once
+    size = wire_bytes(text)
+    if size > RESPONSE_BUDGET:
+        return _eds_too_large(request.clusters, sets, size)
+    return ok(text)
 
 
 def discovery_clusters(store: Store, raw_body: bytes | None, host: str | None) -> Reply:
@@ -182,13 +333,10 @@ def discovery_clusters(store: Store, raw_body: bytes | None, host: str | None) -
     return ok(cds.response(served))
 
 
-PROMETHEUS_BUDGET = 5_500_000  # bytes: under Lambda's 6 MB response limit, with room for headers
-
-
 def _shards_needed(sets: list[EndpointSet]) -> int:
     """The fewest shards whose every shard fits the budget (hash shards are not exactly even)."""
     sizes = [
-        (endpoint_set, endpoint, len(json.dumps(group, separators=(",", ":"))) + 1)
+        (endpoint_set, endpoint, _part_bytes(group))
         for endpoint_set in sets
         for endpoint, group in zip(endpoint_set.endpoints, prometheus.target_groups([endpoint_set]), strict=True)
     ]
@@ -224,11 +372,12 @@ def prometheus_targets(
         ]
     groups = prometheus.target_groups(sets, index, count)
     text = json.dumps(groups, separators=(",", ":"))
-    if len(text) > PROMETHEUS_BUDGET:
+    size = wire_bytes(text)
+    if size > PROMETHEUS_BUDGET:
         needed = _shards_needed(sets)
         return error(
             413,
-            f"{len(text)} bytes of targets exceed one answer: split them with ?shards={needed}&shard=K "
+            f"{size} bytes of targets exceed one answer: split them with ?shards={needed}&shard=K "
             f"(K from 0 to {needed - 1}), one http_sd_configs entry per shard",
             "shards",
         )
@@ -245,7 +394,7 @@ def put_account(
         check_label(name, "name")
         account = parse_account(load_one(body, content_type, settings().max_body_bytes), name)
     except SpecError as err:
-        return error(400, err.message, err.field)
+        return error(err.status, err.message, err.field)
     stranded = [
         f"{entry.key} ({entry.upstream.ec2.region})"
         for entry in store.list_upstreams()
@@ -268,18 +417,34 @@ def put_account(
     return ok(account.describe(), 200 if previous else 201)
 
 
+def _account_name(name: str) -> Reply | None:
+    try:
+        check_label(name, "name")
+    except SpecError as err:
+        return error(400, err.message, err.field)
+    return None
+
+
 def get_account(store: Store, name: str) -> Reply:
+    bad = _account_name(name)
+    if bad:
+        return bad
     account = store.get_account(name)
     if account is None:
         return error(404, f"account {name} not found")
     return ok(account.describe())
 
 
-def list_accounts(store: Store) -> Reply:
-    return ok({"accounts": [account.describe() for account in store.list_accounts()]})
+def list_accounts(store: Store, after: str | None = None) -> Reply:
+    """Every named account, by name; past one answer's budget, a page and `next` (GET /accounts?after=NEXT)."""
+    accounts = sorted(store.list_accounts(), key=lambda account: account.name)
+    return _page("accounts", [(a.name, a.describe()) for a in accounts if not after or a.name > after])
 
 
 def delete_account(store: Store, name: str) -> Reply:
+    bad = _account_name(name)
+    if bad:
+        return bad
     users = [entry.key for entry in store.list_upstreams() if entry.upstream and entry.upstream.ec2.account == name]
     if users:
         return error(409, f"account {name} is used by {', '.join(users)}: change or delete them first")

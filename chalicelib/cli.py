@@ -1,31 +1,42 @@
-"""Operator CLI: `python -m chalicelib.cli [--stage dev] COMMAND`.
+"""Operator CLI: `python -m chalicelib.cli [--stage dev] [-o json|yaml] COMMAND`.
 
 Works against whatever AWS the environment points at (`AWS_ENDPOINT_URL`
 for an emulator). The stage's variables come from `.chalice/config.json`;
-a variable already set in the environment wins. Exit status 0 on success,
-non-zero with a one-line error otherwise.
+a variable already set in the environment wins. Output reads as kubectl's
+and glooctl's do: tables and one line per object for people, the documents
+with `-o json` or `-o yaml` for programs. Exit status 0 on success,
+non-zero with a one-line error on stderr otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import api, aws, events, runtime
+from . import api, aws, events, runtime, tables
 from .config import ConfigError, settings
 from .credentials import secret_document, secret_id
 from .discovery import full_scan, iso
-from .spec import SpecError, check_label, iter_upstreams, load_documents
+from .observability import logger
+from .spec import SpecError, Upstream, check_label, iter_upstreams, load_documents
 from .store import DocumentTooLarge, table_definitions
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+REASON_WIDTH = 80  # a longer reason is cut in the table; `-o yaml` shows it whole
+PROGRESS_AFTER = 1.0  # seconds before a long scan or event starts showing progress on a terminal
 
 
 class CliError(Exception):
@@ -51,11 +62,174 @@ def use_stage(stage: str) -> None:
     runtime.reset()
 
 
-def emit(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=False))
+# --- output ------------------------------------------------------------------------------------------------------
 
 
-def cmd_bootstrap(_: argparse.Namespace) -> None:
+def emit(value: Any, output: str | None = "json") -> None:
+    """A document as JSON or YAML."""
+    if output == "yaml":
+        print(yaml.safe_dump(value, sort_keys=False, default_flow_style=False, allow_unicode=True), end="")
+    else:
+        print(json.dumps(value, indent=2, sort_keys=False))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None) -> None:
+    """Columns as kubectl prints them: upper-case headers, left-aligned, three spaces apart."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max([len(header), *(len(row[i]) for row in cells)]) for i, header in enumerate(headers)]
+    for row in [list(headers), *cells]:
+        print("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def age(stamp: str | None, now: datetime | None = None) -> str:
+    """`2026-12-01T20:00:00Z` as kubectl's AGE: 45s, 3m, 5h, 2d; `-` for never."""
+    if not stamp:
+        return "-"
+    try:
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return stamp
+    seconds = max(0, int(((now or datetime.now(UTC)) - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * (2 if unit != "m" else 1):
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def clip(text: str, width: int = REASON_WIDTH) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def ec2_block(document: dict[str, Any]) -> dict[str, Any]:
+    spec = document.get("spec") or {}
+    block = spec.get("awsEc2") or (spec.get("upstreamSpec") or {}).get("awsEc2") or {}
+    return block if isinstance(block, dict) else {}
+
+
+def credentials_column(block: dict[str, Any]) -> str:
+    """Whose eyes the upstream looks through, short: secret NS/NAME, role ACCOUNT/NAME, account NAME."""
+    parts = []
+    ref = block.get("secretRef")
+    if isinstance(ref, dict):
+        parts.append(f"secret {ref.get('namespace', '?')}/{ref.get('name', '?')}")
+    role = block.get("roleArn")
+    if isinstance(role, str):
+        account, _, name = role.removeprefix("arn:aws:iam::").partition(":role/")
+        parts.append(f"role {account}/{name}" if name else f"role {role}")
+    if block.get("account"):
+        parts.append(f"account {block['account']}")
+    return " + ".join(parts) or "function role"
+
+
+UPSTREAM_COLUMNS = ("NAMESPACE", "NAME", "STATE", "ENDPOINTS", "REGION", "CREDENTIALS", "LAST SCAN", "REASON")
+
+
+def upstream_row(document: dict[str, Any], now: datetime) -> list[Any]:
+    metadata, status, block = document.get("metadata") or {}, document.get("status") or {}, ec2_block(document)
+    return [
+        metadata.get("namespace", ""),
+        metadata.get("name", ""),
+        status.get("state", ""),
+        status.get("endpoints", 0),
+        block.get("region", ""),
+        credentials_column(block),
+        age(status.get("lastScan"), now),
+        clip(status.get("reason", "")),
+    ]
+
+
+def print_upstreams(documents: list[dict[str, Any]]) -> None:
+    if not documents:
+        print("No upstreams found.", file=sys.stderr)
+        return
+    now = runtime.now()
+    table(UPSTREAM_COLUMNS, [upstream_row(document, now) for document in documents])
+
+
+def print_endpoints(body: dict[str, Any]) -> None:
+    endpoints = body.get("endpoints", [])
+    if not endpoints:
+        print(f"No endpoints in {body['namespace']}/{body['name']} (version {body.get('version')}).", file=sys.stderr)
+        return
+    weighted = any("weight" in endpoint for endpoint in endpoints)
+    headers = ["ADDRESS", "PORT", "INSTANCE", "ZONE", "HEALTH", *(["WEIGHT"] if weighted else [])]
+    rows = [
+        [e["address"], e["port"], e["instance_id"], e["zone"], e["health"], *([e.get("weight", 1)] if weighted else [])]
+        for e in endpoints
+    ]
+    table(headers, rows)
+
+
+ACCOUNT_COLUMNS = ("NAME", "ACCOUNT ID", "ROLE", "REGIONS", "EXTERNAL ID")
+
+
+def print_accounts(accounts: list[dict[str, Any]]) -> None:
+    if not accounts:
+        print("No accounts found.", file=sys.stderr)
+        return
+    rows = [
+        [a["name"], a["accountId"], a["roleArn"], ",".join(a["regions"]), "set" if a.get("externalId") else "-"]
+        for a in accounts
+    ]
+    table(ACCOUNT_COLUMNS, rows)
+
+
+def print_summary(title: str, summary: dict[str, Any], notes: dict[str, str] | None = None) -> None:
+    """A scan's or event's summary, one `key  value` line each; dicts as `name count` lists."""
+    notes = notes or {}
+    keys = [key for key in summary if key != "aws_calls"] + (["aws_calls"] if "aws_calls" in summary else [])
+    width = max(len(key) for key in keys)
+    print(title)
+    for key in keys:
+        value = summary[key]
+        if isinstance(value, dict):
+            shown = ", ".join(f"{name} {count}" for name, count in value.items() if count) or "none"
+        elif isinstance(value, list):
+            shown = ", ".join(map(str, value)) or "none"
+        else:
+            shown = str(value)
+        note = f"   ({notes[key]})" if key in notes else ""
+        print(f"  {key.ljust(width)}   {shown}{note}")
+
+
+@contextlib.contextmanager
+def progress(label: str, stream: TextIO | None = None) -> Iterator[None]:
+    """On a terminal (stderr a TTY), a line that counts the seconds of a long step; nothing otherwise."""
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        yield
+        return
+    done = threading.Event()
+    started = time.monotonic()
+    shown = False
+
+    def tick() -> None:
+        nonlocal shown
+        if done.wait(PROGRESS_AFTER):
+            return
+        while not done.is_set():
+            stream.write(f"\r{label}… {time.monotonic() - started:.0f} s")
+            stream.flush()
+            shown = True
+            done.wait(0.5)
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        if shown:
+            stream.write("\r\x1b[K")  # erase the progress line: the result follows on stdout
+            stream.flush()
+
+
+# --- commands ----------------------------------------------------------------------------------------------------
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> None:
     conf = settings()
     db = aws.clients().client("dynamodb")
     created = []
@@ -73,24 +247,85 @@ def cmd_bootstrap(_: argparse.Namespace) -> None:
             TableName=definition["TableName"],
             PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
         )
-    emit({"created": created, "tables": [conf.upstreams_table, conf.endpoints_table], "pointInTimeRecovery": True})
+    names = [conf.upstreams_table, conf.endpoints_table]
+    if args.output:
+        emit({"created": created, "tables": names, "pointInTimeRecovery": True}, args.output)
+        return
+    for name in names:
+        print(f"table {name} {'created' if name in created else 'exists'} (point-in-time recovery on)")
+
+
+def manifest_files(given: str) -> list[Path]:
+    """A file, or every .yaml/.yml/.json file of a directory (not its subdirectories), as `kubectl apply -f`."""
+    path = Path(given)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in MANIFEST_SUFFIXES)
+        if not files:
+            raise CliError(f"{given} holds no {'/'.join(MANIFEST_SUFFIXES)} file")
+        return files
+    return [path]
+
+
+def expand_lists(documents: list[Any]) -> list[Any]:
+    """`kind: List` (or `UpstreamList`) documents replaced by their `items`, as kubectl reads them."""
+    expanded: list[Any] = []
+    for document in documents:
+        kind = document.get("kind") if isinstance(document, dict) else None
+        if isinstance(kind, str) and kind.endswith("List"):
+            items = document.get("items")
+            if not isinstance(items, list):
+                raise SpecError(f"a {kind} needs `items`, a list of Upstream documents", "items")
+            expanded.extend(items)
+        else:
+            expanded.append(document)
+    return expanded
+
+
+def read_upstreams(given: str) -> list[Upstream]:
+    """Every upstream in a file, directory or stdin (`-`); a bad one names its file and document."""
+    upstreams: list[Upstream] = []
+    sources: list[tuple[str, bytes, str]] = []
+    if given == "-":
+        sources.append(("stdin", sys.stdin.buffer.read(), "application/yaml"))
+    else:
+        for path in manifest_files(given):
+            try:
+                body = path.read_bytes()
+            except OSError as err:
+                raise CliError(f"cannot read {path}: {err.strerror}") from None
+            sources.append((str(path), body, "application/json" if path.suffix == ".json" else "application/yaml"))
+    for name, body, content_type in sources:
+        try:
+            upstreams.extend(
+                iter_upstreams(expand_lists(load_documents(body, content_type, settings().max_body_bytes)))
+            )
+        except SpecError as err:
+            raise SpecError(f"{name}: {err.message}" if len(sources) > 1 else err.message, err.field) from None
+    return upstreams
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
-    path = Path(args.file)
-    try:
-        body = path.read_bytes() if args.file != "-" else sys.stdin.buffer.read()
-    except OSError as err:
-        raise CliError(f"cannot read {args.file}: {err.strerror}") from None
-    content_type = "application/json" if path.suffix == ".json" else "application/yaml"
-    upstreams = list(iter_upstreams(load_documents(body, content_type, settings().max_body_bytes)))
+    upstreams = [upstream for given in args.file for upstream in read_upstreams(given)]
     if not upstreams:
-        raise CliError(f"{args.file} holds no document")
+        raise CliError(f"{', '.join(args.file)} holds no document")
     store = runtime.store()
     now = iso(runtime.now())
+    actions = {}
     for upstream in upstreams:
+        existing = store.get_upstream(upstream.namespace, upstream.name)
+        if existing is not None and existing.document == upstream.document:
+            actions[upstream.key] = "unchanged"  # nothing written: status and set stay as they are
+            continue
         store.put_upstream(upstream, now)
-    emit({"applied": [upstream.key for upstream in upstreams]})
+        actions[upstream.key] = "configured" if existing else "created"
+    changed = {key for key, action in actions.items() if action != "unchanged"}
+    if changed:
+        runtime.apply_now(changed)  # served at once, as a PUT is
+    if args.output:
+        emit({"applied": list(actions)}, args.output)
+        return
+    for key, action in actions.items():
+        print(f"upstream {key} {action}")
 
 
 def cmd_get(args: argparse.Namespace) -> None:
@@ -116,7 +351,18 @@ def cmd_get(args: argparse.Namespace) -> None:
         reply = api.get_endpoints(store, args.names[0], args.names[1], None)
     if reply.status >= 400:
         raise CliError(reply.body["error"])
-    emit(reply.body)
+    if args.output:
+        emit(reply.body, args.output)
+    elif args.what == "upstreams":
+        print_upstreams(reply.body["upstreams"])
+    elif args.what == "upstream":
+        print_upstreams([reply.body])
+    elif args.what == "endpoints":
+        print_endpoints(reply.body)
+    elif args.what == "accounts":
+        print_accounts(reply.body["accounts"])
+    else:
+        print_accounts([reply.body])
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
@@ -131,7 +377,10 @@ def cmd_delete(args: argparse.Namespace) -> None:
         reply = api.delete_upstream(store, args.names[0], args.names[1])
     if reply.status >= 400:
         raise CliError(reply.body["error"])
-    emit(reply.body)
+    if args.output:
+        emit(reply.body, args.output)
+    else:
+        print(f"{args.kind} {'/'.join(args.names)} deleted")
 
 
 def cmd_account(args: argparse.Namespace) -> None:
@@ -142,14 +391,19 @@ def cmd_account(args: argparse.Namespace) -> None:
     }
     if args.external_id:
         document["externalId"] = args.external_id
-    reply = api.put_account(runtime.store(), args.name, json.dumps(document), "application/json")
+    reply = api.put_account(runtime.store(), args.name, json.dumps(document), "application/json", runtime.apply_now)
     if reply.status >= 400:
         raise SpecError(reply.body["error"], reply.body["field"])
-    emit(reply.body)
+    if args.output:
+        emit(reply.body, args.output)
+    else:
+        action = "created" if reply.status == 201 else "configured"
+        print(f"account {args.name} {action} (role {reply.body['roleArn']}, regions {','.join(reply.body['regions'])})")
 
 
-def cmd_secret(args: argparse.Namespace) -> None:
+def cmd_secret_create(args: argparse.Namespace) -> None:
     check_label(args.namespace, "--namespace")
+    check_label(args.name, "--name")  # a secretRef's name is a DNS-1123 label: no upstream could name another
     sid = secret_id(args.namespace, args.name)
     value = json.dumps(secret_document(args.access_key, args.secret_key, args.session_token))
     client = aws.clients().client("secretsmanager")
@@ -157,15 +411,110 @@ def cmd_secret(args: argparse.Namespace) -> None:
         client.create_secret(Name=sid, SecretString=value)
         action = "created"
     except ClientError as err:
-        if err.response["Error"]["Code"] != "ResourceExistsException":
+        # It exists (AWS says InvalidRequestException when it is scheduled for deletion).
+        if err.response["Error"]["Code"] not in ("ResourceExistsException", "InvalidRequestException"):
             raise
+        if "DeletedDate" in client.describe_secret(SecretId=sid):
+            client.restore_secret(SecretId=sid)  # scheduled for deletion: `create-aws` brings it back
         client.put_secret_value(SecretId=sid, SecretString=value)
         action = "updated"
-    emit({action: sid, "secretRef": {"name": args.name, "namespace": args.namespace}})
+    if args.output:
+        emit({action: sid, "secretRef": {"name": args.name, "namespace": args.namespace}}, args.output)
+    else:
+        print(f"secret {sid} {action} (secretRef: {{name: {args.name}, namespace: {args.namespace}}})")
 
 
-def cmd_scan(_: argparse.Namespace) -> None:
-    emit(full_scan(runtime.store(), runtime.inventory(), runtime.now).as_dict())
+def secret_refs_in_use() -> dict[tuple[str, str], list[str]]:
+    """(namespace, name) of each secretRef -> the upstreams naming it."""
+    used: dict[tuple[str, str], list[str]] = {}
+    for entry in runtime.store().list_upstreams():
+        if entry.upstream is not None and entry.upstream.credentials.secret:
+            used.setdefault(entry.upstream.credentials.secret, []).append(entry.key)
+    return used
+
+
+def cmd_secret_list(args: argparse.Namespace) -> None:
+    prefix = settings().secret_prefix
+    client = aws.clients().client("secretsmanager")
+    found = []
+    for page in client.get_paginator("list_secrets").paginate(Filters=[{"Key": "name", "Values": [prefix]}]):
+        for secret in page["SecretList"]:
+            namespace, _, name = secret["Name"].removeprefix(prefix).partition("/")
+            if not secret["Name"].startswith(prefix) or not name or "/" in name:
+                continue
+            changed = secret.get("LastChangedDate") or secret.get("CreatedDate")
+            found.append(
+                {
+                    "namespace": namespace,
+                    "name": name,
+                    "secretId": secret["Name"],
+                    "lastChanged": changed.astimezone(UTC).isoformat().replace("+00:00", "Z") if changed else None,
+                }
+            )
+    used = secret_refs_in_use()
+    for secret in found:
+        secret["usedBy"] = used.get((secret["namespace"], secret["name"]), [])
+    found.sort(key=lambda s: (s["namespace"], s["name"]))
+    if args.output:
+        emit({"secrets": found}, args.output)  # never a value: only names
+        return
+    if not found:
+        print(f"No secrets found under {prefix}.", file=sys.stderr)
+        return
+    now = runtime.now()
+    rows = [
+        [s["namespace"], s["name"], s["secretId"], age(s["lastChanged"], now), ",".join(s["usedBy"]) or "-"]
+        for s in found
+    ]
+    table(("NAMESPACE", "NAME", "SECRET ID", "CHANGED", "USED BY"), rows)
+
+
+def cmd_secret_delete(args: argparse.Namespace) -> None:
+    check_label(args.namespace, "--namespace")
+    check_label(args.name, "--name")
+    sid = secret_id(args.namespace, args.name)
+    users = secret_refs_in_use().get((args.namespace, args.name), [])
+    client = aws.clients().client("secretsmanager")
+    try:
+        client.describe_secret(SecretId=sid)  # a forced delete of an absent secret would "succeed"
+        if args.now:
+            client.delete_secret(SecretId=sid, ForceDeleteWithoutRecovery=True)
+        else:
+            client.delete_secret(SecretId=sid, RecoveryWindowInDays=args.recovery_days)
+    except ClientError as err:
+        if err.response["Error"]["Code"] == "ResourceNotFoundException":
+            raise CliError(f"secret {sid} not found") from None
+        raise
+    result: dict[str, Any] = {"deleted": sid, "recoveryWindowInDays": 0 if args.now else args.recovery_days}
+    if users:
+        result["usedBy"] = users
+    if args.output:
+        emit(result, args.output)
+        return
+    if args.now:
+        print(f"secret {sid} deleted")
+    else:
+        print(f"secret {sid} scheduled for deletion in {args.recovery_days} days (`create-aws` restores it)")
+    if users:
+        print(f"warning: still named by {', '.join(users)}: they go to Error at the next scan", file=sys.stderr)
+
+
+ERROR_NOTE = "see STATE and REASON in `get upstreams`"
+SCAN_NOTES = {
+    "instances": "running instances in all listings: one counted once per group that lists it",
+    "errors": ERROR_NOTE,
+}
+
+
+def cmd_scan(args: argparse.Namespace) -> None:
+    with progress("scanning"):
+        summary = full_scan(runtime.store(), runtime.inventory(), runtime.now).as_dict()
+    if args.output:
+        emit(summary, args.output)
+    else:
+        print_summary(
+            "scan finished", summary, SCAN_NOTES if summary["errors"] else {"instances": SCAN_NOTES["instances"]}
+        )
 
 
 def cmd_event(args: argparse.Namespace) -> None:
@@ -175,97 +524,234 @@ def cmd_event(args: argparse.Namespace) -> None:
         raise CliError(f"cannot read {args.file}: {err.strerror}") from None
     except json.JSONDecodeError as err:
         raise CliError(f"{args.file} is not JSON: {err}") from None
-    result = events.deliver(raw)
-    emit(result)
+    with progress("delivering the event"):
+        result = events.deliver(raw)
     if result.get("ignored") and not result.get("kind"):
-        raise CliError(result["ignored"])
+        raise CliError(f"event ignored: {result['ignored']}")
+    if args.output:
+        emit(result, args.output)
+    else:
+        print_summary("event handled", result)
+
+
+# --- the parser --------------------------------------------------------------------------------------------------
+
+
+class Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Descriptions as written, and every option's default shown."""
+
+
+def common_options(defaults: bool) -> argparse.ArgumentParser:
+    """--stage and -o, accepted before the command and after it (`account add --stage prod …`)."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--stage",
+        default="dev" if defaults else argparse.SUPPRESS,
+        help="Chalice stage whose settings (table names, prefixes) to use; from .chalice/config.json"
+        + ("" if defaults else " (default: dev)"),
+    )
+    options.add_argument(
+        "-o",
+        "--output",
+        choices=["json", "yaml"],
+        default=None if defaults else argparse.SUPPRESS,
+        help="print the document(s) as JSON or YAML instead of a table or one line per object"
+        + ("" if defaults else " (default: the table or lines)"),
+    )
+    options.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if defaults else argparse.SUPPRESS,
+        help="also show the service's own log lines (JSON) on stderr",
+    )
+    return options
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m chalicelib.cli", description="Operate ec2-eds.")
-    top.add_argument("--stage", default="dev", help="Chalice stage whose settings to use (default dev)")
-    # --stage is accepted after the command too (`cli bootstrap --stage prod`).
-    staged = argparse.ArgumentParser(add_help=False)
-    staged.add_argument("--stage", default=argparse.SUPPRESS, help="Chalice stage (default dev)")
+    common = common_options(defaults=False)
+    top = argparse.ArgumentParser(
+        prog="python -m chalicelib.cli",
+        description="Operate ec2-eds: upstreams, their endpoints, accounts, secrets, scans and events.",
+        epilog="Options --stage, -o and -v go before or after the command. `COMMAND --help` describes each.",
+        parents=[common_options(defaults=True)],
+        formatter_class=Help,
+    )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("bootstrap", parents=[staged], help="create the tables (idempotent)").set_defaults(
-        run=cmd_bootstrap
-    )
+    def command(name: str, summary: str, description: str | None = None) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, parents=[common], help=summary, description=description or summary, formatter_class=Help
+        )
 
-    apply = commands.add_parser("apply", parents=[staged], help="create or replace the upstream(s) in a YAML/JSON file")
-    apply.add_argument("-f", "--file", required=True, help="file with one or more Upstream documents, - for stdin")
+    command(
+        "bootstrap",
+        "create the DynamoDB tables (idempotent)",
+        "Create the stage's two DynamoDB tables (UPSTREAMS_TABLE, ENDPOINTS_TABLE) with point-in-time\n"
+        "recovery on. Tables that exist are left as they are.",
+    ).set_defaults(run=cmd_bootstrap)
+
+    apply = command(
+        "apply",
+        "create or replace the upstreams in files or a directory",
+        "Create or replace every Upstream document in the given YAML/JSON files: multi-document YAML,\n"
+        "`kind: List` with `items`, a directory (its .yaml/.yml/.json files), or - for stdin.\n"
+        "Every document is checked before any is stored: one bad document stores nothing.",
+    )
+    apply.add_argument(
+        "-f",
+        "--file",
+        required=True,
+        action="append",
+        metavar="PATH",
+        help="file, directory or - (stdin); repeat for more",
+    )
     apply.set_defaults(run=cmd_apply)
 
-    get = commands.add_parser(
-        "get", parents=[staged], help="print upstreams, an upstream, its endpoints or accounts as JSON"
+    get = command(
+        "get",
+        "show upstreams, an upstream, its endpoints, or accounts",
+        "get upstreams | get upstream NAMESPACE NAME | get endpoints NAMESPACE NAME |\n"
+        "get accounts | get account NAME\n\n"
+        "A table by default (upstreams: NAMESPACE NAME STATE ENDPOINTS REGION CREDENTIALS LAST SCAN REASON;\n"
+        "endpoints: ADDRESS PORT INSTANCE ZONE HEALTH); -o json|yaml prints the API's documents.",
     )
-    get.add_argument("what", choices=["upstreams", "upstream", "endpoints", "accounts", "account"])
+    get.add_argument("what", choices=["upstreams", "upstream", "endpoints", "accounts", "account"], help="what to show")
     get.add_argument("names", nargs="*", metavar="NAME", help="NAMESPACE NAME for upstream/endpoints, NAME for account")
     get.set_defaults(run=cmd_get)
 
-    delete = commands.add_parser(
-        "delete", parents=[staged], help="remove an upstream (and its endpoint set) or an unused account"
+    delete = command(
+        "delete",
+        "remove an upstream (and its endpoint set) or an unused account",
+        "delete upstream NAMESPACE NAME | delete account NAME\n\nAn account still named by an upstream is not deleted.",
     )
-    delete.add_argument("kind", choices=["upstream", "account"])
+    delete.add_argument("kind", choices=["upstream", "account"], help="what to delete")
     delete.add_argument("names", nargs="+", metavar="NAME", help="NAMESPACE NAME for upstream, NAME for account")
     delete.set_defaults(run=cmd_delete)
 
-    account = commands.add_parser(
-        "account", parents=[staged], help="named accounts (as `hal config provider aws account`)"
-    )
+    account = command("account", "named accounts (as `hal config provider aws account`)")
     account_verbs = account.add_subparsers(dest="verb", required=True, metavar="VERB")
-    add = account_verbs.add_parser("add", help="create or replace a named account")
-    add.add_argument("name")
+    add = account_verbs.add_parser(
+        "add",
+        parents=[common],
+        help="create or replace a named account",
+        description="Create or replace a named account; an upstream names it with `account: NAME`.",
+        formatter_class=Help,
+    )
+    add.add_argument("name", help="the account's name, a DNS-1123 label (lower case letters, digits, '-')")
     add.add_argument("--account-id", required=True, help="the 12-digit AWS account id")
     add.add_argument("--assume-role", required=True, help="role/NAME (in that account) or the role's ARN")
     add.add_argument("--regions", required=True, help="comma-separated regions, e.g. us-east-1,eu-west-1")
-    add.add_argument("--external-id", help="the sts:ExternalId the role's trust policy demands")
+    add.add_argument("--external-id", help="the sts:ExternalId the role's trust policy demands (default: none)")
     add.set_defaults(run=cmd_account)
 
-    secret = commands.add_parser("secret", parents=[staged], help="store credentials where a secretRef finds them")
-    secret_kinds = secret.add_subparsers(dest="kind", required=True, metavar="KIND")
-    create = secret_kinds.add_parser("create-aws", help="as `glooctl create secret aws` does")
-    create.add_argument("--name", required=True)
-    create.add_argument("--namespace", default="gloo-system")
-    create.add_argument("--access-key", required=True)
-    create.add_argument("--secret-key", required=True)
-    create.add_argument("--session-token")
-    create.set_defaults(run=cmd_secret)
-
-    commands.add_parser("scan", parents=[staged], help="run a full reconcile and print its summary").set_defaults(
-        run=cmd_scan
+    secret = command(
+        "secret",
+        "AWS keys where a secretRef finds them (Secrets Manager)",
+        "Secrets Manager secrets named {SECRET_PREFIX}{namespace}/{name}, which an upstream's\n"
+        "`secretRef: {name, namespace}` resolves to. Values are never printed.",
     )
+    secret_verbs = secret.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    event = commands.add_parser(
-        "event", parents=[staged], help="deliver an EventBridge event (JSON file) to the event handler"
+    def secret_verb(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        verb = secret_verbs.add_parser(
+            name, parents=[common], help=summary, description=description, formatter_class=Help
+        )
+        verb.add_argument("--name", required=True, help="the secretRef's name, a DNS-1123 label")
+        verb.add_argument("--namespace", default="gloo-system", help="the secretRef's namespace, a DNS-1123 label")
+        return verb
+
+    create = secret_verb(
+        "create-aws",
+        "store AWS keys (as `glooctl create secret aws`)",
+        "Store AWS keys as `glooctl create secret aws` does: created, or updated if it exists\n"
+        "(restored first if it was scheduled for deletion).",
     )
-    event.add_argument("file")
+    create.add_argument("--access-key", required=True, help="the AWS access key id")
+    create.add_argument("--secret-key", required=True, help="the AWS secret access key")
+    create.add_argument("--session-token", help="a session token, for temporary keys (default: none)")
+    create.set_defaults(run=cmd_secret_create)
+
+    listing = secret_verbs.add_parser(
+        "list",
+        parents=[common],
+        help="list the stored secrets and the upstreams naming each",
+        description="The secrets under SECRET_PREFIX, with the upstreams whose secretRef names each (never values).",
+        formatter_class=Help,
+    )
+    listing.set_defaults(run=cmd_secret_list)
+
+    remove = secret_verb(
+        "delete",
+        "delete a secret",
+        "Delete a secret. Secrets Manager keeps it for a recovery window first (`create-aws` brings\n"
+        "it back); --now deletes it without one. Upstreams still naming it go to Error at the next scan.",
+    )
+    remove.add_argument(
+        "--recovery-days",
+        type=int,
+        default=7,
+        choices=range(7, 31),
+        metavar="7-30",
+        help="days Secrets Manager keeps the secret recoverable",
+    )
+    remove.add_argument("--now", action="store_true", help="delete at once, without a recovery window")
+    remove.set_defaults(run=cmd_secret_delete)
+
+    command(
+        "scan",
+        "run a full reconcile now and print its summary",
+        "List every (credentials, region) group once, recompute every upstream and write what changed,\n"
+        "as the schedule does. `instances` counts each group's listing: an instance listed by two\n"
+        "groups counts twice.",
+    ).set_defaults(run=cmd_scan)
+
+    event = command(
+        "event",
+        "deliver an EventBridge event (a JSON file) to the event handler",
+        "Deliver an EventBridge event, JSON as EventBridge sends it (`python -m devtools.fleet event`\n"
+        "builds one), to the handler code the Lambda functions run.",
+    )
+    event.add_argument("file", help="the event's JSON file, or - for stdin")
     event.set_defaults(run=cmd_event)
     return top
 
 
+def one_line(err: SpecError) -> str:
+    """The message, with the field's path in front unless the message names it already."""
+    if err.field and err.field not in err.message:
+        return f"{err.field}: {err.message}"
+    return err.message
+
+
+def failure(err: BaseException, stage: str) -> tuple[str, int]:
+    """The one line and the exit status for an error."""
+    if isinstance(err, SpecError):
+        return one_line(err), 2
+    if tables.is_missing_table(err):
+        return tables.missing_table_message(stage, tables.missing_tables()), 1
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        return f"AWS {error.get('Code')}: {error.get('Message')}", 1
+    if isinstance(err, BotoCoreError):
+        return f"AWS: {err}", 1
+    return str(err), 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    previous = logger.log_level
+    logger.setLevel("INFO" if args.verbose else "ERROR")  # a terminal shows the result, not the log lines
+    run: Callable[[argparse.Namespace], None] = args.run
     try:
         use_stage(args.stage)
-        args.run(args)
-    except SpecError as err:
-        print(
-            f"error: {err.field + ': ' if err.field and not err.message.startswith(err.field) else ''}{err.message}",
-            file=sys.stderr,
-        )
-        return 2
-    except (CliError, ConfigError, DocumentTooLarge) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except ClientError as err:
-        error = err.response.get("Error", {})
-        print(f"error: AWS {error.get('Code')}: {error.get('Message')}", file=sys.stderr)
-        return 1
-    except BotoCoreError as err:
-        print(f"error: AWS: {err}", file=sys.stderr)
-        return 1
+        run(args)
+    except (SpecError, CliError, ConfigError, DocumentTooLarge, ClientError, BotoCoreError) as err:
+        message, status = failure(err, args.stage)
+        print(f"error: {message}", file=sys.stderr)
+        return status
+    finally:
+        logger.setLevel(previous)  # `make run` calls main() in-process and keeps its own level
     return 0
 
 

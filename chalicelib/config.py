@@ -44,6 +44,10 @@ class Settings(BaseModel):
     # which Envoy sets to its API cluster's name) and how often they poll.
     cds_eds_cluster: str | None = Field(None, min_length=1, max_length=253, alias="CDS_EDS_CLUSTER")
     cds_eds_refresh_seconds: float = Field(5.0, ge=0.05, le=3600, alias="CDS_EDS_REFRESH_SECONDS")
+    # ASG terminate lifecycle (chalicelib/lifecycle.py): how long an instance stays DRAINING before ec2-eds
+    # completes the hook (default 2 x CDS_EDS_REFRESH_SECONDS), and the SQS delay queue that holds the wait.
+    drain_seconds: float | None = Field(None, ge=0, le=7200, alias="DRAIN_SECONDS")
+    drain_queue: str = Field("ec2-eds-dev-drain", min_length=1, max_length=80, alias="DRAIN_QUEUE")
 
     model_config = {"populate_by_name": True, "frozen": True}
 

@@ -11,12 +11,12 @@ current the server answers 304 with no body.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .endpoints import EndpointSet
+from .spec import SpecError, load_json
 
 CLA_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 ABSENT_VERSION = "absent"
@@ -24,7 +24,11 @@ MAX_CLUSTERS = 100
 
 
 class EdsRequestError(ValueError):
-    """A DiscoveryRequest the server cannot answer (400)."""
+    """A DiscoveryRequest the server cannot answer (400); `field` is the offending field's path or None."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,22 +46,25 @@ def parse_request(raw: bytes | str | None) -> EdsRequest:
     if not raw:
         raise EdsRequestError("the body must be a DiscoveryRequest (JSON), got nothing")
     try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise EdsRequestError("the body is not JSON: expected a DiscoveryRequest") from None
+        body = load_json(raw)
+    except SpecError as err:
+        raise EdsRequestError(f"the body is not a strict JSON DiscoveryRequest: {err.message}", err.field) from None
     if not isinstance(body, dict):
         raise EdsRequestError("the body must be a JSON object (a DiscoveryRequest)")
     type_url = _field(body, "type_url", "typeUrl")
     if type_url not in (None, "", CLA_TYPE):
-        raise EdsRequestError(f"type_url must be {CLA_TYPE}, got {type_url!r}")
+        raise EdsRequestError(f"type_url must be {CLA_TYPE}, got {type_url!r}", "type_url")
     names = _field(body, "resource_names", "resourceNames")
     if not isinstance(names, list) or not names or not all(isinstance(name, str) and name for name in names):
-        raise EdsRequestError("resource_names must list the cluster names to load (name_namespace)")
+        raise EdsRequestError("resource_names must list the cluster names to load (name_namespace)", "resource_names")
     if len(names) > MAX_CLUSTERS:
-        raise EdsRequestError(f"at most {MAX_CLUSTERS} clusters per request")
+        raise EdsRequestError(
+            f"at most {MAX_CLUSTERS} clusters per request, got {len(names)}: split them over several requests",
+            "resource_names",
+        )
     version = _field(body, "version_info", "versionInfo")
     if version is not None and not isinstance(version, str):
-        raise EdsRequestError("version_info must be a string")
+        raise EdsRequestError("version_info must be a string", "version_info")
     return EdsRequest(tuple(dict.fromkeys(names)), version or None)
 
 

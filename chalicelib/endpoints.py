@@ -67,7 +67,7 @@ class Endpoint:
             return (9, self.address, self.port, self.instance_id)
 
     def public(self) -> dict[str, Any]:
-        """The entry of `GET /endpoints`, as DESIGN.md gives it."""
+        """The entry of `GET /endpoints/{namespace}/{name}`, as the README documents it."""
         data: dict[str, Any] = {
             "address": self.address,
             "port": self.port,

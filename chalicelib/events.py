@@ -263,38 +263,13 @@ def membership(upstream: Upstream, instance: Instance | None, draining: frozense
     return endpoint_of(upstream, instance, draining)
 
 
-def update_one(
-    store: Store, entry: StoredUpstream, instance_id: str, endpoint: Endpoint | None, guard: Guard
-) -> tuple[bool, int, bool]:
-    """Apply one instance's membership to an upstream's stored set: (changed, conflicts, superseded).
-
-    The write is guarded: the upstream is still the generation read, and this observation of
-    the instance is still the newest recorded (`superseded` when a newer one was: that
-    observer applies its own, so this one stops).
-    """
-    upstream = entry.upstream
-    assert upstream is not None
-    for conflicts in range(WRITE_ATTEMPTS):  # each further round follows another writer's newer set
-        current = store.get_endpoint_set(upstream.namespace, upstream.name)
-        if current is None:
-            return False, conflicts, False  # never scanned: the next full scan builds the whole set
-        kept = [e for e in current.endpoints if e.instance_id != instance_id]
-        endpoint = keep_unhealthy(endpoint, current)
-        wanted = EndpointSet.build(
-            upstream.namespace, upstream.name, current.region, kept + ([endpoint] if endpoint else [])
-        )
-        if wanted.digest == current.digest:
-            return False, conflicts, False
-        outcome = store.write_set(wanted, current.digest, guard)
-        if outcome is Outcome.WRITTEN:
-            unhealthy, draining = health_counts(wanted)
-            status = replace(entry.status, endpoints=len(wanted.endpoints), unhealthy=unhealthy, draining=draining)
-            if status != entry.status:
-                store.put_status(upstream.namespace, upstream.name, status, entry.generation)
-            return True, conflicts, False
-        if outcome is not Outcome.SET_CHANGED:  # a newer observation, or the upstream was replaced
-            return False, conflicts, outcome is Outcome.OBSERVED
-    raise RuntimeError(f"could not update {upstream.key} after {WRITE_ATTEMPTS} conflicting writes")
+def desired_set(
+    entry: StoredUpstream, current: EndpointSet, instance_id: str, endpoint: Endpoint | None
+) -> EndpointSet:
+    """The set with one instance's membership replaced."""
+    kept = [e for e in current.endpoints if e.instance_id != instance_id]
+    endpoint = keep_unhealthy(endpoint, current)
+    return EndpointSet.build(entry.namespace, entry.name, current.region, kept + ([endpoint] if endpoint else []))
 
 
 def keep_unhealthy(endpoint: Endpoint | None, current: EndpointSet) -> Endpoint | None:
@@ -328,40 +303,71 @@ def _apply_group(
     trigger: Trigger,
     group: GroupKey,
     members: list[StoredUpstream],
-    describe: Callable[[GroupKey], Instance | None | DiscoveryError],
-    at: str,
+    describe: Callable[[GroupKey, bool], Instance | None | DiscoveryError],
+    clock: Callable[[], datetime],
     draining: frozenset[str],
     summary: EventSummary,
 ) -> None:
-    """Describe the instance for one group, record the observation, apply it to each upstream."""
-    instance = describe(group)
-    if isinstance(instance, DiscoveryError):
-        summary.errors += 1
-        logger.warning(
-            "describing the event's instance failed; the next scan retries",
-            extra={"group": str(group), "error_code": instance.code, "reason": str(instance)},
-        )
-        count_with("DiscoveryErrors", 1, {"group": str(group), "code": instance.code})
-        return
-    if not store.observe(group.id, trigger.instance_id, at):
-        summary.superseded += 1  # a newer observation of this instance is being applied
-        return
-    for entry in members:
-        assert entry.upstream is not None
-        summary.upstreams += 1
-        guard = Guard(generation=entry.generation, group=group.id, instance=(trigger.instance_id, at))
-        try:
-            endpoint = membership(entry.upstream, instance, draining)
-            changed, conflicts, superseded = update_one(store, entry, trigger.instance_id, endpoint, guard)
-        except Exception as err:  # noqa: BLE001 - one upstream must not stop the others
+    """Apply what EC2 says of the instance now to each upstream of one group.
+
+    Optimistic, in the order that makes an observation win only over older ones: read the
+    sets, then observe the instance (note the time, describe, record it in the group's log
+    if it is the newest), then write each changed set guarded by "the set is still the one
+    read, and this observation is still the newest". A set changed meanwhile (by a scan or
+    another event) means the observation may be older than what the set now reflects: start
+    again with a fresh observation. A newer observation recorded meanwhile: stop, its
+    observer applies it.
+    """
+    instance_id = trigger.instance_id
+    for attempt in range(WRITE_ATTEMPTS):
+        current = {entry.key: store.get_endpoint_set(entry.namespace, entry.name) for entry in members}
+        at = observation_time(clock)
+        instance = describe(group, attempt > 0)
+        if isinstance(instance, DiscoveryError):
             summary.errors += 1
-            log_unexpected("applying an event to an upstream failed", err, upstream=entry.key)
-            continue
-        summary.changed += changed
-        summary.conflicts += conflicts
-        if superseded:
-            summary.superseded += 1
+            logger.warning(
+                "describing the event's instance failed; the next scan retries",
+                extra={"group": str(group), "error_code": instance.code, "reason": str(instance)},
+            )
+            count_with("DiscoveryErrors", 1, {"group": str(group), "code": instance.code})
             return
+        if not store.observe(group.id, instance_id, at):
+            summary.superseded += 1  # a newer observation of this instance is being applied
+            return
+        changed_meanwhile = False
+        for entry in members:
+            assert entry.upstream is not None
+            summary.upstreams += attempt == 0
+            stored_set = current[entry.key]
+            if stored_set is None:
+                continue  # never scanned: the next full scan builds the whole set
+            guard = Guard(generation=entry.generation, group=group.id, instance=(instance_id, at))
+            try:
+                wanted = desired_set(entry, stored_set, instance_id, membership(entry.upstream, instance, draining))
+                if wanted.digest == stored_set.digest:
+                    continue
+                outcome = store.write_set(wanted, stored_set.digest, guard)
+            except Exception as err:  # noqa: BLE001 - one upstream must not stop the others
+                summary.errors += 1
+                log_unexpected("applying an event to an upstream failed", err, upstream=entry.key)
+                continue
+            if outcome is Outcome.WRITTEN:
+                summary.changed += 1
+                unhealthy, draining_count = health_counts(wanted)
+                status = replace(
+                    entry.status, endpoints=len(wanted.endpoints), unhealthy=unhealthy, draining=draining_count
+                )
+                if status != entry.status:
+                    store.put_status(entry.namespace, entry.name, status, entry.generation)
+            elif outcome is Outcome.SET_CHANGED:
+                changed_meanwhile = True
+            elif outcome is Outcome.OBSERVED:
+                summary.superseded += 1
+                return
+        if not changed_meanwhile:
+            return
+        summary.conflicts += 1
+    raise RuntimeError(f"could not apply the event to group {group} after {WRITE_ATTEMPTS} conflicting writes")
 
 
 def handle(
@@ -392,11 +398,10 @@ def handle(
             store.set_mark(DRAINING, trigger.instance_id, until)
             draining |= {trigger.instance_id}
         described: dict[GroupKey, Instance | None | DiscoveryError] = {}
-        at = observation_time(clock)  # taken before any describe: the observation is at least this fresh
 
-        def describe(group: GroupKey) -> Instance | None | DiscoveryError:
-            """The instance as EC2 sees it now, once per group whatever asks."""
-            if group not in described:
+        def describe(group: GroupKey, fresh: bool = False) -> Instance | None | DiscoveryError:
+            """The instance as EC2 sees it now, once per group whatever asks (unless `fresh`)."""
+            if fresh or group not in described:
                 try:
                     found = lister.describe(group.credentials, group.region, [trigger.instance_id])
                     described[group] = found[0] if found else None
@@ -425,7 +430,7 @@ def handle(
         summary.groups = len(groups)
         for group, members in groups.items():
             try:
-                _apply_group(store, trigger, group, members, describe, at, draining, summary)
+                _apply_group(store, trigger, group, members, describe, clock, draining, summary)
             except Exception as err:  # noqa: BLE001 - one group must not stop the others
                 summary.errors += 1
                 log_unexpected("applying an event to a group failed", err, group=str(group))

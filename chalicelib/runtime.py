@@ -10,10 +10,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from . import aws, config
+from . import aws, config, lifecycle
 from .config import settings
-
-__all__ = ["settings"]  # re-exported for the entry points
 from .credentials import CredentialResolver
 from .events import AccountResolver
 from .inventory import Ec2Inventory
@@ -62,9 +60,21 @@ def monotonic() -> float:
     return time.monotonic()
 
 
+def apply_now(keys: set[str]) -> None:
+    """A changed upstream or account is served at once: its groups are reconciled now, within
+    APPLY_SECONDS; what does not fit is left to the next scan (`PUT` routes and `cli apply`)."""
+    from .discovery import full_scan  # the use case, composed here like the others
+
+    conf = settings()
+    deadline = monotonic() + conf.apply_seconds
+    # A group is started only while the budget lasts (the scan keeps its usual margin on top).
+    full_scan(store(), inventory(), now, lambda: conf.scan_deadline_margin_seconds + deadline - monotonic(), only=keys)
+
+
 def reset() -> None:
     """Forget every dependency and client, e.g. after pointing at another emulator."""
     global _store, _resolver, _inventory, _accounts
     _store = _resolver = _inventory = _accounts = None
     aws.reset()
     config.reset()
+    lifecycle.reset()

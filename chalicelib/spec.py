@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ JSON_TYPES = ("application/json",)
 class SpecError(ValueError):
     """A document that is not a valid EC2 upstream; `field` is its path or None."""
 
+    status = 400
+
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -38,6 +41,12 @@ class SpecError(ValueError):
 
     def as_dict(self) -> dict[str, str | None]:
         return {"error": self.message, "field": self.field}
+
+
+class BodyTooLarge(SpecError):
+    """A body over the size limit, refused before it is read (HTTP 413 Content Too Large)."""
+
+    status = 413
 
 
 class _Strict(BaseModel):
@@ -248,6 +257,16 @@ def _path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
+def _quote_hint(error: Any) -> str:
+    """What to do when YAML read an unquoted number or boolean where a string belongs."""
+    given = error.get("input")
+    if error.get("type") != "string_type" or not isinstance(given, (bool, int, float)):
+        return ""
+    if isinstance(given, bool):  # YAML 1.1: true, yes, on, ... unquoted
+        return " (YAML read an unquoted true/false/yes/no/on/off as a boolean: put the value in quotes)"
+    return f" (YAML read the unquoted number {given}: put it in quotes, '{given}')"
+
+
 def _expect_mapping(value: Any, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SpecError(f"{field} must be a mapping", field)
@@ -267,7 +286,8 @@ def parse_upstream(document: Any, namespace: str | None = None, name: str | None
     for field, from_url in (("name", name), ("namespace", namespace)):
         given = metadata.get(field)
         if given is not None and not isinstance(given, str):
-            raise SpecError(f"metadata.{field} must be a string", f"metadata.{field}")
+            hint = _quote_hint({"type": "string_type", "input": given})
+            raise SpecError(f"metadata.{field} must be a string{hint}", f"metadata.{field}")
         if given is not None and from_url is not None and given != from_url:
             raise SpecError(
                 f"metadata.{field} {given!r} differs from the {field} in the path {from_url!r}",
@@ -300,7 +320,7 @@ def parse_upstream(document: Any, namespace: str | None = None, name: str | None
     except ValidationError as err:
         first = err.errors()[0]
         field = _path(prefix, tuple(part for part in first["loc"] if part != "tagged-union"))
-        message = first["msg"].removeprefix("Value error, ")
+        message = first["msg"].removeprefix("Value error, ") + _quote_hint(first)
         raise SpecError(f"{field}: {message}", field) from None
     try:
         gloo_options.translate_document(doc)  # an option Envoy's cluster would not get is refused, not dropped
@@ -372,23 +392,103 @@ def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
+# --- one rule for what a document may hold, whichever syntax it came in -----------------------
+#
+# What is stored and echoed is JSON, so a document may hold only what strict JSON (RFC 8259)
+# and a protobuf field (Gloo's Upstream is one) can carry: string keys, each given once; finite
+# numbers; integers within 64 bits. The parsers' hooks turn anything else into a `_Refused`
+# marker instead of raising (or, for huge integers, instead of Python's own 4300-digit limit
+# raising a bare ValueError), and `_check_json_safe` refuses the first marker it meets with the
+# path where it stands: one walk, one message shape for JSON and YAML alike.
+
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # proto3 int64 .. uint64
+_MAX_INT_LITERAL = 100  # characters: any integer literal longer is out of range in every base
+
+
+class _Refused:
+    """A value the document may not hold, found by a parser; refused with its path after parsing."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+class _DuplicateKeys(dict[str, Any]):
+    """A JSON object that gave `key` more than once (the parser keeps the last; we refuse it)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]], key: str) -> None:
+        super().__init__(pairs)
+        self.key = key
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return _DuplicateKeys(pairs, key)
+        seen.add(key)
+    return dict(pairs)
+
+
+def _json_int(text: str) -> int | _Refused:
+    if len(text) > _MAX_INT_LITERAL:
+        return _Refused(f"the integer of {len(text.lstrip('-'))} digits is out of range ({INT_MIN} to {INT_MAX})")
+    return int(text)
+
+
+def _json_float(text: str) -> float | _Refused:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        return _Refused(f"the number {text[:40]} is too large for a double")
+    return value
+
+
+def _json_constant(text: str) -> _Refused:
+    return _Refused(f"{text} is not JSON: numbers must be finite")
+
+
+def _yaml_int(loader: _SafeLoader, node: yaml.ScalarNode) -> int | _Refused:
+    text = str(node.value).replace("_", "")
+    if len(text) > _MAX_INT_LITERAL:
+        return _Refused(f"the integer of {len(text)} characters is out of range ({INT_MIN} to {INT_MAX})")
+    return int(yaml.SafeLoader.construct_yaml_int(loader, node))
+
+
+_SafeLoader.add_constructor("tag:yaml.org,2002:int", _yaml_int)
+
+
+def load_json(text: str | bytes) -> Any:
+    """Strict JSON: duplicate keys, NaN/Infinity and integers past 64 bits are a SpecError naming their path."""
+    try:
+        doc = json.loads(
+            text,
+            object_pairs_hook=_json_object,
+            parse_int=_json_int,
+            parse_float=_json_float,
+            parse_constant=_json_constant,
+        )
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise SpecError(f"the body is not valid JSON: {err}") from None
+    except (ValueError, UnicodeDecodeError):  # bytes that are not UTF-8/16/32 JSON text
+        raise SpecError("the body is not valid JSON") from None
+    _check_depth(doc)
+    _check_json_safe(doc)
+    return doc
+
+
 def load_documents(body: bytes | str, content_type: str | None, max_bytes: int) -> list[Any]:
     """Every document in a JSON or (multi-document) YAML body."""
     raw = body.encode() if isinstance(body, str) else body
     if len(raw) > max_bytes:
-        raise SpecError(f"the document is larger than {max_bytes} bytes")
+        raise BodyTooLarge(f"the body is {len(raw)} bytes, larger than {max_bytes} bytes (MAX_BODY_BYTES)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SpecError("the body is not UTF-8 text") from None
     media = _media_type(content_type)
     if media in JSON_TYPES:
-        try:
-            doc = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as err:
-            raise SpecError(f"the body is not valid JSON: {err}") from None
-        _check_depth(doc)
-        return [doc]
+        return [load_json(text)]
     try:
         docs = [doc for doc in yaml.load_all(text, Loader=_SafeLoader) if doc is not None]
     except yaml.YAMLError as err:
@@ -404,18 +504,40 @@ def _yaml_message(err: yaml.YAMLError) -> str:
     return " ".join(str(err).split())
 
 
+def _check_text(text: str, where: str | None) -> None:
+    """Unicode text only: an escaped lone surrogate (`"\\ud800"`) is no character (RFC 8259 section 8.2)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SpecError("a string holds a lone surrogate (\\ud800-\\udfff escape): not Unicode text", where) from None
+
+
 def _check_json_safe(value: Any, path: str = "") -> None:
-    """YAML can say more than JSON: refuse binary values and keys that are not strings."""
+    """Refuse what JSON cannot hold: markers left by the parsers, non-finite floats, huge integers,
+    binary values and keys that are not strings (YAML can say all of these)."""
+    where = path or None
+    if isinstance(value, _DuplicateKeys):
+        field = f"{path}.{value.key}" if path else value.key
+        raise SpecError(f"the key {value.key!r} is given twice", field)
     if isinstance(value, dict):
         for key, child in value.items():
             if not isinstance(key, str):
-                raise SpecError(f"mapping keys must be strings, got {key!r}", path or None)
+                raise SpecError(f"mapping keys must be strings, got {str(key)[:40]!r}", where)
+            _check_text(key, where)
             _check_json_safe(child, f"{path}.{key}" if path else key)
     elif isinstance(value, list):
         for index, child in enumerate(value):
             _check_json_safe(child, f"{path}[{index}]")
+    elif isinstance(value, _Refused):
+        raise SpecError(value.why, where)
+    elif isinstance(value, str):
+        _check_text(value, where)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"{value} is not a JSON number: numbers must be finite", where)
+    elif isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+        raise SpecError(f"the integer is out of range ({INT_MIN} to {INT_MAX})", where)
     elif not isinstance(value, str | int | float | bool | type(None)):
-        raise SpecError(f"{type(value).__name__} values are not accepted (JSON cannot hold them)", path or None)
+        raise SpecError(f"{type(value).__name__} values are not accepted (JSON cannot hold them)", where)
 
 
 def load_one(body: bytes | str, content_type: str | None, max_bytes: int) -> Any:

@@ -1,15 +1,14 @@
 #!/usr/bin/env python3
-# A copy of the design team's conformance tool (shared/tools/envoy_rest_poll.py), so tests run without it.
 """Poll an EDS server the way Envoy's REST-JSON subscription does, and check
 every answer strictly against Envoy's own protos (the `xds-protos` package).
 
-    python envoy_rest_poll.py http://127.0.0.1:8000 ec2-demo-upstream_gloo-system [more clusters]
+    python devtools/envoy_rest_poll.py http://127.0.0.1:8000 ec2-demo-upstream_gloo-system [more clusters]
 
 For each cluster it sends a first DiscoveryRequest (no version_info), checks
 the DiscoveryResponse, then polls again with the version it was given and
 expects 304 with no body, as an unchanged Envoy poll should. It prints one
 JSON line per cluster with the endpoints it saw, and exits 1 on the first
-violation, naming it.
+violation, naming it, or 2 with one line when the server cannot be reached.
 
 Needs: pip install xds-protos (it brings protobuf and grpcio).
 """
@@ -114,10 +113,14 @@ def poll(base, cluster, timeout):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("base_url")
-    parser.add_argument("clusters", nargs="+")
-    parser.add_argument("--timeout", type=float, default=10.0)
+    parser = argparse.ArgumentParser(
+        prog="envoy_rest_poll.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("base_url", help="the EDS server's base URL, e.g. http://127.0.0.1:8000")
+    parser.add_argument("clusters", nargs="+", help="cluster names to poll, {name}_{namespace}")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default: 10)")
     args = parser.parse_args(argv)
     for cluster in args.clusters:
         try:
@@ -125,6 +128,10 @@ def main(argv=None):
         except Violation as err:
             print(f"VIOLATION {cluster}: {err}", file=sys.stderr)
             return 1
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", None) or err
+            print(f"error: cannot reach {args.base_url.rstrip('/') + PATH}: {reason}", file=sys.stderr)
+            return 2
     return 0
 
 

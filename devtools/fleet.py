@@ -332,3 +332,17 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def run_unique(ec2: Any, used: set[str], **request: Any) -> dict[str, Any]:
+    """One instance (`run_instances` with `request`) whose private address no instance in `used` had.
+
+    moto draws private addresses at random and may hand out one in use; on loopback, two instances
+    on one address would share one HTTP server, and stopping one would silence the other."""
+    for _ in range(50):
+        made: dict[str, Any] = ec2.run_instances(MinCount=1, MaxCount=1, **request)["Instances"][0]
+        if made["PrivateIpAddress"] not in used:
+            used.add(made["PrivateIpAddress"])
+            return made
+        ec2.terminate_instances(InstanceIds=[made["InstanceId"]])
+    raise RuntimeError("no unused address left in the subnet")

@@ -25,9 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chalicelib import cds, eds
+from chalicelib import api, cds, eds
 from chalicelib.accounts import ACCOUNT_ID, Account
+from chalicelib.config import Settings
 from chalicelib.spec import DNS1123_LABEL, REGION, ROLE_ARN, AwsEc2Spec
+from chalicelib.store import MAX_DOCUMENT_BYTES
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 OUTPUT = PROJECT_DIR / "docs" / "openapi.json"
@@ -204,19 +206,14 @@ def _schemas() -> dict[str, Any]:
     return {
         "Error": {
             "type": "object",
-            "description": "Every error the service itself answers.",
+            "description": "Every error the API answers: the routes', Chalice's own (405, 415, 500) and, "
+            "deployed, API Gateway's (through the gateway responses of the stage's merge template).",
             "required": ["error", "field"],
             "additionalProperties": False,
             "properties": {
                 "error": {"type": "string"},
                 "field": {**NULLABLE_STRING, "description": "the path of the offending field, or null"},
             },
-        },
-        "GatewayError": {
-            "type": "object",
-            "description": "What Chalice (and API Gateway) answer before a route runs, e.g. an unsupported media type.",
-            "required": ["Code", "Message"],
-            "properties": {"Code": {"type": "string"}, "Message": {"type": "string"}},
         },
         **_model_schemas(),
         "Upstream": upstream,
@@ -350,6 +347,33 @@ def failure(description: str) -> dict[str, Any]:
 BAD_NAME = failure("a namespace or name in the path is not a DNS-1123 label")
 ETAG = {"ETag": {"schema": {"type": "string"}, "description": "the set's version, quoted"}}
 QUERY_LABEL = {"type": "string"}
+MAX_BODY = Settings.model_fields["max_body_bytes"].default
+BUDGET = api.RESPONSE_BUDGET
+BAD_BODY = (
+    "not valid (field names the path): not UTF-8, not JSON/YAML, a key given twice, NaN or Infinity, "
+    "an integer outside 64 bits, aliases or tags in YAML; nothing stored"
+)
+BODY_TOO_LARGE = f"the body is over MAX_BODY_BYTES ({MAX_BODY} bytes by default); nothing stored"
+AFTER = {
+    "type": "string",
+    "description": "the `next` of the previous page: list from after this key",
+}
+
+
+def listing(kind: str, item: str, key: str) -> dict[str, Any]:
+    return json_reply(
+        f"the {kind}, in {key} order; when they would pass one answer's budget ({BUDGET} bytes), "
+        f"a page of them and `next` (ask again with ?after=NEXT)",
+        {
+            "type": "object",
+            "required": [kind],
+            "properties": {
+                kind: {"type": "array", "items": ref(item)},
+                "next": {"type": "string", "description": f"the last {key} of this page; absent on the last page"},
+            },
+        },
+    )
+
 
 ROUTES: dict[str, dict[str, Any]] = {
     "healthz": {
@@ -358,16 +382,8 @@ ROUTES: dict[str, dict[str, Any]] = {
     },
     "list_upstreams": {
         "summary": "Every upstream with its status",
-        "responses": {
-            "200": json_reply(
-                "the upstreams",
-                {
-                    "type": "object",
-                    "required": ["upstreams"],
-                    "properties": {"upstreams": {"type": "array", "items": ref("UpstreamDescribed")}},
-                },
-            )
-        },
+        "query": {"after": AFTER},
+        "responses": {"200": listing("upstreams", "UpstreamDescribed", "namespace/name")},
     },
     "put_upstream": {
         "summary": "Create or replace an upstream (a Gloo Upstream document, JSON or YAML)",
@@ -375,7 +391,11 @@ ROUTES: dict[str, dict[str, Any]] = {
         "responses": {
             "200": json_reply("replaced", ref("UpstreamDescribed")),
             "201": json_reply("created", ref("UpstreamDescribed")),
-            "400": failure("not a valid EC2 upstream (field names the path), too large, not UTF-8; nothing stored"),
+            "400": failure(f"a name in the path or the document is {BAD_BODY}"),
+            "413": failure(
+                f"{BODY_TOO_LARGE}; or the document compresses past {MAX_DOCUMENT_BYTES} bytes "
+                "(what one DynamoDB item holds)"
+            ),
         },
     },
     "get_upstream": {
@@ -396,12 +416,8 @@ ROUTES: dict[str, dict[str, Any]] = {
     },
     "list_accounts": {
         "summary": "Every named account",
-        "responses": {
-            "200": json_reply(
-                "the accounts",
-                {"type": "object", "properties": {"accounts": {"type": "array", "items": ref("AccountDescribed")}}},
-            )
-        },
+        "query": {"after": AFTER},
+        "responses": {"200": listing("accounts", "AccountDescribed", "name")},
     },
     "put_account": {
         "summary": "Create or replace a named account",
@@ -409,17 +425,24 @@ ROUTES: dict[str, dict[str, Any]] = {
         "responses": {
             "200": json_reply("replaced", ref("AccountDescribed")),
             "201": json_reply("created", ref("AccountDescribed")),
-            "400": failure("not a valid account; nothing stored"),
+            "400": failure(f"the name in the path or the document is {BAD_BODY}"),
+            "409": failure("the edit drops a region that upstreams using the account are in (they are named)"),
+            "413": failure(BODY_TOO_LARGE),
         },
     },
     "get_account": {
         "summary": "One named account",
-        "responses": {"200": json_reply("the account", ref("AccountDescribed")), "404": failure("no such account")},
+        "responses": {
+            "200": json_reply("the account", ref("AccountDescribed")),
+            "400": failure("the name in the path is not a DNS-1123 label"),
+            "404": failure("no such account"),
+        },
     },
     "delete_account": {
         "summary": "Remove a named account no upstream uses",
         "responses": {
             "200": json_reply("deleted", {"type": "object", "properties": {"deleted": {"type": "string"}}}),
+            "400": failure("the name in the path is not a DNS-1123 label"),
             "404": failure("no such account"),
             "409": failure("upstreams still use it"),
         },
@@ -435,7 +458,13 @@ ROUTES: dict[str, dict[str, Any]] = {
             "200": json_reply("the set", ref("EndpointSet"), ETAG),
             "304": {"description": "If-None-Match holds the current ETag", "headers": ETAG},
             "400": BAD_NAME,
-            "404": failure("no such upstream, or no endpoint set yet"),
+            "404": failure(
+                "no such upstream, or no endpoint set yet: the error gives the upstream's status reason and what to do"
+            ),
+            "413": failure(
+                f"the set would pass one answer's budget ({BUDGET} bytes, about 31,000 endpoints): "
+                "the error names how many endpoints an upstream may hold and the Prometheus shards that can read it"
+            ),
         },
     },
     "envoy_eds": {
@@ -444,7 +473,14 @@ ROUTES: dict[str, dict[str, Any]] = {
         "responses": {
             "200": json_reply("one ClusterLoadAssignment per requested cluster", ref("DiscoveryResponse")),
             "304": {"description": "the request's version_info is current"},
-            "400": failure("not a DiscoveryRequest"),
+            "400": failure(
+                f"not a strict-JSON DiscoveryRequest, no resource_names, or more than {eds.MAX_CLUSTERS} of them"
+            ),
+            "413": failure(
+                f"the answer would pass one answer's budget ({BUDGET} bytes): the error names the slices of "
+                "resource_names to ask for in separate requests, or, for one cluster alone, how far to split "
+                "its upstream"
+            ),
         },
     },
     "envoy_cds": {
@@ -459,15 +495,27 @@ ROUTES: dict[str, dict[str, Any]] = {
     "prometheus_targets": {
         "summary": "Prometheus HTTP SD target groups (never 304)",
         "query": {
-            "namespace": QUERY_LABEL,
-            "name": QUERY_LABEL,
-            "shards": {"type": "integer", "minimum": 1, "maximum": 1000},
-            "shard": {"type": "integer", "minimum": 0, "maximum": 999},
+            "namespace": {**QUERY_LABEL, "description": "only the upstreams of this namespace"},
+            "name": {**QUERY_LABEL, "description": "only the upstreams of this name"},
+            "shards": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 1000,
+                "description": "split the targets into this many shards by a hash of each endpoint (default 1)",
+            },
+            "shard": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 999,
+                "description": "which shard to answer, 0 to shards-1 (default 0)",
+            },
         },
         "responses": {
             "200": json_reply("the target groups", ref("TargetGroups")),
             "400": failure("shards or shard out of range"),
-            "413": failure("one answer would pass Lambda's response limit: the error names the shard count"),
+            "413": failure(
+                f"the shard would pass one answer's budget ({BUDGET} bytes): the error names the shard count"
+            ),
         },
     },
 }
@@ -498,9 +546,8 @@ def _operation(path: str, method: str, entry: Any) -> dict[str, Any]:
         }
     responses = dict(described["responses"])
     if method in ("PUT", "POST") and "body" in described:
-        responses["415"] = json_reply(
-            "a content type the route does not take (answered by Chalice/API Gateway, in its own shape)",
-            ref("GatewayError"),
+        responses["415"] = failure(
+            f"a Content-Type the route does not take (it takes {', '.join(entry.content_types)})"
         )
     operation["responses"] = responses
     operation["security"] = [{"sigv4": []}] if entry.authorizer is not None else []
@@ -521,7 +568,11 @@ def generate(app: Any = None) -> dict[str, Any]:
             "title": "ec2-eds",
             "version": "1",
             "description": "EC2 instances of Gloo EC2 upstreams as Envoy EDS, JSON and Prometheus HTTP SD. "
-            "Generated by `python -m devtools.openapi write` from app.py; see docs/DESIGN and README.",
+            "Generated by `python -m devtools.openapi write` from app.py; see the README. "
+            f"Limits: a request body of at most {MAX_BODY} bytes (MAX_BODY_BYTES; 413 past it); a stored "
+            f"document of at most {MAX_DOCUMENT_BYTES} bytes compressed (413); at most {eds.MAX_CLUSTERS} "
+            f"clusters per EDS request (400); one answer of at most {BUDGET} bytes as Lambda carries it "
+            "(EDS, /endpoints and Prometheus answer 413 naming how to split; the lists page).",
         },
         "servers": [{"url": "http://127.0.0.1:8000", "description": "make run (chalice local)"}],
         "paths": paths,

@@ -16,7 +16,7 @@ Chalice and CloudFormation read are generated from it:
 Table names and the secret prefix come from the stage's variables in
 `.chalice/config.json`, so the files always name what the functions use.
 
-    python -m devtools.policies write [--assume-role-arn ARN ...]   # regenerate
+    python -m devtools.policies write [--assume-role-arn ARN ...] [--asg-name NAME ...]  # regenerate
     python -m devtools.policies check                               # exit 1 if a file is stale
     python -m devtools.policies member-trust --stage prod \\
         --central-account 111122223333 --external-id ID             # a filled-in trust policy
@@ -55,9 +55,16 @@ FUNCTIONS = (
     "asg_terminate_lifecycle",
     "ec2_rebalance_recommendation",
     "ec2_scheduled_change",
+    "asg_drain_complete",
 )
 # Invoked asynchronously by EventBridge (the schedule is a rule too): these get a failure destination.
-ASYNC_FUNCTIONS = FUNCTIONS[1:]
+ASYNC_FUNCTIONS = FUNCTIONS[1:-1]
+# The drain queue's consumer (chalicelib/lifecycle.py) completes lifecycle actions: no table, no discovery.
+DRAIN_FUNCTION = "asg_drain_complete"
+DISCOVERY_FUNCTIONS = FUNCTIONS[:-1]
+# The Auto Scaling groups whose terminate lifecycle actions ec2-eds may complete (their names).
+DEFAULT_ASG_NAMES = ("*",)
+DRAIN_FUNCTION_TIMEOUT = 60  # lambda_timeout of asg_drain_complete in .chalice/config.json
 # The roles discovery may assume (an upstream's `roleArn`): member roles are named ec2-eds-*.
 DEFAULT_ASSUME_ROLE_ARNS = ("arn:aws:iam::*:role/ec2-eds-*",)
 MEMBER_ROLE_NAME = "ec2-eds-discovery"
@@ -140,6 +147,19 @@ def failure_queue_name(stage: str) -> str:
     return f"{APP}-{stage}-failed-invocations"
 
 
+def drain_queue_name(stage: str) -> str:
+    """The SQS delay queue holding lifecycle completions until the drain period is over (DRAIN_QUEUE)."""
+    return str(stage_environment(stage, PROJECT_DIR)["DRAIN_QUEUE"])
+
+
+def drain_queue_arn(stage: str) -> str:
+    return f"arn:aws:sqs:*:*:{drain_queue_name(stage)}"
+
+
+def asg_arn(name: str) -> str:
+    return f"arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{name}"
+
+
 def table_names(stage: str) -> dict[str, str]:
     env = stage_environment(stage, PROJECT_DIR)
     return {UPSTREAMS: env[UPSTREAMS], ENDPOINTS: env[ENDPOINTS]}
@@ -177,8 +197,55 @@ def discovery_statements(stage: str, assume_role_arns: Sequence[str]) -> list[di
     ]
 
 
+def lifecycle_statements(stage: str, function: str, asg_names: Sequence[str]) -> list[dict[str, Any]]:
+    """The terminate lifecycle path (chalicelib/lifecycle.py): schedule on the drain queue, then complete."""
+    if function == "asg_terminate_lifecycle":
+        return [
+            # Describe* of Auto Scaling takes no resource-level permission: "*" is the only resource.
+            {
+                "Sid": "ReadHookHeartbeat",
+                "Effect": "Allow",
+                "Action": ["autoscaling:DescribeLifecycleHooks"],
+                "Resource": "*",
+            },
+            {
+                "Sid": "ScheduleCompletion",
+                "Effect": "Allow",
+                "Action": ["sqs:GetQueueUrl", "sqs:SendMessage"],
+                "Resource": drain_queue_arn(stage),
+            },
+        ]
+    if function == DRAIN_FUNCTION:
+        return [
+            {
+                "Sid": "CompleteLifecycleAction",
+                "Effect": "Allow",
+                "Action": ["autoscaling:CompleteLifecycleAction"],
+                "Resource": [asg_arn(name) for name in asg_names],
+            },
+            # Lambda's SQS trigger receives and deletes as the function's role; the code sends a
+            # message again for a long drain period's next hop and for a retried completion.
+            {
+                "Sid": "DrainQueue",
+                "Effect": "Allow",
+                "Action": [
+                    "sqs:DeleteMessage",
+                    "sqs:GetQueueAttributes",
+                    "sqs:GetQueueUrl",
+                    "sqs:ReceiveMessage",
+                    "sqs:SendMessage",
+                ],
+                "Resource": drain_queue_arn(stage),
+            },
+        ]
+    return []
+
+
 def function_policy(
-    stage: str, function: str, assume_role_arns: Sequence[str] = DEFAULT_ASSUME_ROLE_ARNS
+    stage: str,
+    function: str,
+    assume_role_arns: Sequence[str] = DEFAULT_ASSUME_ROLE_ARNS,
+    asg_names: Sequence[str] = DEFAULT_ASG_NAMES,
 ) -> dict[str, Any]:
     """The role policy of one function of one stage."""
     tables = table_names(stage)
@@ -193,6 +260,8 @@ def function_policy(
         },
     ]
     for key, sid in ((UPSTREAMS, "UpstreamsTable"), (ENDPOINTS, "EndpointsTable")):
+        if function not in DYNAMODB:
+            break
         statements.append(
             {
                 "Sid": sid,
@@ -201,10 +270,12 @@ def function_policy(
                 "Resource": table_arn(tables[key]),
             }
         )
-    discovery = discovery_statements(stage, assume_role_arns)
-    if function in SCANNERS:  # no resource-level permissions either: "*"
-        discovery[0]["Action"] = ["ec2:DescribeInstanceStatus", "ec2:DescribeInstances"]
-    statements.extend(discovery)
+    if function in DISCOVERY_FUNCTIONS:
+        discovery = discovery_statements(stage, assume_role_arns)
+        if function in SCANNERS:  # no resource-level permissions either: "*"
+            discovery[0]["Action"] = ["ec2:DescribeInstanceStatus", "ec2:DescribeInstances"]
+        statements.extend(discovery)
+    statements.extend(lifecycle_statements(stage, function, asg_names))
     if function in ASYNC_FUNCTIONS:
         # Lambda sends a failed asynchronous invocation to the on-failure destination as the function's role.
         statements.append(
@@ -238,7 +309,7 @@ def member_trust(
     stage: str, central_account: str = PLACEHOLDER_ACCOUNT, external_id: str = PLACEHOLDER_EXTERNAL_ID
 ) -> dict[str, Any]:
     """Trust the central account's discovery roles of this stage, and only with the external id."""
-    roles = [f"arn:aws:iam::{central_account}:role/{role_name(stage, function)}" for function in FUNCTIONS]
+    roles = [f"arn:aws:iam::{central_account}:role/{role_name(stage, function)}" for function in DISCOVERY_FUNCTIONS]
     return _document(
         [
             {
@@ -286,6 +357,39 @@ def cfn_role_name(function: str) -> str:
     return to_cfn_resource_name(f"{function}_role")
 
 
+# API Gateway answers some requests before the function runs (an unknown path or method, an unsigned
+# request to an IAM route, throttling, a timeout): its gateway responses give them the API's one error
+# shape. It cannot tell an unknown path from an unsigned request (both MISSING_AUTHENTICATION_TOKEN),
+# so that one stays a 403 whose message names both causes.
+ERROR_TEMPLATE = '{"error":$context.error.messageString,"field":null}'
+NO_ROUTE_MESSAGE = (
+    "no such route (the API's OpenAPI document lists them), or a route that needs a SigV4-signed request "
+    "got an unsigned one"
+)
+
+
+def gateway_responses() -> dict[str, Any]:
+    """API Gateway's own 4xx/5xx answers in `{"error", "field"}` (RestAPI is chalice package's API)."""
+
+    def response(kind: str, template: str, status: str | None = None) -> dict[str, Any]:
+        properties: dict[str, Any] = {
+            "RestApiId": {"Ref": "RestAPI"},
+            "ResponseType": kind,
+            "ResponseParameters": {"gatewayresponse.header.Content-Type": "'application/json'"},
+            "ResponseTemplates": {"application/json": template},
+        }
+        if status:
+            properties["StatusCode"] = status
+        return {"Type": "AWS::ApiGateway::GatewayResponse", "Properties": properties}
+
+    no_route = json.dumps({"error": NO_ROUTE_MESSAGE, "field": None}, separators=(",", ":"))
+    return {
+        "ErrorShape4xx": response("DEFAULT_4XX", ERROR_TEMPLATE),
+        "ErrorShape5xx": response("DEFAULT_5XX", ERROR_TEMPLATE),
+        "ErrorShapeNoRoute": response("MISSING_AUTHENTICATION_TOKEN", no_route, "403"),
+    }
+
+
 def merge_template(stage: str) -> dict[str, Any]:
     """What `chalice package --merge-template` adds to the stage's SAM template."""
     resources: dict[str, Any] = table_resources(stage)
@@ -297,9 +401,21 @@ def merge_template(stage: str) -> dict[str, Any]:
             "SqsManagedSseEnabled": True,
         },
     }
+    resources["DrainQueue"] = {
+        "Type": "AWS::SQS::Queue",
+        "Properties": {
+            "QueueName": drain_queue_name(stage),
+            # Lambda's advice for an SQS trigger: a visibility timeout of 6 x the function's timeout.
+            "VisibilityTimeout": 6 * DRAIN_FUNCTION_TIMEOUT,
+            "MessageRetentionPeriod": 86400,
+            "SqsManagedSseEnabled": True,
+        },
+    }
     for function in FUNCTIONS:
         logical = cfn_name(function)
         resources[logical] = {"Properties": {"FunctionName": function_name(stage, function)}}
+        if function == DRAIN_FUNCTION:  # its SQS trigger names the queue: create the queue first
+            resources[logical]["DependsOn"] = ["DrainQueue"]
         resources[cfn_role_name(function)] = {"Properties": {"RoleName": role_name(stage, function)}}
         # chalice 1.34 names the API handler's log group after a resource that does not exist
         # (`${ApiHandler}`): every group gets its literal name, which the policies name too.
@@ -318,10 +434,12 @@ def merge_template(stage: str) -> dict[str, Any]:
                 "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": ["FailedInvocationsQueue", "Arn"]}}},
             },
         }
+    resources.update(gateway_responses())
     outputs: dict[str, Any] = {
         "UpstreamsTableName": {"Value": {"Ref": "UpstreamsTable"}},
         "EndpointsTableName": {"Value": {"Ref": "EndpointsTable"}},
         "FailedInvocationsQueueUrl": {"Value": {"Ref": "FailedInvocationsQueue"}},
+        "DrainQueueUrl": {"Value": {"Ref": "DrainQueue"}},
     }
     for function in FUNCTIONS:
         outputs[f"{cfn_role_name(function)}Arn"] = {"Value": {"Fn::GetAtt": [cfn_role_name(function), "Arn"]}}
@@ -372,7 +490,9 @@ def member_template() -> dict[str, Any]:
                             "Condition": {
                                 "StringEquals": {"sts:ExternalId": {"Ref": "ExternalId"}},
                                 "ArnEquals": {
-                                    "aws:PrincipalArn": [{"Fn::Sub": central_role + function} for function in FUNCTIONS]
+                                    "aws:PrincipalArn": [
+                                        {"Fn::Sub": central_role + function} for function in DISCOVERY_FUNCTIONS
+                                    ]
                                 },
                             },
                         }
@@ -487,12 +607,16 @@ def member_template() -> dict[str, Any]:
     }
 
 
-def generated(assume_role_arns: Sequence[str] = DEFAULT_ASSUME_ROLE_ARNS) -> dict[Path, Any]:
+def generated(
+    assume_role_arns: Sequence[str] = DEFAULT_ASSUME_ROLE_ARNS, asg_names: Sequence[str] = DEFAULT_ASG_NAMES
+) -> dict[Path, Any]:
     """Every generated file and its content."""
     files: dict[Path, Any] = {}
     for stage in STAGES:
         for function in FUNCTIONS:
-            files[POLICIES_DIR / stage / f"{function}.json"] = function_policy(stage, function, assume_role_arns)
+            files[POLICIES_DIR / stage / f"{function}.json"] = function_policy(
+                stage, function, assume_role_arns, asg_names
+            )
         files[POLICIES_DIR / "member" / f"trust-{stage}.json"] = member_trust(stage)
         files[DEPLOY_DIR / "merge" / f"{stage}.json"] = merge_template(stage)
     files[POLICIES_DIR / "member" / "permissions.json"] = member_permissions()
@@ -518,6 +642,12 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         help=f"a role ARN (pattern) discovery may assume; repeatable (default {DEFAULT_ASSUME_ROLE_ARNS[0]})",
     )
+    write.add_argument(
+        "--asg-name",
+        action="append",
+        help="an Auto Scaling group name (pattern) whose terminate lifecycle actions ec2-eds may complete; "
+        f"repeatable (default {DEFAULT_ASG_NAMES[0]})",
+    )
     verbs.add_parser("check", help="exit 1 if a generated file is missing or differs")
     trust = verbs.add_parser("member-trust", help="print the member role's trust policy, filled in")
     trust.add_argument("--stage", default="prod", choices=STAGES)
@@ -531,8 +661,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb == "member-trust":
         print(render(member_trust(args.stage, args.central_account, args.external_id)), end="")
         return 0
-    files = generated(
-        tuple(args.assume_role_arn or DEFAULT_ASSUME_ROLE_ARNS) if args.verb == "write" else DEFAULT_ASSUME_ROLE_ARNS
+    files = (
+        generated(tuple(args.assume_role_arn or DEFAULT_ASSUME_ROLE_ARNS), tuple(args.asg_name or DEFAULT_ASG_NAMES))
+        if args.verb == "write"
+        else generated()
     )
     if args.verb == "check":
         out_of_date = stale(files)

@@ -194,6 +194,8 @@ def serve(args: argparse.Namespace, logs: Path, kept: list[str], cleanup: contex
         + (
             f"  for i in 1 2 3 4; do curl -s {gateway}/; done      (web-1, web-2, web-4, web-5 answer in turn)\n"
             f"  curl -s {gateway}/shop                             (shop/web, discovered from its tags)\n"
+            f"  export AWS_ENDPOINT_URL={endpoint} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing"
+            " AWS_DEFAULT_REGION=us-east-1 DISCOVERY_ENABLED=true     (the CLI then talks to this emulator)\n"
             f"  {fleet_cmd} stop web-1 && {fleet_cmd} event web-1 > /tmp/event.json\n"
             f"  .venv/bin/python -m chalicelib.cli event /tmp/event.json     (web-1 stops answering at once)\n"
             f"  {fleet_cmd} tag web-6 gloo-tag=group1                (web-6 answers after the next scan)\n"

@@ -20,6 +20,7 @@ import configparser
 import contextlib
 import enum
 import http.client
+import ipaddress
 import json
 import logging
 import os
@@ -49,8 +50,9 @@ DEFAULT_TIMEOUT = 5.0
 DEFAULT_BACKOFF_MAX = 60.0
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # DNS-1123 label, as DESIGN.md requires
-_CLUSTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")  # safe as a file name: no '/', no leading '.'
+# Always matched with fullmatch: `$` would let a trailing newline through.
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # DNS-1123 label, as the API requires
+UINT32_MAX = 2**32 - 1  # load_balancing_weight is a UInt32Value; Envoy requires >= 1
 
 
 class ConfigError(ValueError):
@@ -62,7 +64,7 @@ class PollError(Exception):
 
 
 class ShapeError(PollError):
-    """The body is JSON but not the `GET /endpoints` shape of DESIGN.md."""
+    """The body is JSON but not the documented `GET /endpoints` shape."""
 
 
 # --------------------------------------------------------------------------- configuration
@@ -76,13 +78,18 @@ class Upstream:
     @classmethod
     def parse(cls, text: str) -> Upstream:
         namespace, sep, name = text.strip().partition("/")
-        if not sep or not _LABEL.match(namespace) or not _LABEL.match(name):
+        if not sep or not _LABEL.fullmatch(namespace) or not _LABEL.fullmatch(name):
             raise ConfigError(f"upstream {text!r}: expected namespace/name (DNS-1123 labels)")
         return cls(namespace, name)
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def cluster_name(self) -> str:
+        """Gloo's cluster name, `{name}_{namespace}`: the only name this upstream's file may have."""
+        return f"{self.name}_{self.namespace}"
 
     def __str__(self) -> str:
         return self.key
@@ -145,16 +152,17 @@ def to_discovery_response(body: Any, region: str | None = None, expect: Upstream
     if not isinstance(body, dict):
         raise ShapeError(f"body: expected a JSON object, got {type(body).__name__}")
     cluster_name = _require(body, "cluster_name", str, "")
-    if not _CLUSTER.match(cluster_name):
-        raise ShapeError(f"cluster_name: {cluster_name[:80]!r} is not a safe cluster/file name")
     version = _require(body, "version", str, "")
-    if not version:
-        raise ShapeError("version: empty")
-    if expect is not None:
-        for key, want in (("namespace", expect.namespace), ("name", expect.name)):
-            got = _require(body, key, str, "")
-            if got != want:
-                raise ShapeError(f"{key}: the API answered {got!r} for {expect.key}")
+    if not version or not version.isprintable():
+        raise ShapeError(f"version: {version[:80]!r} is not a version")
+    namespace, name = _require(body, "namespace", str, ""), _require(body, "name", str, "")
+    if not _LABEL.fullmatch(namespace) or not _LABEL.fullmatch(name):
+        raise ShapeError(f"namespace/name: {namespace[:80]!r}/{name[:80]!r} are not DNS-1123 labels")
+    if expect is not None and (namespace, name) != (expect.namespace, expect.name):
+        raise ShapeError(f"namespace/name: the API answered {namespace[:80]!r}/{name[:80]!r} for {expect.key}")
+    # The cluster (and so the file) is named by the upstream, never by the reply alone.
+    if cluster_name != f"{name}_{namespace}":
+        raise ShapeError(f"cluster_name: {cluster_name[:80]!r} is not {name}_{namespace}")
     endpoints = _require(body, "endpoints", list, "")
 
     zones: dict[str, list[dict[str, Any]]] = {}
@@ -163,13 +171,18 @@ def to_discovery_response(body: Any, region: str | None = None, expect: Upstream
         if not isinstance(entry, dict):
             raise ShapeError(f"endpoints[{index}]: expected an object")
         address = _require(entry, "address", str, where)
-        if not address or any(ch.isspace() for ch in address):
-            raise ShapeError(f"{where}address: {address!r} is not an address")
+        try:  # Envoy's socket_address takes an IP literal unless a resolver is named
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            raise ShapeError(f"{where}address: {address[:80]!r} is not an IP address") from None
         port = _require(entry, "port", int, where)
         if not 1 <= port <= 65535:
             raise ShapeError(f"{where}port: {port} is outside 1-65535")
         instance_id = _require(entry, "instance_id", str, where)
         zone = _require(entry, "zone", str, where)
+        for key, text in (("instance_id", instance_id), ("zone", zone)):
+            if not text.isprintable() or len(text) > 255:
+                raise ShapeError(f"{where}{key}: {text[:80]!r} is not printable text of at most 255 characters")
         health = _require(entry, "health", str, where).upper()
         if health not in HEALTH_STATUSES:
             raise ShapeError(f"{where}health: {health!r} is not an Envoy health status")
@@ -178,8 +191,8 @@ def to_discovery_response(body: Any, region: str | None = None, expect: Upstream
             "health_status": health,
         }
         weight = entry.get("weight", 1)
-        if not isinstance(weight, int) or isinstance(weight, bool) or weight < 1:
-            raise ShapeError(f"{where}weight: {weight!r} is not a positive integer")
+        if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= UINT32_MAX:
+            raise ShapeError(f"{where}weight: {str(weight)[:40]} is not an integer from 1 to {UINT32_MAX}")
         if weight != 1:
             lb_endpoint["load_balancing_weight"] = weight
         metadata = entry.get("metadata", {})
@@ -409,6 +422,10 @@ class Agent:
 
     # one upstream, one request ------------------------------------------------------------
 
+    def path_of(self, upstream: Upstream) -> str:
+        """The one file this upstream may write: `{out_dir}/{name}_{namespace}.json`, from the configuration."""
+        return os.path.join(self.config.out_dir, f"{upstream.cluster_name}.json")
+
     def poll(self, upstream: Upstream) -> Outcome:
         """Fetch one upstream and update its file; never raises for a failed poll."""
         state = self.states[upstream]
@@ -429,8 +446,7 @@ class Agent:
         delay = state.backoff.fail()
         state.last_error = reason
         state.next_due = self.clock() + delay
-        # Before the first 200 of this process the file has the contract's name, {name}_{namespace}.json.
-        path = state.path or os.path.join(self.config.out_dir, f"{state.upstream.name}_{state.upstream.namespace}.json")
+        path = self.path_of(state.upstream)
         kept = f"keeping {path}" if os.path.exists(path) else "no file written yet"
         if self.once:
             log.warning("%s: %s; %s", state.upstream, reason, kept)
@@ -464,8 +480,7 @@ class Agent:
         except (ValueError, UnicodeDecodeError) as err:
             raise PollError(f"invalid JSON: {err}") from err
         response = to_discovery_response(body, self.config.region, state.upstream)
-        cluster_name = response["resources"][0]["cluster_name"]
-        path = os.path.join(self.config.out_dir, f"{cluster_name}.json")
+        path = self.path_of(state.upstream)  # the configured file, whatever the reply says
         data = render(response)
 
         if read_bytes(path) == data:

@@ -143,18 +143,20 @@ def test_cli_account_commands(aws: None, capsys: Any) -> None:
                 "us-east-1,eu-west-1",
                 "--external-id",
                 "tenant-7",
+                "-o",
+                "json",
             ]
         )
         == 0
     )
     assert json.loads(capsys.readouterr().out)["roleArn"] == ROLE
-    assert cli.main(["get", "account", "member"]) == 0
+    assert cli.main(["get", "account", "member", "-o", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["regions"] == ["eu-west-1", "us-east-1"]
     assert cli.main(["account", "add", "bad", "--account-id", "1", "--assume-role", "r", "--regions", "us-east-1"]) == 2
     assert "accountId" in capsys.readouterr().err
-    assert cli.main(["delete", "account", "member"]) == 0
+    assert cli.main(["delete", "account", "member", "-o", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"deleted": "member"}
-    assert cli.main(["get", "accounts"]) == 0
+    assert cli.main(["get", "accounts", "-o", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"accounts": []}
 
 

@@ -55,3 +55,21 @@ def test_an_upstream_whose_listing_fails_is_stored_and_reports_why_at_once(aws: 
         assert answer.json_body["status"]["state"] == "Error"
         assert "not found" in answer.json_body["status"]["reason"]
     assert runtime.store().get_endpoint_set("shop", "web") is None
+
+
+def test_cli_apply_serves_a_change_at_once_and_an_unchanged_file_writes_nothing(
+    aws: None, tmp_path: Any, capsys: Any, restore_environ: None
+) -> None:
+    from chalicelib.cli import main
+
+    instance = launch(boto3.client("ec2", region_name="us-east-1"), {"app": "web"})
+    path = tmp_path / "web.json"
+    path.write_text(document(8443))
+    assert main(["apply", "-f", str(path)]) == 0
+    served = runtime.store().get_endpoint_set("shop", "web")
+    assert served is not None and [(e.instance_id, e.port) for e in served.endpoints] == [(instance, 8443)]
+    capsys.readouterr()
+    with counting() as counter:
+        assert main(["apply", "-f", str(path)]) == 0
+    assert "unchanged" in capsys.readouterr().out
+    assert counter.total("dynamodb:Put") + counter.total("dynamodb:Update") + counter.total("dynamodb:Trans") == 0

@@ -310,7 +310,7 @@ def test_cli_event_delivers_a_file_to_the_same_handler(fleet: dict[str, str], tm
     boto3.client("ec2", region_name="us-east-1").stop_instances(InstanceIds=[fleet["web-2"]])
     path = tmp_path / "event.json"
     path.write_text(json.dumps(event("ec2-state-change.json", fleet["web-2"], detail={"state": "stopped"})))
-    assert cli.main(["event", str(path)]) == 0
+    assert cli.main(["event", str(path), "-o", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["changed"] == 2
     assert fleet["web-2"] not in members("web")
     path.write_text("{not json")

@@ -332,3 +332,25 @@ def test_the_external_id_is_in_no_stored_key_log_or_metric(aws: None, caplog: py
         [{key: value for key, value in item.items() if key != "document"} for item in items], default=str
     )
     assert canary not in stored and canary not in caplog.text
+
+
+def test_an_event_described_before_a_whole_scan_never_undoes_the_scan(fleet: dict[str, str]) -> None:  # noqa: F811
+    """The event observed web-1 running; web-1 stopped and a scan removed it before the event wrote."""
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    web1 = fleet["web-1"]
+    ec2.create_tags(Resources=[web1], Tags=[{"Key": "version", "Value": "v2"}])  # the event has a change to make
+    from chalicelib import events
+
+    def stop_and_scan() -> None:
+        ec2.stop_instances(InstanceIds=[web1])
+        assert scan().changed == 2
+
+    late = events.handle(
+        event("tag-change.json", web1),
+        runtime.store(),
+        During(stop_and_scan, on="describe"),
+        runtime.accounts().account,
+        runtime.now,
+    )
+    assert late.conflicts >= 1  # it saw the sets change, and looked again
+    assert web1 not in members("web") and web1 not in members("all")

@@ -20,7 +20,14 @@ at moto, `runtime.reset()`), from the same seeded state every time:
 - the four event functions: `events.deliver` with the matching sample event
   (the tag change also creates the upstream its instance's discovery tag asks for);
 - `api_handler`: every `chalicelib.api` function the routes call, POST /scan
-  included.
+  included;
+- `asg_terminate_lifecycle`: the event, then its completion scheduled on the
+  drain queue (`DescribeLifecycleHooks` of the seeded group's hook, the
+  queue's URL, the message);
+- `asg_drain_complete`: a drain-queue message not yet due (sent again), then
+  a due one (`CompleteLifecycleAction`, played by `devtools.asg`: moto does
+  not emulate it, so its permission is checked statically, as are the SQS
+  trigger's ReceiveMessage, DeleteMessage and GetQueueAttributes).
 
 Each must succeed completely (no exception, no error in its summary, every
 upstream updated). Then every action the code calls is removed in turn from
@@ -32,8 +39,8 @@ Known limits of moto 5.2.5, verified here (see `test_moto_enforces_what_this_tes
 - It enforces actions for EC2, STS, DynamoDB and Secrets Manager, and the
   resource ARN for `sts:AssumeRole` (and the role's trust policy, with a
   `sts:ExternalId` StringEquals condition when an id is sent); but it
-  authorizes DynamoDB and Secrets Manager calls against the resource `*`,
-  so it denies any statement that names a table or a secret. For the run,
+  authorizes DynamoDB, Secrets Manager and SQS calls against the resource `*`,
+  so it denies any statement that names a table, a secret or a queue. For the run,
   the statements of those two services are widened to `*`; the real
   scoping (the stage's two table ARNs, the secret prefix) is checked
   statically in `tests/deploy/test_policies.py`. Which action each function
@@ -61,7 +68,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from chalicelib import api, autodiscovery, aws, discovery, eds, events, runtime
+from chalicelib import api, autodiscovery, aws, discovery, eds, events, lifecycle, runtime
 from chalicelib import store as store_module
 from chalicelib.accounts import parse_account
 from chalicelib.cli import stage_environment
@@ -70,6 +77,7 @@ from chalicelib.spec import parse_upstream
 from chalicelib.store import MISSING, DynamoStore, encode_endpoints, table_definitions
 from devtools import policies as gen
 from devtools import stack
+from devtools.asg import LifecycleActions
 from tests.conftest import load_event
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
@@ -81,8 +89,17 @@ NS = "gloo-system"
 EXTERNAL_ID = "ec2-eds-test-external-id"
 MEMBER_ROLE = gen.MEMBER_ROLE_NAME
 FUNCTION_USER = "ec2-eds-function"
-CODE_SERVICES = ("dynamodb:", "ec2:", "sts:", "secretsmanager:")
-WIDENED_SERVICES = ("dynamodb:", "secretsmanager:")
+CODE_SERVICES = ("dynamodb:", "ec2:", "sts:", "secretsmanager:", "sqs:", "autoscaling:")
+WIDENED_SERVICES = ("dynamodb:", "secretsmanager:", "sqs:")
+# Used by Lambda on the function's behalf (the failure destination, the drain queue's SQS trigger), or
+# not emulated by moto (CompleteLifecycleAction): checked statically in tests/deploy/test_policies.py.
+STATIC_ACTIONS = {
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:GetQueueAttributes",
+    "autoscaling:CompleteLifecycleAction",
+}
+GROUP, HOOK = "web-asg", "drain-before-terminate"  # as in the lifecycle event sample
 EVENT_FIXTURES = {
     "ec2_state_change": "ec2-state-change.json",
     "ec2_spot_interruption": "spot-interruption.json",
@@ -110,7 +127,13 @@ def actions_of(document: dict[str, Any]) -> list[str]:
 
 
 def code_actions(function: str) -> list[str]:
-    return [action for action in actions_of(policy_document(function)) if action.startswith(CODE_SERVICES)]
+    document = policy_document(function)
+    lambdas = {a for s in document["Statement"] if s["Sid"] == "FailureDestination" for a in s["Action"]}
+    return [
+        action
+        for action in actions_of(document)
+        if action.startswith(CODE_SERVICES) and action not in STATIC_ACTIONS and action not in lambdas
+    ]
 
 
 def for_moto(document: dict[str, Any]) -> dict[str, Any]:
@@ -231,6 +254,29 @@ def seed(moto: IamMoto) -> None:
     assert store.put_endpoint_set(big, None)
     for number, name in enumerate(("web-secret", "web-role", "deleted", GONE), start=2):
         assert store.put_endpoint_set(EndpointSet.build(NS, name, REGION, fake_endpoints(1, number)), None)
+    moto.client("sqs").create_queue(QueueName=gen.drain_queue_name(STAGE))  # idempotent: messages may remain
+
+
+def seed_group(admin: Any) -> None:
+    """The Auto Scaling group of the lifecycle sample, with its terminate hook (moto keeps hooks)."""
+    autoscaling = admin.client("autoscaling")
+    autoscaling.create_launch_configuration(
+        LaunchConfigurationName="web", ImageId="ami-12345678", InstanceType="t3.micro"
+    )
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName=GROUP,
+        LaunchConfigurationName="web",
+        MinSize=0,
+        MaxSize=0,
+        AvailabilityZones=[REGION + "a"],
+    )
+    autoscaling.put_lifecycle_hook(
+        AutoScalingGroupName=GROUP,
+        LifecycleHookName=HOOK,
+        LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING",
+        HeartbeatTimeout=300,
+        DefaultResult="CONTINUE",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -296,6 +342,7 @@ def iam_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IamMoto]:
         iam.put_role_policy(
             RoleName="not-eds", PolicyName="describe", PolicyDocument=json.dumps(gen.member_permissions())
         )
+        seed_group(type("Admin", (), {"client": lambda _, service: admin.client(service, endpoint_url=endpoint)})())
         ec2 = admin.client("ec2", endpoint_url=endpoint, region_name=REGION)
         instance = ec2.run_instances(
             ImageId="ami-12345678",
@@ -390,6 +437,34 @@ def event_work(fixture: str) -> Callable[[IamMoto], None]:
     return deliver
 
 
+def terminate_lifecycle_work(moto: IamMoto) -> None:
+    """The lifecycle handler: drained as every warning, then its completion queued on the drain queue."""
+    event_work(EVENT_FIXTURES["asg_terminate_lifecycle"])(moto)  # the drain, as before: every check of it
+    raw = json.loads(
+        json.dumps(load_event(EVENT_FIXTURES["asg_terminate_lifecycle"])).replace("i-abcd1111", moto.instance_id)
+    )
+    lifecycle.reset()
+    scheduled = lifecycle.lifecycle().schedule(raw)
+    expect(scheduled is not None and scheduled["group"] == GROUP, f"scheduled: {scheduled}")
+
+
+def drain_complete_work(moto: IamMoto) -> None:
+    """The drain queue's handler: a message not yet due is sent again; a due one completes the action.
+
+    moto has no CompleteLifecycleAction: devtools.asg plays it (and its permission is checked statically)."""
+    factory = aws.clients()
+    actions = LifecycleActions(factory.client("autoscaling"))
+    event = actions.start(GROUP, HOOK, moto.instance_id)
+    now = 1_000_000.0
+    pending = lifecycle.pending_of(event, now, 60.0)
+    assert pending is not None
+    handler = lifecycle.Lifecycle(factory.client("sqs"), lambda region: actions, clock=lambda: now)
+    outcomes = [handler.complete(pending.body())]
+    now += 60.0
+    outcomes.append(handler.complete(pending.body()))
+    expect(outcomes == ["waiting", "completed"] and actions.calls == [(moto.instance_id, "CONTINUE")], f"{outcomes}")
+
+
 def api_work(moto: IamMoto) -> None:
     store = runtime.store()
 
@@ -426,6 +501,8 @@ WORK: dict[str, Callable[[IamMoto], None]] = {
     "api_handler": api_work,
     "scheduled_scan": scan_work,
     **{function: event_work(fixture) for function, fixture in EVENT_FIXTURES.items()},
+    "asg_terminate_lifecycle": terminate_lifecycle_work,
+    "asg_drain_complete": drain_complete_work,
 }
 
 
@@ -492,7 +569,7 @@ def test_policy_is_enough(
     as_function(for_moto(policy_document(function)))
     calls = record_dynamodb_calls(monkeypatch)
     assert attempt(WORK[function], iam_moto) is None
-    granted = {(action, table) for table, actions in gen.DYNAMODB[function].items() for action in actions}
+    granted = {(action, table) for table, actions in gen.DYNAMODB.get(function, {}).items() for action in actions}
     assert calls == granted, f"used but not granted: {calls - granted}; granted but not used: {granted - calls}"
 
 

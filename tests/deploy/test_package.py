@@ -154,8 +154,8 @@ def test_prod_template_sends_failed_events_to_the_queue(
     for config in configs.values():
         destination = config["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]
         assert destination == {"Fn::GetAtt": ["FailedInvocationsQueue", "Arn"]}
-    (queue,) = of_type(template, "AWS::SQS::Queue").values()
-    assert queue["Properties"]["QueueName"] == "ec2-eds-prod-failed-invocations"
+    queues = {queue["Properties"]["QueueName"] for queue in of_type(template, "AWS::SQS::Queue").values()}
+    assert queues == {"ec2-eds-prod-failed-invocations", "ec2-eds-prod-drain"}
     groups = {g["Properties"]["LogGroupName"] for g in of_type(template, "AWS::Logs::LogGroup").values()}
     assert groups == {f"/aws/lambda/{gen.function_name('prod', function)}" for function in gen.FUNCTIONS}
 
@@ -169,6 +169,28 @@ def test_prod_api_signs_admin_and_read_routes(packaged: Callable[[str], tuple[Pa
     assert paths["/prometheus/targets"]["get"]["security"] == [{"sigv4": []}]
     assert paths["/upstreams/{namespace}/{name}"]["put"]["security"] == [{"sigv4": []}]
     assert "security" not in paths["/v3/discovery:endpoints"]["post"]  # Envoy cannot sign
+
+
+@pytest.mark.parametrize("stage", gen.STAGES)
+def test_api_gateways_own_errors_answer_in_the_one_error_shape(
+    stage: str, packaged: Callable[[str], tuple[Path, dict[str, Any]]]
+) -> None:
+    """DEFAULT_4XX/5XX and MISSING_AUTHENTICATION_TOKEN render `{"error", "field"}` (README, "Errors")."""
+    _, template = packaged(stage)
+    responses = {
+        r["Properties"]["ResponseType"]: r["Properties"]
+        for r in of_type(template, "AWS::ApiGateway::GatewayResponse").values()
+    }
+
+    assert set(responses) == {"DEFAULT_4XX", "DEFAULT_5XX", "MISSING_AUTHENTICATION_TOKEN"}
+    for kind, properties in responses.items():
+        assert properties["RestApiId"] == {"Ref": "RestAPI"}
+        assert "RestAPI" in template["Resources"]
+        text = properties["ResponseTemplates"]["application/json"]
+        # API Gateway substitutes $context.error.messageString with the quoted message
+        rendered = json.loads(text.replace("$context.error.messageString", json.dumps('Limit "exceeded"')))
+        assert set(rendered) == {"error", "field"} and rendered["field"] is None and rendered["error"], kind
+    assert responses["MISSING_AUTHENTICATION_TOKEN"]["StatusCode"] == "403"
 
 
 @pytest.mark.parametrize("stage", gen.STAGES)
@@ -225,3 +247,14 @@ def test_private_api_variant_packages_and_lints(tmp_path: Path) -> None:
     assert "security" not in paths["/endpoints/{namespace}/{name}"]["get"]  # READ_ROUTES_AUTH=none
     assert paths["/upstreams/{namespace}/{name}"]["put"]["security"] == [{"sigv4": []}]  # admin stays signed
     cfn_lint(tmp_path / "out" / "sam.json")
+
+
+def test_prod_template_consumes_the_drain_queue(packaged: Callable[[str], tuple[Path, dict[str, Any]]]) -> None:
+    """asg_drain_complete is triggered by the drain queue the merge template creates, one message at a time."""
+    _, template = packaged("prod")
+    function = of_type(template, "AWS::Serverless::Function")[gen.cfn_name(gen.DRAIN_FUNCTION)]
+    (event,) = function["Properties"]["Events"].values()
+    assert event["Type"] == "SQS" and event["Properties"]["BatchSize"] == 1
+    assert "ec2-eds-prod-drain" in json.dumps(event["Properties"]["Queue"])
+    assert function["DependsOn"] == ["DrainQueue"]
+    assert function["Properties"]["Environment"]["Variables"]["DRAIN_QUEUE"] == "ec2-eds-prod-drain"

@@ -30,13 +30,21 @@ CODE_ACTIONS = {
     "dynamodb:BatchGetItem",
     "dynamodb:ConditionCheckItem",  # the guarded writes' transactions
     *gen.DISCOVERY_ACTIONS,
+    # the terminate lifecycle path (chalicelib/lifecycle.py)
+    "autoscaling:DescribeLifecycleHooks",
+    "autoscaling:CompleteLifecycleAction",
+    "sqs:GetQueueUrl",
+    "sqs:SendMessage",
 }
+# Lambda's SQS trigger polls the drain queue as the drain function's role.
+SQS_TRIGGER_ACTIONS = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
 LAMBDA_ACTIONS = {
     "logs:CreateLogStream",
     "logs:PutLogEvents",
     "xray:PutTraceSegments",
     "xray:PutTelemetryRecords",
     "sqs:SendMessage",
+    *SQS_TRIGGER_ACTIONS,
 }
 ENV_BEFORE = {  # every variable .chalice/config.json held before policies were added: none may go
     "POWERTOOLS_SERVICE_NAME",
@@ -89,7 +97,14 @@ def test_no_stray_policy_or_merge_file() -> None:
 
 def test_functions_are_the_apps() -> None:
     assert set(gen.FUNCTIONS) == {"api_handler", *app_handlers()}
-    assert set(gen.ASYNC_FUNCTIONS) == set(app_handlers())
+    handlers = app_handlers()
+    assert set(gen.ASYNC_FUNCTIONS) == {
+        name for name, source in handlers.items() if type(source).__name__ != "SQSEventConfig"
+    }
+    (drain,) = [source for source in handlers.values() if type(source).__name__ == "SQSEventConfig"]
+    assert drain.name == gen.DRAIN_FUNCTION and drain.batch_size == 1
+    for stage in gen.STAGES:  # the queue the trigger names is the stage's, which the merge template creates
+        assert stage_environment(stage, ROOT)["DRAIN_QUEUE"] == gen.drain_queue_name(stage) == f"ec2-eds-{stage}-drain"
 
 
 def test_assume_role_pattern_is_configurable() -> None:
@@ -205,9 +220,26 @@ def test_policy_is_scoped(stage: str, function: str) -> None:
         elif service == "xray":
             assert stage in gen.XRAY_STAGES and resources == ["*"]
             assert actions == ["xray:PutTelemetryRecords", "xray:PutTraceSegments"]
-        elif service == "sqs":
+        elif service == "sqs" and statement["Sid"] == "FailureDestination":
             assert function in gen.ASYNC_FUNCTIONS and actions == ["sqs:SendMessage"]
             assert resources == [f"arn:aws:sqs:*:*:ec2-eds-{stage}-failed-invocations"]
+        elif service == "sqs":  # the drain queue: sent to on a lifecycle event, consumed by the drain function
+            assert resources == [f"arn:aws:sqs:*:*:ec2-eds-{stage}-drain"]
+            expected = {
+                "asg_terminate_lifecycle": ["sqs:GetQueueUrl", "sqs:SendMessage"],
+                gen.DRAIN_FUNCTION: sorted({"sqs:GetQueueUrl", "sqs:SendMessage", *SQS_TRIGGER_ACTIONS}),
+            }
+            assert actions == expected[function], statement
+        elif service == "autoscaling" and actions == ["autoscaling:CompleteLifecycleAction"]:
+            assert function == gen.DRAIN_FUNCTION
+            assert resources == [
+                f"arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{name}"
+                for name in gen.DEFAULT_ASG_NAMES
+            ]
+        elif service == "autoscaling":
+            # DescribeLifecycleHooks supports no resource-level permissions: "*" is the only resource.
+            assert function == "asg_terminate_lifecycle" and actions == ["autoscaling:DescribeLifecycleHooks"]
+            assert resources == ["*"]
         else:
             pytest.fail(f"unexpected service {service}")
 
@@ -218,12 +250,15 @@ def test_policy_holds_only_known_actions(stage: str, function: str) -> None:
     actions = {action for statement in statements(stage, function) for action in statement["Action"]}
     assert actions <= CODE_ACTIONS | LAMBDA_ACTIONS
     status = "ec2:DescribeInstanceStatus"  # instance health and scheduled maintenance: the scanners only
-    assert set(gen.DISCOVERY_ACTIONS) - {status} <= actions  # every function lists instances (events, scans)
+    # every function but the drain queue's lists instances (events, scans, POST /scan)
+    assert (set(gen.DISCOVERY_ACTIONS) - {status} <= actions) == (function != gen.DRAIN_FUNCTION)
     assert (status in actions) == (function in gen.SCANNERS)
     assert {"logs:CreateLogStream", "logs:PutLogEvents"} <= actions
-    assert ("sqs:SendMessage" in actions) == (function in gen.ASYNC_FUNCTIONS)
+    assert ("sqs:SendMessage" in actions) == (function in (*gen.ASYNC_FUNCTIONS, gen.DRAIN_FUNCTION))
+    assert ("autoscaling:CompleteLifecycleAction" in actions) == (function == gen.DRAIN_FUNCTION)
     assert ("xray:PutTraceSegments" in actions) == (stage in gen.XRAY_STAGES)
-    assert "dynamodb:BatchGetItem" not in statements_on(stage, function, "UpstreamsTable")
+    if function in gen.DYNAMODB:
+        assert "dynamodb:BatchGetItem" not in statements_on(stage, function, "UpstreamsTable")
 
 
 def statements_on(stage: str, function: str, sid: str) -> list[str]:
@@ -234,6 +269,20 @@ def test_failure_queue_is_the_merge_templates() -> None:
     for stage in gen.STAGES:
         merge = json.loads((gen.DEPLOY_DIR / "merge" / f"{stage}.json").read_text())
         assert merge["Resources"]["FailedInvocationsQueue"]["Properties"]["QueueName"] == gen.failure_queue_name(stage)
+        drain = merge["Resources"]["DrainQueue"]["Properties"]
+        assert drain["QueueName"] == gen.drain_queue_name(stage)
+        timeout = CONFIG["lambda_functions"][gen.DRAIN_FUNCTION]["lambda_timeout"]
+        assert timeout == gen.DRAIN_FUNCTION_TIMEOUT and drain["VisibilityTimeout"] >= 6 * timeout
+        assert merge["Resources"][gen.cfn_name(gen.DRAIN_FUNCTION)]["DependsOn"] == ["DrainQueue"]
+
+
+def test_asg_names_are_configurable() -> None:
+    custom = gen.function_policy("prod", gen.DRAIN_FUNCTION, asg_names=["web-*", "api"])
+    statement = next(s for s in custom["Statement"] if s["Sid"] == "CompleteLifecycleAction")
+    assert statement["Resource"] == [
+        "arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/web-*",
+        "arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/api",
+    ]
 
 
 # --- the merge template: the tables as bootstrap creates them -------------------------------------
@@ -284,7 +333,8 @@ def test_member_trust_needs_the_external_id_and_a_discovery_role(stage: str) -> 
     assert statement["Principal"] == {"AWS": f"arn:aws:iam::{gen.PLACEHOLDER_ACCOUNT}:root"}
     assert statement["Condition"]["StringEquals"] == {"sts:ExternalId": gen.PLACEHOLDER_EXTERNAL_ID}
     assert statement["Condition"]["ArnEquals"]["aws:PrincipalArn"] == [
-        f"arn:aws:iam::{gen.PLACEHOLDER_ACCOUNT}:role/ec2-eds-{stage}-{function}" for function in gen.FUNCTIONS
+        f"arn:aws:iam::{gen.PLACEHOLDER_ACCOUNT}:role/ec2-eds-{stage}-{function}"
+        for function in gen.DISCOVERY_FUNCTIONS
     ]
 
 
@@ -297,7 +347,8 @@ def test_member_template_matches_the_policies_and_the_app() -> None:
     assert statement["Condition"]["StringEquals"] == {"sts:ExternalId": {"Ref": "ExternalId"}}
     principals = [entry["Fn::Sub"] for entry in statement["Condition"]["ArnEquals"]["aws:PrincipalArn"]]
     assert principals == [
-        "arn:${AWS::Partition}:iam::${CentralAccountId}:role/ec2-eds-${Stage}-" + function for function in gen.FUNCTIONS
+        "arn:${AWS::Partition}:iam::${CentralAccountId}:role/ec2-eds-${Stage}-" + function
+        for function in gen.DISCOVERY_FUNCTIONS
     ]
     rules = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Events::Rule"]
     app_patterns = [

@@ -46,6 +46,7 @@ class Gateway:
     servers: fleet.InstanceServers
     workdir: Path
     session: requests.Session = field(default_factory=requests.Session)
+    addresses: set[str] = field(default_factory=set)  # every private address handed out so far
 
     @property
     def api_port(self) -> int:
@@ -57,19 +58,25 @@ class Gateway:
         `per` gives a tag a different value per instance, e.g. `version=["v1", "v2"]`.
         """
         subnet = self.ec2.describe_subnets(Filters=[{"Name": "cidr-block", "Values": [fleet.PUBLIC_CIDR]}])
+        self.addresses |= {
+            instance["PrivateIpAddress"]
+            for reservation in self.ec2.describe_instances()["Reservations"]
+            for instance in reservation["Instances"]
+            if instance.get("PrivateIpAddress")
+        }
         launched = []
         for index in range(count):
             name = f"t{next(_names)}"
             own = {**tags, "Name": name, **{key: values[index] for key, values in per.items()}}
-            answer = self.ec2.run_instances(
+            answer = fleet.run_unique(
+                self.ec2,
+                self.addresses,
                 ImageId=fleet.AMI,
-                MinCount=1,
-                MaxCount=1,
                 SubnetId=subnet["Subnets"][0]["SubnetId"],
                 TagSpecifications=[
                     {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in own.items()]}
                 ],
-            )["Instances"][0]
+            )
             launched.append((name, answer["InstanceId"], answer["PrivateIpAddress"]))
         self.servers.sync(self.ec2, follow_state=False)  # servers stay up after a stop: routing to one would show
         return launched

@@ -205,7 +205,15 @@ class ModelLister:
         return found
 
 
-WRITES = ("put_endpoint_set", "put_status", "delete_endpoint_set", "put_scan_marks", "set_mark", "forget_marks")
+WRITES = (
+    "write_set",
+    "put_status",
+    "observe",
+    "delete_orphan_set",
+    "put_scan_marks",
+    "set_mark",
+    "forget_marks",
+)
 
 
 class FlakyStore(MemoryStore):

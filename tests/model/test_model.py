@@ -30,6 +30,11 @@ reports its own shrunk counterexample):
   each instance it observed is in the set exactly as the current spec gives it;
 - (f) no set exists without its upstream.
 
+The cases of issue 11 the random search reaches rarely (a stale event, an
+account narrowed, an upstream deleted or changed during a scan, port tags
+that `str.isdigit()` accepts) are also fixed sequences of the same machine,
+below, checked against all six invariants.
+
 `MODEL_EXAMPLES` (default 25) and `MODEL_STEPS` (default 30) set the number of
 runs and steps per run; `MODEL_CHECKS` (default `abcdef`) the invariants
 checked, so `MODEL_CHECKS=b` finds and shrinks a counterexample of (b) alone.
@@ -47,6 +52,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -276,7 +282,11 @@ class EdsMachine(RuleBasedStateMachine):
             if clean and (instance_id not in self.obligations or seen.order > self.obligations[instance_id].order):
                 self.obligations[instance_id] = seen
         self.finished.append(worker)
-        if worker.error is not None:
+        # An event whose draining mark could not be written fails as a whole, on purpose: Lambda
+        # retries a failed asynchronous invocation (then its failure queue keeps it), and a drain
+        # warning must not be lost. Every other failure must stay inside its upstream or group.
+        retried = isinstance(worker.error, ClientError) and worker.error.operation_name == "set_mark"
+        if worker.error is not None and not retried:
             bump("escaped_exceptions")
             if "c" in self.CHECKS:
                 self.fail("c", f"{worker.label} raised {worker.error!r}\n{worker.trace}")
@@ -548,8 +558,10 @@ class EdsMachine(RuleBasedStateMachine):
         key = self.key(upstream.name)
         for instance_id in held:
             home = self.fleet.instances.get(instance_id)
-            if written and key not in self.touched and (home is None or (home.account, home.region) != group):
-                self.fail("a", f"{key} (looks into {group}) holds {instance_id} of another account or region")
+            if home is None or (home.account, home.region) != group:
+                if written and key not in self.touched:
+                    self.fail("a", f"{key} (looks into {group}) holds {instance_id} of another account or region")
+                continue  # a set not rewritten since its upstream moved: the next scan's to fix
             seen = self.obligations.get(instance_id)
             if seen is None or seen.seq < self.spec_seq(upstream):
                 continue
@@ -561,7 +573,8 @@ class EdsMachine(RuleBasedStateMachine):
             if not upstream.matches(dict(seen.tags)):
                 self.fail(
                     "a",
-                    f"{key} holds {instance_id}, whose newest applied observation (seq {seen.seq}, tags {dict(seen.tags)}) does not match {upstream.filters}",
+                    f"{key} holds {instance_id}, whose newest applied observation (seq {seen.seq}, "
+                    f"tags {dict(seen.tags)}) does not match {upstream.filters}",
                 )
 
     def check_no_shrink(
@@ -584,12 +597,14 @@ class EdsMachine(RuleBasedStateMachine):
             if seen is None or seen.seq < self.spec_seq(upstream):
                 self.fail(
                     "b",
-                    f"{key} lost {instance_id} with no applied observation since its spec (a failed or skipped listing)",
+                    f"{key} lost {instance_id} with no applied observation since its spec "
+                    "(a failed or skipped listing)",
                 )
             if seen.state == RUNNING and upstream.matches(dict(seen.tags)):
                 self.fail(
                     "b",
-                    f"{key} lost {instance_id}, though its newest applied observation (seq {seen.seq}) says running and matching: a stale observation removed it",
+                    f"{key} lost {instance_id}, though its newest applied observation (seq {seen.seq}) "
+                    "says running and matching: a stale observation removed it",
                 )
 
     def check_written_from_current_spec(
@@ -605,7 +620,8 @@ class EdsMachine(RuleBasedStateMachine):
                 if held.get(instance_id) != wanted:
                     self.fail(
                         "e",
-                        f"{worker.label} wrote {key} with {instance_id} as {held.get(instance_id)}; its observation (seq {seen.seq}, {seen.state}, tags {dict(seen.tags)}) and the current spec give {wanted}",
+                        f"{worker.label} wrote {key} with {instance_id} as {held.get(instance_id)}; its observation "
+                        f"(seq {seen.seq}, {seen.state}, tags {dict(seen.tags)}) and the current spec give {wanted}",
                     )
 
     def teardown(self) -> None:
@@ -656,6 +672,91 @@ def quiet_service_logs(request: pytest.FixtureRequest) -> None:
     request.addfinalizer(lambda: observability.logger.setLevel(level))
 
 
+@pytest.mark.timeout(1800)  # passing, well under a minute; failing, Hypothesis shrinks the counterexample
 def test_every_set_follows_the_rules_through_any_interleaving() -> None:
     """All six invariants by default; `MODEL_CHECKS=b` checks only (b), to see its own counterexample."""
     run_model(CHECKS)
+
+
+# --- the cases of issue 11, as fixed sequences of the same machine -------------------------------
+
+
+def machine() -> EdsMachine:
+    """A fresh machine with every invariant, driven by hand; one upstream over `app=web` in HOME."""
+    state = EdsMachine()
+    state.launch(HOME, REGIONS[0], {"app": "web"})
+    state.put_upstream(NAMES[0], REGIONS[0], [("app", "web")], 80, None, None, "home")
+    state.rules_hold()
+    state.scan(pause=False)
+    state.rules_hold()
+    return state
+
+
+def steps(state: EdsMachine, *moves: tuple[str, tuple[Any, ...]]) -> None:
+    """Each move, then the invariants; at the end, quiescence, as Hypothesis' teardown would."""
+    try:
+        for name, args in moves:
+            getattr(state, name)(*args)
+            state.rules_hold()
+        state.teardown()
+    finally:
+        for worker in state.paused():
+            worker.release()
+
+
+def test_a_stale_tag_event_does_not_bring_back_a_stopped_instance() -> None:
+    """Case 5: a tag event describes web-1 running, finishes after web-1's stop was applied."""
+    steps(
+        machine(),
+        ("event", (0, "tag", True, 1)),  # describes web-1 running, then waits
+        ("set_state", (0, STOPPED)),
+        ("event", (0, "state", False, 1)),  # the stop event removes web-1
+        ("release", (0,)),  # the stale tag event finishes
+    )
+
+
+def test_narrowing_an_account_keeps_the_sets_of_its_users() -> None:
+    """Case 3: PUT /accounts/prod without the region its upstream uses (or a 409 naming it)."""
+    state = machine()
+    steps(
+        state,
+        ("put_account", ([REGIONS[0]], "prod-ext-1")),
+        ("put_upstream", (NAMES[1], REGIONS[0], [], 80, None, None, "account")),
+        ("scan", (False,)),
+        ("put_account", ([REGIONS[1]], "prod-ext-1")),
+        ("scan", (False,)),
+    )
+
+
+def test_an_upstream_deleted_during_a_scan_has_no_set_after_it() -> None:
+    """Case 7: the scan read the upstream, the user deleted it, the scan writes."""
+    state = machine()
+    steps(
+        state,
+        ("put_upstream", (NAMES[1], REGIONS[0], [], 80, None, None, "home")),
+        ("scan", (True,)),
+        ("delete_upstream", (NAMES[1],)),
+        ("release", (0,)),
+    )
+
+
+def test_an_upstream_changed_during_a_scan_is_written_with_its_new_spec() -> None:
+    """Case 7: the scan read a new upstream with port 80, the user put port 8443, the scan writes."""
+    steps(
+        machine(),
+        ("put_upstream", (NAMES[1], REGIONS[0], [("app", "web")], 80, None, None, "home")),
+        ("scan", (True,)),
+        ("put_upstream", (NAMES[1], REGIONS[0], [("app", "web")], 8443, None, None, "home")),
+        ("release", (0,)),
+    )
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "８０", "65536", "0"])
+def test_a_port_tag_that_is_not_an_ascii_port_falls_back_and_stops_nothing(value: str) -> None:
+    """Case 1: `str.isdigit()` holds for some of these; none is a port. Other upstreams still update."""
+    state = machine()
+    state.put_upstream(NAMES[1], REGIONS[0], [("app", "web")], 8443, "port", None, "home")
+    state.rules_hold()
+    next(iter(state.fleet.instances.values())).tags["port"] = value
+    state.fleet.tick()
+    steps(state, ("scan", (False,)))

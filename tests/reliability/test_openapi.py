@@ -120,6 +120,8 @@ def test_every_answer_of_every_route_matches_its_description(checked: Checked, w
     checked("put", UPSTREAM, "/upstreams/shop/web", 200, headers={"Content-Type": "application/yaml"}, body=body)
     checked("put", UPSTREAM, "/upstreams/shop/web", 400, headers=JSON, body='{"spec": {"awsEc2": {"port": 0}}}')
     checked("put", UPSTREAM, "/upstreams/shop/other", 415, headers={"Content-Type": "text/plain"}, body=body)
+    too_large = json.dumps({**document, "metadata": {"annotations": {"pad": "x" * (1024 * 1024)}}})
+    checked("put", UPSTREAM, "/upstreams/shop/other", 413, headers=JSON, body=too_large)
     checked(
         "put",
         UPSTREAM,
@@ -161,6 +163,7 @@ def test_every_answer_of_every_route_matches_its_description(checked: Checked, w
     checked("put", "/accounts/{name}", "/accounts/member", 200, headers=JSON, body=account)
     checked("put", "/accounts/{name}", "/accounts/member", 400, headers=JSON, body='{"accountId": "1"}')
     checked("get", "/accounts/{name}", "/accounts/member", 200)
+    checked("get", "/accounts/{name}", "/accounts/Member", 400)
     checked("get", "/accounts", "/accounts", 200)
     checked(
         "put",

@@ -52,7 +52,7 @@ class Seen:
 
 
 def endpoint_body(namespace: str, name: str, version: str, endpoints: list[dict[str, Any]]) -> dict[str, Any]:
-    """A `GET /endpoints/{namespace}/{name}` body as DESIGN.md gives it."""
+    """A `GET /endpoints/{namespace}/{name}` body as the README documents it."""
     return {
         "cluster_name": f"{name}_{namespace}",
         "namespace": namespace,

@@ -97,7 +97,7 @@ SEEDS = [
         0,
         {
             "namespace": "gloo-system",
-            "name": "ec2-demo-upstream",
+            "name": "ec2-demo-upstream-legacy",
             "region": "us-east-1",
             "publicIp": False,
             "port": 80,
@@ -107,7 +107,7 @@ SEEDS = [
                 {"kvPair": {"key": "version", "value": "v1.2.3"}},
             ],
             "credentials": Credentials(("default", "gloo-tag-group1"), None),
-            "cluster": "ec2-demo-upstream_gloo-system",
+            "cluster": "ec2-demo-upstream-legacy_gloo-system",
         },
         id="legacy-upstreamspec",
     ),
