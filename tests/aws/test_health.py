@@ -172,3 +172,21 @@ def test_the_lead_time_is_configurable(client: Any, monkeypatch: pytest.MonkeyPa
     config.reset()
     scan(client)
     assert health(client) == {instance: "DRAINING"}
+
+
+def test_an_event_keeps_an_unhealthy_instance_unhealthy(client: Any) -> None:
+    """An event describes the instance but does not ask for its status: the scan's UNHEALTHY holds."""
+    from chalicelib import events
+    from tests.conftest import load_event
+
+    first, second = launch(2)
+    put(client)
+    IMPAIRED[first] = "instance"
+    scan(client)
+    raw = load_event("ec2-state-change.json")
+    raw["detail"].update({"instance-id": first, "state": "running"})
+    raw["resources"] = [f"arn:aws:ec2:us-east-1:123456789012:instance/{first}"]
+    boto3.client("ec2", region_name="us-east-1").create_tags(Resources=[first], Tags=[{"Key": "extra", "Value": "x"}])
+    events.deliver(raw)
+    assert health(client) == {first: "UNHEALTHY", second: "HEALTHY"}
+    assert status(client)["unhealthy"] == 1
