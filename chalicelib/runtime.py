@@ -10,11 +10,14 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from . import aws, config, lifecycle
 from .config import settings
 from .credentials import CredentialResolver
 from .events import AccountResolver
 from .inventory import Ec2Inventory
+from .observability import logger
 from .store import DynamoStore
 
 _store: DynamoStore | None = None
@@ -68,7 +71,14 @@ def apply_now(keys: set[str]) -> None:
     conf = settings()
     deadline = monotonic() + conf.apply_seconds
     # A group is started only while the budget lasts (the scan keeps its usual margin on top).
-    full_scan(store(), inventory(), now, lambda: conf.scan_deadline_margin_seconds + deadline - monotonic(), only=keys)
+    try:
+        full_scan(
+            store(), inventory(), now, lambda: conf.scan_deadline_margin_seconds + deadline - monotonic(), only=keys
+        )
+    except (ClientError, BotoCoreError) as err:  # stored already: the next scheduled scan applies it
+        logger.warning(
+            "applying a change at once failed; the next scan applies it", extra={"error_type": type(err).__name__}
+        )
 
 
 def reset() -> None:

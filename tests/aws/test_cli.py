@@ -168,11 +168,10 @@ def test_get_upstreams_upstream_and_endpoints(
     assert code == 0
     assert one["spec"]["awsEc2"]["port"] == 8080
     assert one["status"]["state"] == "Accepted"
-    assert one["status"]["lastScan"] is None
+    assert one["status"]["lastScan"] is not None  # apply reconciled the group at once
 
-    code, _, err = run("get", "endpoints", "gloo-system", "web")
-    assert code != 0  # no scan yet
-    one_line_error(err)
+    code, endpoints, _ = run("get", "endpoints", "gloo-system", "web")
+    assert code == 0 and endpoints["endpoints"] == []  # the instances came after the apply
 
     assert run("scan")[0] == 0
     code, endpoints, _ = run("get", "endpoints", "gloo-system", "web")
@@ -472,7 +471,9 @@ def test_apply_and_delete_say_what_they_did_one_line_per_object(aws: None, human
     path = write(tmp_path, "web.yaml", WEB)
 
     assert human("apply", "-f", path) == (0, "upstream gloo-system/web created\n", "")
-    assert human("apply", "-f", path) == (0, "upstream gloo-system/web configured\n", "")
+    assert human("apply", "-f", path) == (0, "upstream gloo-system/web unchanged\n", "")  # nothing written
+    changed = write(tmp_path, "web.yaml", WEB.replace("port: 8080", "port: 9090"))
+    assert human("apply", "-f", changed) == (0, "upstream gloo-system/web configured\n", "")
     assert human("delete", "upstream", "gloo-system", "web") == (0, "upstream gloo-system/web deleted\n", "")
 
 

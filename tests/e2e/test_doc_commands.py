@@ -103,6 +103,7 @@ class Use:
 README, DEPLOY, ENVOY, EXTENSIONS = "README.md", "docs/DEPLOY.md", "docs/envoy.md", "docs/extensions.md"
 RELIABILITY, SIDECAR = "docs/RELIABILITY.md", "sidecar/README.md"
 ROLLING = "docs/rolling.md"
+ARCHITECTURE = "docs/ARCHITECTURE.md"
 REAL_AWS = "needs a real AWS account"
 
 BLOCKS: dict[tuple[str, str], Use] = {
@@ -119,6 +120,12 @@ BLOCKS: dict[tuple[str, str], Use] = {
         ),
     ),
     (README, "EventBridge: EC2 state change, tag change, schedule (rate per stage)"): Use(TEXT, "a diagram"),
+    (README, "$ for i in 1 2 3 4; do curl -s 127.0.0.1:10000/; done"): Use(
+        TEXT,
+        "a transcript of make run's gateway; tests/envoy/test_make_run.py runs its steps against `make run` itself "
+        "(instances answer in turn, stop + event takes web-1 out, retagging adds web-6, /shop answers)",
+    ),
+    (ARCHITECTURE, "entry points app.py (Chalice routes, EventBridge rules, schedule) chalic"): Use(TEXT, "a diagram"),
     (README, "SCAN_INTERVAL=300 make run"): Use(SERVICE, "make run with a long scan interval"),
     (README, ".venv/bin/python -m devtools.fleet stop web-2"): Use(
         LIVE,
