@@ -198,6 +198,22 @@ def asg_drain_complete(event):
     return {"outcomes": lifecycle.complete_messages([record.body for record in event])}
 
 
+@app.on_cw_event({"source": ["aws.ec2"], "detail-type": ["EC2 Instance Rebalance Recommendation"]})
+def ec2_rebalance_recommendation(event):
+    return events.deliver(event.to_dict())
+
+
+@app.on_cw_event(
+    {
+        "source": ["aws.health"],
+        "detail-type": ["AWS Health Event"],
+        "detail": {"service": ["EC2"], "eventTypeCategory": ["scheduledChange"]},
+    }
+)
+def ec2_scheduled_change(event):
+    return events.deliver(event.to_dict())
+
+
 # The rate is a deployment setting: Chalice loads the app with the stage's variables.
 @app.schedule(Rate(int(os.environ.get("SCAN_RATE_MINUTES", "5")), unit=Rate.MINUTES))
 def scheduled_scan(event):

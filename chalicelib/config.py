@@ -24,6 +24,8 @@ class Settings(BaseModel):
     credentials_refresh_margin_seconds: int = Field(300, ge=0, alias="CREDENTIALS_REFRESH_MARGIN_SECONDS")
     last_scan_resolution_seconds: int = Field(60, ge=0, alias="LAST_SCAN_RESOLUTION_SECONDS")
     draining_ttl_seconds: int = Field(7200, ge=60, alias="DRAINING_TTL_SECONDS")
+    # how long before a scheduled maintenance (NotBefore) its instance starts DRAINING
+    drain_lead_seconds: int = Field(600, ge=0, alias="DRAIN_LEAD_SECONDS")
     scan_deadline_margin_seconds: float = Field(15.0, ge=0, alias="SCAN_DEADLINE_MARGIN_SECONDS")
     # how long a PUT (upstream or account) may spend reconciling its groups in the request
     apply_seconds: float = Field(10.0, ge=0, alias="APPLY_SECONDS")

@@ -22,9 +22,10 @@ from . import autodiscovery, aws
 from .accounts import Account, resolve
 from .config import settings
 from .credentials import error_code
-from .endpoints import Derived, EndpointSet, Instance, reconcile_one
+from .endpoints import DRAINING as DRAINING_HEALTH
+from .endpoints import UNHEALTHY, Derived, EndpointSet, Instance, reconcile_one
 from .filters import TagIndex
-from .inventory import DiscoveryError, InstanceLister
+from .inventory import DiscoveryError, InstanceHealth, InstanceLister, instance_health
 from .observability import count, count_with, distribution, log_unexpected, logger, record_aws_calls
 from .spec import GroupKey, SpecError, Upstream
 from .store import (
@@ -41,7 +42,12 @@ from .store import (
 )
 from .times import iso, stamp
 
-REPORTED_CALLS = ("ec2:DescribeInstances", "sts:AssumeRole", "secretsmanager:GetSecretValue")
+REPORTED_CALLS = (
+    "ec2:DescribeInstances",
+    "ec2:DescribeInstanceStatus",
+    "sts:AssumeRole",
+    "secretsmanager:GetSecretValue",
+)
 
 
 @dataclass
@@ -53,6 +59,7 @@ class ScanSummary:
     conflicts: int = 0
     groups: int = 0
     deferred: int = 0
+    health_errors: int = 0  # groups whose DescribeInstanceStatus failed (their endpoints kept their health)
     discovered: dict[str, int] | None = None
     aws_calls: dict[str, int] = field(default_factory=dict)
     endpoint_counts: list[int] = field(default_factory=list)
@@ -68,6 +75,7 @@ class ScanSummary:
             "groups": self.groups,
             "conflicts": self.conflicts,
             "deferred": self.deferred,
+            **({"health_errors": self.health_errors} if self.health_errors else {}),
             **({"discovered": self.discovered} if self.discovered is not None else {}),
             "aws_calls": calls,
         }
@@ -119,13 +127,31 @@ class Deferred:
 DEFERRED = Deferred()
 
 
+def _group_health(lister: InstanceLister, group: GroupKey) -> InstanceHealth | None:
+    """The group's DescribeInstanceStatus; None when it failed (the scan keeps the last known health)."""
+    try:
+        return instance_health(lister, group.credentials, group.region)
+    except Exception as err:  # noqa: BLE001 - a failed health check never drops or changes an endpoint
+        code = err.code if isinstance(err, DiscoveryError) else type(err).__name__
+        logger.warning(
+            "instance status failed for a group; its endpoints keep their last known health",
+            extra={"group": str(group), "error_code": code, "reason": str(err)},
+        )
+        count_with("HealthCheckErrors", 1, {"code": code})
+        return None
+
+
 def _list_groups(
-    lister: InstanceLister, groups: list[GroupKey], time_left: Callable[[], float] | None
+    lister: InstanceLister,
+    groups: list[GroupKey],
+    time_left: Callable[[], float] | None,
+    health: dict[GroupKey, InstanceHealth | None] | None = None,
 ) -> dict[GroupKey, list[Instance] | DiscoveryError | Deferred]:
     """One listing per group, several at once: AWS latency, not CPU, bounds a scan.
 
     A group whose turn comes when less than SCAN_DEADLINE_MARGIN_SECONDS are
     left is deferred, so the invocation ends cleanly with what it finished.
+    With `health`, each listed group's instance status is asked too (one more call), into it.
     """
     margin = settings().scan_deadline_margin_seconds
 
@@ -133,7 +159,10 @@ def _list_groups(
         if time_left is not None and time_left() < margin:
             return DEFERRED
         try:
-            return lister.list_running(group.credentials, group.region)
+            listed = lister.list_running(group.credentials, group.region)
+            if health is not None:
+                health[group] = _group_health(lister, group)
+            return listed
         except DiscoveryError as err:
             return err
         except Exception as err:  # noqa: BLE001 - whatever breaks one group must not stop the others
@@ -210,22 +239,64 @@ def apply_group(
     digests: dict[str, str],
     summary: ScanSummary,
     draining: frozenset[str] = frozenset(),
+    unhealthy: frozenset[str] | None = frozenset(),
 ) -> None:
     """Write the sets and statuses of one successfully listed group that changed.
 
     Each upstream is isolated: whatever fails for one (a hostile tag, a failed write) is
-    counted and logged, and the others are still written.
+    counted and logged, and the others are still written. `unhealthy` None means the group's
+    instance status is unknown this time: each instance keeps the health its stored sets give it.
     """
     index = TagIndex(listing.instances)
+    if unhealthy is None:
+        unhealthy = last_known_unhealthy(store, members)
     for upstream in members:
         try:
-            endpoint_set, derived = reconcile_one(index, upstream, draining)
+            endpoint_set, derived = reconcile_one(index, upstream, draining, unhealthy)
             summary.endpoint_counts.append(len(endpoint_set.endpoints))
             _write(store, entries[upstream.key], endpoint_set, derived, listing, digests, summary)
         except Exception as err:  # noqa: BLE001 - one upstream must not stop the others
             summary.errors += 1
             log_unexpected("reconciling an upstream failed; it keeps its last set", err, upstream=upstream.key)
             count_with("StoreErrors" if isinstance(err, ClientError | BotoCoreError) else "ReconcileErrors", 1, {})
+
+
+def last_known_unhealthy(store: Store, members: list[Upstream]) -> frozenset[str]:
+    """The instances some stored set of the group serves UNHEALTHY: the last health EC2 reported."""
+    found: set[str] = set()
+    for upstream in members:
+        current = store.get_endpoint_set(upstream.namespace, upstream.name)
+        found.update(e.instance_id for e in (current.endpoints if current else ()) if e.health == UNHEALTHY)
+    return frozenset(found)
+
+
+def health_counts(endpoint_set: EndpointSet) -> tuple[int, int]:
+    """The status counts of a set's UNHEALTHY and DRAINING endpoints."""
+    healths = [endpoint.health for endpoint in endpoint_set.endpoints]
+    return healths.count(UNHEALTHY), healths.count(DRAINING_HEALTH)
+
+
+def due_drains(health: dict[GroupKey, InstanceHealth | None], now: datetime) -> dict[str, datetime]:
+    """Instances whose scheduled event starts within DRAIN_LEAD_SECONDS (or has started), with
+    when their drain may end: the event's NotAfter, else NotBefore plus DRAINING_TTL_SECONDS."""
+    lead = timedelta(seconds=settings().drain_lead_seconds)
+    ttl = timedelta(seconds=settings().draining_ttl_seconds)
+    due: dict[str, datetime] = {}
+    for report in health.values():
+        for event in report.scheduled if report else ():
+            if event.not_before - lead <= now:
+                until = max(event.not_after or event.not_before + ttl, now + timedelta(minutes=1))
+                due[event.instance_id] = max(until, due.get(event.instance_id, until))
+    return due
+
+
+def _mark_due(store: Store, due: dict[str, datetime], active: frozenset[str]) -> frozenset[str]:
+    """DRAINING marks for the due instances not yet draining (events then keep them draining too)."""
+    for instance_id, until in sorted(due.items()):
+        if instance_id not in active:
+            store.set_mark(DRAINING, instance_id, iso(until))
+            logger.info("scheduled maintenance: draining", extra={"instance": instance_id, "until": iso(until)})
+    return active | frozenset(due)
 
 
 WRITE_ATTEMPTS = 3
@@ -274,6 +345,7 @@ def _write(
     else:
         summary.conflicts += 1
         return
+    unhealthy, draining = health_counts(endpoint_set)
     status = Status(
         ACCEPTED,
         "",
@@ -281,6 +353,8 @@ def _write(
         len(derived.skipped),
         port_fallbacks=derived.port_fallbacks,
         weight_fallbacks=derived.weight_fallbacks,
+        unhealthy=unhealthy,
+        draining=draining,
     )
     record_status(store, entry, status, summary)
 
@@ -325,7 +399,15 @@ def full_scan(
             order = [group for group in order if any(member.key in only for member in groups.get(group, []))]
         logs_read_at = stamp(clock())
         logs = {group: store.observations(group.id) for group in order}  # before listing: see Listing
-        listings = _list_groups(lister, order, time_left)
+        health: dict[GroupKey, InstanceHealth | None] = {}
+        listings = _list_groups(lister, order, time_left, health)
+        summary.health_errors = sum(1 for report in health.values() if report is None)
+        try:
+            draining = _mark_due(store, due_drains(health, started), draining)
+        except (ClientError, BotoCoreError) as err:  # the next scan marks them; the sets are still written
+            summary.errors += 1
+            logger.error("recording maintenance drains failed", extra={"error_code": error_code(err)})
+            count_with("StoreErrors", 1, {"code": error_code(err)})
         if discovering:
             changes = _discover(store, entries, listings, discovery_groups, started)
             summary.discovered = {name: len(keys) for name, keys in changes.__dict__.items()}
@@ -347,7 +429,9 @@ def full_scan(
                     summary.instances += len(listing)
                     running.update(instance.instance_id for instance in listing)
                     listed = Listing(group, listing, logs[group], logs_read_at)
-                    apply_group(store, members, listed, entries, digests, summary, draining)
+                    report = health.get(group)
+                    unhealthy = report.impaired if report is not None else None
+                    apply_group(store, members, listed, entries, digests, summary, draining, unhealthy)
                     fresh_marks[str(group)] = iso(started)
                     _prune_observations(store, group, logs[group], started)
             except Exception as err:  # noqa: BLE001 - one group must not stop the others

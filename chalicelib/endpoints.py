@@ -20,6 +20,7 @@ from .spec import Upstream
 
 HEALTHY = "HEALTHY"
 DRAINING = "DRAINING"
+UNHEALTHY = "UNHEALTHY"
 RUNNING = "running"
 
 
@@ -36,6 +37,7 @@ class Instance:
     instance_type: str | None = None
     vpc_id: str | None = None
     subnet_id: str | None = None
+    ipv6: str | None = None  # the primary IPv6 address, if the instance has one
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,7 @@ class Endpoint:
     subnet_id: str | None = None
     tags: tuple[tuple[str, str], ...] = ()
     weight: int = 1
+    ipv6: str | None = None
     metadata: tuple[tuple[str, str], ...] = ()  # subset metadata from `metadataTags`
 
     def sort_key(self) -> tuple[Any, ...]:
@@ -81,7 +84,7 @@ class Endpoint:
     def record(self) -> dict[str, Any]:
         """Everything, for storage; `from_record` reads it back."""
         data = self.public()
-        for name in ("private_ip", "public_ip", "instance_type", "vpc_id", "subnet_id"):
+        for name in ("private_ip", "public_ip", "ipv6", "instance_type", "vpc_id", "subnet_id"):
             value = getattr(self, name)
             if value is not None:
                 data[name] = value
@@ -189,10 +192,27 @@ def _number_from_tag(tags: Sequence[tuple[str, str]], key: str | None, low: int,
     return number if low <= number <= high else None
 
 
-def _endpoint(upstream: Upstream, instance: Instance, draining: frozenset[str]) -> tuple[Endpoint | None, bool, bool]:
+def address_of(upstream: Upstream, instance: Instance) -> str | None:
+    """The address of the family the upstream chose: private IPv4 (default), public IPv4 or IPv6."""
+    spec = upstream.ec2
+    if spec.ipv6:
+        return instance.ipv6
+    return instance.public_ip if spec.publicIp else instance.private_ip
+
+
+def health_of(instance_id: str, draining: frozenset[str], unhealthy: frozenset[str]) -> str:
+    """UNHEALTHY (EC2 reports it impaired) wins over DRAINING: both get no new requests from Envoy."""
+    if instance_id in unhealthy:
+        return UNHEALTHY
+    return DRAINING if instance_id in draining else HEALTHY
+
+
+def _endpoint(
+    upstream: Upstream, instance: Instance, draining: frozenset[str], unhealthy: frozenset[str] = frozenset()
+) -> tuple[Endpoint | None, bool, bool]:
     """The endpoint, and whether its port and weight fell back from their tags."""
     spec = upstream.ec2
-    address = instance.public_ip if spec.publicIp else instance.private_ip
+    address = address_of(upstream, instance)
     if not address:
         return None, False, False
     port = _number_from_tag(instance.tags, spec.portTag, 1, 65535)
@@ -203,9 +223,10 @@ def _endpoint(upstream: Upstream, instance: Instance, draining: frozenset[str]) 
         port=port or spec.port,
         instance_id=instance.instance_id,
         zone=instance.zone,
-        health=DRAINING if instance.instance_id in draining else HEALTHY,
+        health=health_of(instance.instance_id, draining, unhealthy),
         private_ip=instance.private_ip,
         public_ip=instance.public_ip,
+        ipv6=instance.ipv6,
         instance_type=instance.instance_type,
         vpc_id=instance.vpc_id,
         subnet_id=instance.subnet_id,
@@ -216,12 +237,22 @@ def _endpoint(upstream: Upstream, instance: Instance, draining: frozenset[str]) 
     return endpoint, spec.portTag is not None and port is None, spec.weightTag is not None and weight is None
 
 
-def endpoint_of(upstream: Upstream, instance: Instance, draining: frozenset[str] = frozenset()) -> Endpoint | None:
+def endpoint_of(
+    upstream: Upstream,
+    instance: Instance,
+    draining: frozenset[str] = frozenset(),
+    unhealthy: frozenset[str] = frozenset(),
+) -> Endpoint | None:
     """The endpoint an instance gives an upstream, or None without the chosen address."""
-    return _endpoint(upstream, instance, draining)[0]
+    return _endpoint(upstream, instance, draining, unhealthy)[0]
 
 
-def derive(upstream: Upstream, matching: Iterable[Instance], draining: frozenset[str] = frozenset()) -> Derived:
+def derive(
+    upstream: Upstream,
+    matching: Iterable[Instance],
+    draining: frozenset[str] = frozenset(),
+    unhealthy: frozenset[str] = frozenset(),
+) -> Derived:
     """Endpoints of the running instances among those that matched the upstream's filters."""
     endpoints: list[Endpoint] = []
     skipped: list[str] = []
@@ -229,7 +260,7 @@ def derive(upstream: Upstream, matching: Iterable[Instance], draining: frozenset
     for instance in matching:
         if instance.state != RUNNING:
             continue
-        endpoint, port_fell_back, weight_fell_back = _endpoint(upstream, instance, draining)
+        endpoint, port_fell_back, weight_fell_back = _endpoint(upstream, instance, draining, unhealthy)
         if endpoint is None:
             skipped.append(instance.instance_id)
             continue
@@ -240,14 +271,19 @@ def derive(upstream: Upstream, matching: Iterable[Instance], draining: frozenset
 
 
 def reconcile(
-    upstreams: Sequence[Upstream], instances: Sequence[Instance], draining: frozenset[str] = frozenset()
+    upstreams: Sequence[Upstream],
+    instances: Sequence[Instance],
+    draining: frozenset[str] = frozenset(),
+    unhealthy: frozenset[str] = frozenset(),
 ) -> dict[str, tuple[EndpointSet, Derived]]:
     """Every upstream of one (credentials, region) group against that group's listing."""
     index = TagIndex(instances)
-    return {upstream.key: reconcile_one(index, upstream, draining) for upstream in upstreams}
+    return {upstream.key: reconcile_one(index, upstream, draining, unhealthy) for upstream in upstreams}
 
 
-def reconcile_one(index: TagIndex, upstream: Upstream, draining: frozenset[str]) -> tuple[EndpointSet, Derived]:
+def reconcile_one(
+    index: TagIndex, upstream: Upstream, draining: frozenset[str], unhealthy: frozenset[str] = frozenset()
+) -> tuple[EndpointSet, Derived]:
     """One upstream against a group's indexed listing."""
-    derived = derive(upstream, index.select(Matcher.compile(upstream.ec2.filters)), draining)
+    derived = derive(upstream, index.select(Matcher.compile(upstream.ec2.filters)), draining, unhealthy)
     return EndpointSet.build(upstream.namespace, upstream.name, upstream.ec2.region, derived.endpoints), derived

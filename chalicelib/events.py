@@ -8,6 +8,8 @@ Four kinds drive an update of the one instance they name:
 | `aws.tag` Tag Change on Resource (ec2 instance) | re-describe; join, update or leave |
 | `aws.ec2` EC2 Spot Instance Interruption Warning | mark DRAINING, then re-describe |
 | `aws.autoscaling` EC2 Instance-terminate Lifecycle Action | mark DRAINING, then re-describe |
+| `aws.ec2` EC2 Instance Rebalance Recommendation | mark DRAINING, then re-describe |
+| `aws.health` AWS Health Event (EC2 scheduledChange) | each instance named: from startTime minus the lead, as above |
 
 The event is a trigger, not the truth: the handler describes the instance
 now, once per affected (credentials, region) group, so duplicate and
@@ -24,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.parser import ValidationError, parse
@@ -34,8 +37,8 @@ from . import autodiscovery, aws
 from .accounts import Account
 from .config import settings
 from .credentials import CredentialResolver
-from .discovery import resolve_entries
-from .endpoints import Endpoint, EndpointSet, Instance, endpoint_of
+from .discovery import health_counts, resolve_entries
+from .endpoints import UNHEALTHY, Endpoint, EndpointSet, Instance, endpoint_of
 from .filters import Matcher
 from .inventory import DiscoveryError, InstanceLister
 from .observability import count, count_with, log_unexpected, logger
@@ -110,7 +113,43 @@ class LifecycleEvent(_Event):
     detail: LifecycleDetail
 
 
+class RebalanceDetail(_Detail):
+    instance_id: str = Field(alias="instance-id", pattern=r"^i-[0-9a-f]+$")
+
+
+class RebalanceEvent(_Event):
+    """A spot instance at elevated risk of interruption: drained at once, ahead of the 2-minute warning."""
+
+    source: Literal["aws.ec2"]
+    detail_type: Literal["EC2 Instance Rebalance Recommendation"] = Field(alias="detail-type")
+    detail: RebalanceDetail
+
+
+class HealthEntity(_Detail):
+    entity_value: str = Field("", alias="entityValue")
+
+
+class HealthDetail(_Detail):
+    service: Literal["EC2"]
+    event_type_category: Literal["scheduledChange"] = Field(alias="eventTypeCategory")
+    event_type_code: str = Field(alias="eventTypeCode")
+    event_region: str | None = Field(None, alias="eventRegion")
+    start_time: str | None = Field(None, alias="startTime")
+    end_time: str | None = Field(None, alias="endTime")
+    affected_entities: list[HealthEntity] = Field(default_factory=list, alias="affectedEntities")
+
+
+class HealthEvent(_Event):
+    """AWS Health's scheduled change for EC2 instances (retirement, stop, reboot, maintenance)."""
+
+    source: Literal["aws.health"]
+    detail_type: Literal["AWS Health Event"] = Field(alias="detail-type")
+    detail: HealthDetail
+
+
 MODELS: dict[tuple[str, str], type[_Event]] = {
+    ("aws.ec2", "EC2 Instance Rebalance Recommendation"): RebalanceEvent,
+    ("aws.health", "AWS Health Event"): HealthEvent,
     ("aws.ec2", "EC2 Instance State-change Notification"): StateChangeEvent,
     ("aws.ec2", "EC2 Spot Instance Interruption Warning"): SpotInterruptionEvent,
     ("aws.tag", "Tag Change on Resource"): TagChangeEvent,
@@ -145,6 +184,8 @@ def parse_event(raw: Any) -> Trigger:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise UnsupportedEvent(f"malformed {model.__name__}: {where}: {first['msg']}") from None
+    if isinstance(event, HealthEvent):
+        raise UnsupportedEvent("an AWS Health event names several instances: handle_health delivers it")
     if isinstance(event, TagChangeEvent):
         ids = [match.group(1) for arn in event.resources if (match := INSTANCE_ARN.match(arn))]
         if not ids:
@@ -152,7 +193,7 @@ def parse_event(raw: Any) -> Trigger:
         instance_id = ids[0]
     else:
         instance_id = event.detail.instance_id
-    drain = isinstance(event, SpotInterruptionEvent | LifecycleEvent)
+    drain = isinstance(event, SpotInterruptionEvent | LifecycleEvent | RebalanceEvent)
     return Trigger(model.__name__, event.account, event.region, instance_id, drain, event.id)
 
 
@@ -227,7 +268,17 @@ def desired_set(
 ) -> EndpointSet:
     """The set with one instance's membership replaced."""
     kept = [e for e in current.endpoints if e.instance_id != instance_id]
+    endpoint = keep_unhealthy(endpoint, current)
     return EndpointSet.build(entry.namespace, entry.name, current.region, kept + ([endpoint] if endpoint else []))
+
+
+def keep_unhealthy(endpoint: Endpoint | None, current: EndpointSet) -> Endpoint | None:
+    """An event does not ask EC2 for instance status: an instance served UNHEALTHY stays so until a scan
+    sees its checks pass."""
+    if endpoint is None or endpoint.health == UNHEALTHY:
+        return endpoint
+    stored = [e for e in current.endpoints if e.instance_id == endpoint.instance_id and e.health == UNHEALTHY]
+    return replace(endpoint, health=UNHEALTHY) if stored else endpoint
 
 
 _last_stamp = ""
@@ -302,8 +353,11 @@ def _apply_group(
                 continue
             if outcome is Outcome.WRITTEN:
                 summary.changed += 1
-                if entry.status.endpoints != len(wanted.endpoints):
-                    status = replace(entry.status, endpoints=len(wanted.endpoints))
+                unhealthy, draining_count = health_counts(wanted)
+                status = replace(
+                    entry.status, endpoints=len(wanted.endpoints), unhealthy=unhealthy, draining=draining_count
+                )
+                if status != entry.status:
                     store.put_status(entry.namespace, entry.name, status, entry.generation)
             elif outcome is Outcome.SET_CHANGED:
                 changed_meanwhile = True
@@ -322,12 +376,15 @@ def handle(
     lister: InstanceLister,
     accounts: Callable[[Credentials], str],
     clock: Callable[[], datetime],
+    given: Trigger | None = None,
 ) -> EventSummary:
-    """Deliver one EventBridge event: the same code runs in Lambda and in `cli event`."""
+    """Deliver one EventBridge event: the same code runs in Lambda and in `cli event`.
+
+    `given`: the trigger already parsed from `raw` (one of an AWS Health event's instances)."""
     summary = EventSummary()
     with aws.counting() as counter:
         try:
-            trigger = parse_event(raw)
+            trigger = given or parse_event(raw)
         except UnsupportedEvent as err:
             logger.warning("event ignored", extra={"reason": str(err)})
             count("EventsRejected")
@@ -412,8 +469,74 @@ def _discover_from(
     return created
 
 
+HEALTH_INSTANCE = re.compile(r"^(?:arn:aws[a-z-]*:ec2:[a-z0-9-]*:\d*:instance/)?(i-[0-9a-f]+)$")
+
+
+def health_time(value: str | None) -> datetime | None:
+    """AWS Health's times: RFC 1123 (`Sat, 05 Jun 2021 15:10:09 GMT`) as documented, or ISO 8601."""
+    if not value:
+        return None
+    for parse_time in (parsedate_to_datetime, datetime.fromisoformat):
+        try:
+            moment = parse_time(value.replace("Z", "+00:00") if parse_time is datetime.fromisoformat else value)
+        except (TypeError, ValueError, IndexError):
+            continue
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return None
+
+
+def handle_health(
+    raw: Any,
+    store: Store,
+    lister: InstanceLister,
+    accounts: Callable[[Credentials], str],
+    clock: Callable[[], datetime],
+) -> list[EventSummary]:
+    """An AWS Health scheduled change for EC2: each instance it names is drained when the change
+    starts within DRAIN_LEAD_SECONDS (or has started), then applied as any draining event is.
+    A change further ahead drains nothing now: the scans see it in DescribeInstanceStatus' events
+    and drain from its NotBefore minus the lead time."""
+    try:
+        event: Any = parse(event=raw, model=HealthEvent)
+    except ValidationError as err:
+        first = err.errors()[0]
+        reason = f"malformed HealthEvent: {'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
+        logger.warning("event ignored", extra={"reason": reason})
+        count("EventsRejected")
+        return [EventSummary(kind=HealthEvent.__name__, ignored=reason)]
+    detail: HealthDetail = event.detail
+    named = [entity.entity_value for entity in detail.affected_entities] + list(event.resources)
+    ids = list(dict.fromkeys(match.group(1) for value in named if (match := HEALTH_INSTANCE.match(value))))
+    start, end = health_time(detail.start_time), health_time(detail.end_time)
+    now = clock()
+    lead = timedelta(seconds=settings().drain_lead_seconds)
+    if not ids or start is None or start - lead > now:
+        reason = (
+            "names no EC2 instance"
+            if not ids
+            else "has no startTime"
+            if start is None
+            else f"starts at {iso(start)}: scans drain from {iso(start - lead)}"
+        )
+        logger.info("health event: nothing to drain now", extra={"reason": reason, "instances": ids})
+        return [EventSummary(kind=HealthEvent.__name__, ignored=f"{detail.event_type_code} {reason}")]
+    until = max(end or start + timedelta(seconds=settings().draining_ttl_seconds), now + timedelta(minutes=1))
+    active = active_draining(store.get_marks(DRAINING), iso(now))
+    region = detail.event_region or event.region
+    summaries = []
+    for instance_id in ids:
+        if instance_id not in active:
+            store.set_mark(DRAINING, instance_id, iso(until))
+        trigger = Trigger(HealthEvent.__name__, event.account, region, instance_id, True, event.id)
+        summaries.append(handle(raw, store, lister, accounts, clock, given=trigger))
+    return summaries
+
+
 def deliver(raw: Any) -> dict[str, Any]:
     """The Lambda entry point (and `cli event`): handle with the process-wide dependencies."""
     from . import runtime
 
+    if isinstance(raw, dict) and raw.get("source") == "aws.health":
+        summaries = handle_health(raw, runtime.store(), runtime.inventory(), runtime.accounts().account, runtime.now)
+        return {"kind": HealthEvent.__name__, "instances": [summary.as_dict() for summary in summaries]}
     return handle(raw, runtime.store(), runtime.inventory(), runtime.accounts().account, runtime.now).as_dict()

@@ -9,6 +9,8 @@ every upstream of a group).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -34,6 +36,55 @@ class InstanceLister(Protocol):
     def describe(self, credentials: Credentials, region: str, instance_ids: Iterable[str]) -> list[Instance]: ...
 
 
+# DescribeInstanceStatus' scheduled events that take an instance away (instance-reboot is the owner's own).
+DRAIN_CODES = frozenset({"instance-retirement", "instance-stop", "system-reboot", "system-maintenance"})
+IMPAIRED = "impaired"
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledEvent:
+    """A scheduled event on an instance that will take it out of service from `not_before`."""
+
+    instance_id: str
+    code: str
+    not_before: datetime
+    not_after: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHealth:
+    """One group's DescribeInstanceStatus: the impaired instances and the scheduled events to drain for."""
+
+    impaired: frozenset[str] = frozenset()
+    scheduled: tuple[ScheduledEvent, ...] = ()
+
+
+def to_health(statuses: Iterable[dict[str, Any]]) -> InstanceHealth:
+    """Impaired instance or system status, and the pending (not completed or canceled) drain events."""
+    impaired: set[str] = set()
+    scheduled: list[ScheduledEvent] = []
+    for entry in statuses:
+        instance_id = entry["InstanceId"]
+        states = ((entry.get("InstanceStatus") or {}).get("Status"), (entry.get("SystemStatus") or {}).get("Status"))
+        if IMPAIRED in states:
+            impaired.add(instance_id)
+        for event in entry.get("Events") or ():
+            description = str(event.get("Description") or "")
+            if event.get("Code") not in DRAIN_CODES or not isinstance(event.get("NotBefore"), datetime):
+                continue
+            if description.startswith(("[Completed]", "[Canceled]")):  # how EC2 marks events that are over
+                continue
+            scheduled.append(ScheduledEvent(instance_id, event["Code"], event["NotBefore"], event.get("NotAfter")))
+    return InstanceHealth(frozenset(impaired), tuple(scheduled))
+
+
+def instance_health(lister: Any, credentials: Credentials, region: str) -> InstanceHealth | None:
+    """The group's instance health, if the lister can tell (an optional method: fakes without it
+    report nothing, and the scan keeps each endpoint's last known health)."""
+    method = getattr(lister, "instance_health", None)
+    return None if method is None else method(credentials, region)  # type: ignore[no-any-return]
+
+
 def to_instance(data: dict[str, Any]) -> Instance:
     """The fields discovery uses, from one DescribeInstances `Instances` entry."""
     return Instance(
@@ -46,7 +97,26 @@ def to_instance(data: dict[str, Any]) -> Instance:
         instance_type=data.get("InstanceType"),
         vpc_id=data.get("VpcId"),
         subnet_id=data.get("SubnetId"),
+        ipv6=primary_ipv6(data),
     )
+
+
+def primary_ipv6(data: dict[str, Any]) -> str | None:
+    """The instance's primary IPv6 address: `Ipv6Address` when EC2 gives it, else that of the
+    primary interface (device 0): the one marked `IsPrimaryIpv6`, else its first."""
+    if data.get("Ipv6Address"):
+        return str(data["Ipv6Address"])
+    interfaces = data.get("NetworkInterfaces") or ()
+    primary = [eni for eni in interfaces if (eni.get("Attachment") or {}).get("DeviceIndex", 0) == 0]
+    for eni in primary[:1]:
+        addresses = [entry["Ipv6Address"] for entry in eni.get("Ipv6Addresses") or () if entry.get("Ipv6Address")]
+        marked = [
+            entry["Ipv6Address"] for entry in eni.get("Ipv6Addresses") or () if entry.get("IsPrimaryIpv6") is True
+        ]
+        found = marked or addresses
+        if found:
+            return str(found[0])
+    return None
 
 
 class Ec2Inventory:
@@ -63,6 +133,35 @@ class Ec2Inventory:
         ids = sorted(set(instance_ids))
         # A filter, not InstanceIds: an unknown id must not fail the request for the known ones.
         return self._describe(credentials, region, Filters=[{"Name": "instance-id", "Values": ids}]) if ids else []
+
+    def instance_health(self, credentials: Credentials, region: str) -> InstanceHealth:
+        """DescribeInstanceStatus, every page: running instances with their checks and scheduled events."""
+        operation = "ec2:DescribeInstanceStatus"
+        try:
+            client = self._factory.client("ec2", region, self._resolver.client_args(credentials))
+            pages = client.get_paginator("describe_instance_status").paginate(
+                IncludeAllInstances=False, PaginationConfig={"PageSize": 1000}
+            )
+            return to_health(entry for page in pages for entry in page.get("InstanceStatuses", ()))
+        except Exception as err:  # noqa: BLE001 - named like a listing failure: the scan keeps the last health
+            raise self._failure(operation, credentials, region, err) from err
+
+    def _failure(self, operation: str, credentials: Credentials, region: str, err: Exception) -> DiscoveryError:
+        if isinstance(err, CredentialsError):
+            return DiscoveryError(str(err), err.code)
+        if isinstance(err, ClientError):
+            code = error_code(err)
+            return DiscoveryError(
+                f"{operation} in {region} as {credentials.describe()} failed ({code})"
+                f"{aws_message(err, self._resolver.scrub)}",
+                code,
+            )
+        if isinstance(err, BotoCoreError | ResponseParserError):
+            return DiscoveryError(
+                f"{operation} in {region} as {credentials.describe()} failed: {transport_problem(err)}",
+                type(err).__name__,
+            )
+        return DiscoveryError(f"{operation} failed unexpectedly ({type(err).__name__})", type(err).__name__)
 
     def _describe(self, credentials: Credentials, region: str, **request: Any) -> list[Instance]:
         try:

@@ -47,6 +47,8 @@ def target_groups(sets: Iterable[EndpointSet], shard: int = 0, shards: int = 1) 
             optional = {
                 "__meta_ec2_private_ip": endpoint.private_ip,
                 "__meta_ec2_public_ip": endpoint.public_ip,
+                # ec2_sd lists every interface's IPv6 addresses, comma-wrapped; ec2-eds knows the primary one.
+                "__meta_ec2_ipv6_addresses": f",{endpoint.ipv6}," if endpoint.ipv6 else None,
                 "__meta_ec2_instance_type": endpoint.instance_type,
                 "__meta_ec2_vpc_id": endpoint.vpc_id,
                 "__meta_ec2_primary_subnet_id": endpoint.subnet_id,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from . import gloo_options
 
@@ -109,6 +109,15 @@ class AwsEc2Spec(_Strict):
     portTag: TagKey | None = None
     weightTag: TagKey | None = None
     metadataTags: list[TagKey] = Field(default_factory=list, max_length=20)
+    # the instance's primary IPv6 address instead of its IPv4 one.
+    ipv6: bool = False
+
+    @field_validator("ipv6")
+    @classmethod
+    def _one_family(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("publicIp"):
+            raise ValueError("choose one address: publicIp (public IPv4) or ipv6 (primary IPv6), not both")
+        return value
 
     @field_validator("region")
     @classmethod

@@ -53,6 +53,8 @@ class Status:
     code: str | None = None
     port_fallbacks: int = 0
     weight_fallbacks: int = 0
+    unhealthy: int = 0  # endpoints served UNHEALTHY (EC2 reports their instance or system status impaired)
+    draining: int = 0  # endpoints served DRAINING
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -67,6 +69,10 @@ class Status:
             data["portFallbacks"] = self.port_fallbacks
         if self.weight_fallbacks:
             data["weightFallbacks"] = self.weight_fallbacks
+        if self.unhealthy:
+            data["unhealthy"] = self.unhealthy
+        if self.draining:
+            data["draining"] = self.draining
         return data
 
     @classmethod
@@ -81,6 +87,8 @@ class Status:
             code=data.get("code"),
             port_fallbacks=int(data.get("portFallbacks", 0)),
             weight_fallbacks=int(data.get("weightFallbacks", 0)),
+            unhealthy=int(data.get("unhealthy", 0)),
+            draining=int(data.get("draining", 0)),
         )
 
 

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import time
@@ -71,11 +72,29 @@ def no_proxy_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+IPV4_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+IPV6_LOOPBACK = ipaddress.ip_address("::1")
+
+
 def is_loopback(address: str) -> bool:
+    """127.0.0.0/8, or exactly ::1: no other address (not even an IPv4-mapped IPv6 one) passes."""
     try:
-        return ipaddress.ip_address(address).is_loopback
+        ip = ipaddress.ip_address(address)
     except ValueError:
         return False
+    return ip in IPV4_LOOPBACK if ip.version == 4 else ip == IPV6_LOOPBACK
+
+
+def ipv6_loopback() -> str | None:
+    """None when this machine can listen on ::1, else why not (the IPv6 data-path tests skip with it)."""
+    if not socket.has_ipv6:
+        return "Python was built without IPv6"
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as err:
+        return f"cannot listen on ::1: {err.strerror or err}"
+    return None
 
 
 # --- bootstraps ----------------------------------------------------------------------------------

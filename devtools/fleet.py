@@ -21,6 +21,8 @@ import ipaddress
 import json
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +135,14 @@ def seed(iam: Any, ec2: Any) -> dict[str, str]:
 
 
 EVENTS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "events"
-EVENT_KINDS = ("state-change", "tag-change", "spot-interruption", "asg-terminate-lifecycle")
+EVENT_KINDS = (
+    "state-change",
+    "tag-change",
+    "spot-interruption",
+    "asg-terminate-lifecycle",
+    "rebalance-recommendation",
+    "aws-health-scheduled-change",
+)
 
 
 def event_for(ec2: Any, instance_id: str, kind: str) -> dict[str, Any]:
@@ -153,6 +162,12 @@ def event_for(ec2: Any, instance_id: str, kind: str) -> dict[str, Any]:
         detail["tags"] = {tag["Key"]: tag["Value"] for tag in described.get("Tags", [])}
     if "EC2InstanceId" in detail:
         detail["EC2InstanceId"] = instance_id
+    if "affectedEntities" in detail:  # AWS Health: the instance named, the change starting in 5 minutes
+        event["resources"] = [instance_id]
+        detail["affectedEntities"] = [{"entityValue": instance_id}]
+        start = datetime.now(UTC) + timedelta(minutes=5)
+        detail["startTime"] = format_datetime(start, usegmt=True)
+        detail["endTime"] = format_datetime(start + timedelta(hours=1), usegmt=True)
     return event
 
 

@@ -134,6 +134,8 @@ def _schemas() -> dict[str, Any]:
             "code": {"type": "string", "description": "the AWS error code of the last failure"},
             "portFallbacks": {"type": "integer", "minimum": 0},
             "weightFallbacks": {"type": "integer", "minimum": 0},
+            "unhealthy": {"type": "integer", "minimum": 1, "description": "endpoints served UNHEALTHY (absent: none)"},
+            "draining": {"type": "integer", "minimum": 1, "description": "endpoints served DRAINING (absent: none)"},
         },
     }
     endpoint = {
@@ -144,7 +146,7 @@ def _schemas() -> dict[str, Any]:
             "port": {"type": "integer", "minimum": 1, "maximum": 65535},
             "instance_id": {"type": "string"},
             "zone": {"type": "string"},
-            "health": {"type": "string", "enum": ["HEALTHY", "DRAINING"]},
+            "health": {"type": "string", "enum": ["HEALTHY", "DRAINING", "UNHEALTHY"]},
             "weight": {"type": "integer", "minimum": 1},
             "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
         },
@@ -173,7 +175,7 @@ def _schemas() -> dict[str, Any]:
                     }
                 },
             },
-            "health_status": {"type": "string", "enum": ["HEALTHY", "DRAINING"]},
+            "health_status": {"type": "string", "enum": ["HEALTHY", "DRAINING", "UNHEALTHY"]},
             "load_balancing_weight": {"type": "integer", "minimum": 1},
             "metadata": {"type": "object"},
         },

@@ -53,6 +53,8 @@ FUNCTIONS = (
     "ec2_spot_interruption",
     "ec2_tag_change",
     "asg_terminate_lifecycle",
+    "ec2_rebalance_recommendation",
+    "ec2_scheduled_change",
     "asg_drain_complete",
 )
 # Invoked asynchronously by EventBridge (the schedule is a rule too): these get a failure destination.
@@ -115,10 +117,20 @@ DYNAMODB: dict[str, dict[str, list[str]]] = {
     "ec2_tag_change": {UPSTREAMS: _UPSTREAMS_READ_WRITE, ENDPOINTS: _EVENT_ENDPOINTS},
     "ec2_spot_interruption": {UPSTREAMS: _UPSTREAMS_READ_WRITE, ENDPOINTS: _EVENT_ENDPOINTS},
     "asg_terminate_lifecycle": {UPSTREAMS: _UPSTREAMS_READ_WRITE, ENDPOINTS: _EVENT_ENDPOINTS},
+    "ec2_rebalance_recommendation": {UPSTREAMS: _UPSTREAMS_READ_WRITE, ENDPOINTS: _EVENT_ENDPOINTS},
+    "ec2_scheduled_change": {UPSTREAMS: _UPSTREAMS_READ_WRITE, ENDPOINTS: _EVENT_ENDPOINTS},
 }
+# The functions that scan (POST /scan and a PUT in the API, the schedule): they alone ask
+# DescribeInstanceStatus (instance health and scheduled maintenance); events describe one instance.
+SCANNERS = (API_HANDLER, "scheduled_scan")
 # The actions the code calls (proven necessary against moto in tests/deploy/test_least_privilege.py);
 # logs, X-Ray and SQS are called by Lambda itself on the function's behalf and checked statically.
-DISCOVERY_ACTIONS = ("ec2:DescribeInstances", "sts:AssumeRole", "secretsmanager:GetSecretValue")
+DISCOVERY_ACTIONS = (
+    "ec2:DescribeInstances",
+    "ec2:DescribeInstanceStatus",
+    "sts:AssumeRole",
+    "secretsmanager:GetSecretValue",
+)
 
 
 def function_name(stage: str, function: str) -> str:
@@ -259,7 +271,10 @@ def function_policy(
             }
         )
     if function in DISCOVERY_FUNCTIONS:
-        statements.extend(discovery_statements(stage, assume_role_arns))
+        discovery = discovery_statements(stage, assume_role_arns)
+        if function in SCANNERS:  # no resource-level permissions either: "*"
+            discovery[0]["Action"] = ["ec2:DescribeInstanceStatus", "ec2:DescribeInstances"]
+        statements.extend(discovery)
     statements.extend(lifecycle_statements(stage, function, asg_names))
     if function in ASYNC_FUNCTIONS:
         # Lambda sends a failed asynchronous invocation to the on-failure destination as the function's role.
@@ -285,10 +300,9 @@ def function_policy(
 
 
 def member_permissions() -> dict[str, Any]:
-    """The member account's role: list instances, nothing else."""
-    return _document(
-        [{"Sid": "DescribeInstances", "Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"}]
-    )
+    """The member account's role: list instances and their status, nothing else."""
+    actions = ["ec2:DescribeInstanceStatus", "ec2:DescribeInstances"]
+    return _document([{"Sid": "DescribeInstances", "Effect": "Allow", "Action": actions, "Resource": "*"}])
 
 
 def member_trust(
@@ -432,7 +446,7 @@ def merge_template(stage: str) -> dict[str, Any]:
     return {"Resources": resources, "Outputs": outputs}
 
 
-# The four EventBridge rules of app.py, as a member account forwards them.
+# The EventBridge rules of app.py, as a member account forwards them.
 EVENT_PATTERNS: dict[str, dict[str, Any]] = {
     "StateChange": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"]},
     "SpotInterruption": {"source": ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning"]},
@@ -444,6 +458,12 @@ EVENT_PATTERNS: dict[str, dict[str, Any]] = {
     "TerminateLifecycle": {
         "source": ["aws.autoscaling"],
         "detail-type": ["EC2 Instance-terminate Lifecycle Action"],
+    },
+    "RebalanceRecommendation": {"source": ["aws.ec2"], "detail-type": ["EC2 Instance Rebalance Recommendation"]},
+    "ScheduledChange": {
+        "source": ["aws.health"],
+        "detail-type": ["AWS Health Event"],
+        "detail": {"service": ["EC2"], "eventTypeCategory": ["scheduledChange"]},
     },
 }
 

@@ -108,7 +108,7 @@ def test_a_numeric_version_as_chalices_test_client_sends_it_is_accepted() -> Non
     ("change", "reason"),
     [
         ({"source": "aws.s3"}, "unsupported event"),
-        ({"detail-type": "EC2 Instance Rebalance Recommendation"}, "unsupported event"),
+        ({"detail-type": "EC2 Fast Launch State-change Notification"}, "unsupported event"),
         ({"detail": {"state": "running"}}, "instance-id"),
         ({"detail": {"instance-id": "not-an-id", "state": "running"}}, "instance-id"),
         ({"account": None}, "account"),

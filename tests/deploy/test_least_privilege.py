@@ -60,6 +60,8 @@ import json
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import boto3
@@ -103,6 +105,8 @@ EVENT_FIXTURES = {
     "ec2_spot_interruption": "spot-interruption.json",
     "ec2_tag_change": "tag-change.json",
     "asg_terminate_lifecycle": "asg-terminate-lifecycle.json",
+    "ec2_rebalance_recommendation": "rebalance-recommendation.json",
+    "ec2_scheduled_change": "aws-health-scheduled-change.json",
 }
 # Sets past CHUNK_BYTES are stored in several items (BatchGetItem to read, DeleteItem of replaced chunks);
 # the threshold is lowered for the run so that a set of a few hundred endpoints takes that path.
@@ -403,6 +407,7 @@ def scan_work(_: IamMoto) -> None:
     summary = discovery.full_scan(runtime.store(), runtime.inventory(), runtime.now).as_dict()
     expect(
         summary["errors"] == 0
+        and "health_errors" not in summary  # DescribeInstanceStatus answered for every group
         and summary["changed"] == 4  # the three web-* sets and the new discovered one
         and summary["groups"] == 3
         and summary["discovered"] == SCAN_DISCOVERS,
@@ -413,7 +418,12 @@ def scan_work(_: IamMoto) -> None:
 def event_work(fixture: str) -> Callable[[IamMoto], None]:
     def deliver(moto: IamMoto) -> None:
         raw = json.loads(json.dumps(load_event(fixture)).replace("i-abcd1111", moto.instance_id))
+        if fixture == EVENT_FIXTURES["ec2_scheduled_change"]:  # starting now: drained at once
+            raw["detail"]["startTime"] = format_datetime(datetime.now(UTC), usegmt=True)
+            raw["detail"].pop("endTime", None)
         result = events.deliver(raw)
+        if "instances" in result:  # an AWS Health event: one result per instance it names
+            (result,) = result["instances"]
         tag_change = fixture == EVENT_FIXTURES["ec2_tag_change"]
         expect(
             not result.get("ignored")
@@ -478,7 +488,10 @@ def api_work(moto: IamMoto) -> None:
     reply(api.prometheus_targets(store, NS, "web-role"), 200, "GET /prometheus/targets")
     summary = reply(api.scan(store, runtime.inventory(), runtime.now), 200, "POST /scan")
     expect(  # extra's set is new too
-        summary["errors"] == 0 and summary["changed"] == 5 and summary["discovered"] == SCAN_DISCOVERS,
+        summary["errors"] == 0
+        and "health_errors" not in summary
+        and summary["changed"] == 5
+        and summary["discovered"] == SCAN_DISCOVERS,
         f"POST /scan: {summary}",
     )
     reply(api.delete_upstream(store, NS, "extra"), 200, "DELETE /upstreams")

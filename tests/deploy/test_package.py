@@ -105,12 +105,14 @@ def test_prod_template_holds_the_rules_and_the_schedule(packaged: Callable[[str]
     ]
     rules = [event["Properties"]["Pattern"] for _, event in events if event["Type"] == "CloudWatchEvent"]
     schedules = [event["Properties"]["Schedule"] for _, event in events if event["Type"] == "Schedule"]
-    assert len(rules) == 4
+    assert len(rules) == 6
     assert {rule["detail-type"][0] for rule in rules} == {
         "EC2 Instance State-change Notification",
         "EC2 Spot Instance Interruption Warning",
         "Tag Change on Resource",
         "EC2 Instance-terminate Lifecycle Action",
+        "EC2 Instance Rebalance Recommendation",
+        "AWS Health Event",
     }
     assert schedules == ["rate(1 minute)"]  # prod's SCAN_RATE_MINUTES
 

@@ -212,7 +212,8 @@ def test_policy_is_scoped(stage: str, function: str) -> None:
         elif service == "sts":
             assert actions == ["sts:AssumeRole"] and resources == list(gen.DEFAULT_ASSUME_ROLE_ARNS)
         elif service == "ec2":
-            assert actions == ["ec2:DescribeInstances"] and resources == ["*"]  # no resource-level permissions
+            scans = ["ec2:DescribeInstanceStatus"] if function in gen.SCANNERS else []
+            assert actions == [*scans, "ec2:DescribeInstances"] and resources == ["*"]  # no resource-level ones
         elif service == "logs":
             assert actions == ["logs:CreateLogStream", "logs:PutLogEvents"]
             assert resources == [f"arn:aws:logs:*:*:log-group:/aws/lambda/{gen.function_name(stage, function)}:*"]
@@ -248,8 +249,10 @@ def test_policy_is_scoped(stage: str, function: str) -> None:
 def test_policy_holds_only_known_actions(stage: str, function: str) -> None:
     actions = {action for statement in statements(stage, function) for action in statement["Action"]}
     assert actions <= CODE_ACTIONS | LAMBDA_ACTIONS
+    status = "ec2:DescribeInstanceStatus"  # instance health and scheduled maintenance: the scanners only
     # every function but the drain queue's lists instances (events, scans, POST /scan)
-    assert (set(gen.DISCOVERY_ACTIONS) <= actions) == (function != gen.DRAIN_FUNCTION)
+    assert (set(gen.DISCOVERY_ACTIONS) - {status} <= actions) == (function != gen.DRAIN_FUNCTION)
+    assert (status in actions) == (function in gen.SCANNERS)
     assert {"logs:CreateLogStream", "logs:PutLogEvents"} <= actions
     assert ("sqs:SendMessage" in actions) == (function in (*gen.ASYNC_FUNCTIONS, gen.DRAIN_FUNCTION))
     assert ("autoscaling:CompleteLifecycleAction" in actions) == (function == gen.DRAIN_FUNCTION)
@@ -313,7 +316,12 @@ def test_merge_tables_match_table_definitions(stage: str) -> None:
 def test_member_permissions_list_instances_only() -> None:
     document = json.loads((gen.POLICIES_DIR / "member" / "permissions.json").read_text())
     assert document["Statement"] == [
-        {"Sid": "DescribeInstances", "Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"}
+        {
+            "Sid": "DescribeInstances",
+            "Effect": "Allow",
+            "Action": ["ec2:DescribeInstanceStatus", "ec2:DescribeInstances"],
+            "Resource": "*",
+        }
     ]
 
 
@@ -346,7 +354,7 @@ def test_member_template_matches_the_policies_and_the_app() -> None:
     app_patterns = [
         source.event_pattern for source in app_handlers().values() if getattr(source, "event_pattern", None)
     ]
-    assert len(rules) == 4
+    assert len(rules) == len(gen.EVENT_PATTERNS) == 6
     assert sorted(json.dumps(r["EventPattern"], sort_keys=True) for r in rules) == sorted(
         json.dumps(p, sort_keys=True) for p in app_patterns
     )
