@@ -148,8 +148,9 @@ class CredentialResolver:
 
     def _secret_keys(self, namespace: str, name: str) -> dict[str, str]:
         sid = secret_id(namespace, name)
-        if self._secrets is None:
-            self._secrets = parameters.SecretsProvider(boto3_client=self._factory.client("secretsmanager"))
+        with self._lock:  # one provider (one cache) even when several groups are listed at once
+            if self._secrets is None:
+                self._secrets = parameters.SecretsProvider(boto3_client=self._factory.client("secretsmanager"))
         try:
             value: Any = self._secrets.get(sid, max_age=settings().secret_cache_seconds, transform="json")
         except parameters.TransformParameterError:

@@ -190,7 +190,13 @@ BLOCKS: dict[tuple[str, str], Use] = {
         OFFLINE, "minutes of a real Envoy per run: the bench's make recipe is checked, the runs are bench/rolling.py's"
     ),
     (ROLLING, ".venv/bin/python -m pytest tests/envoy/test_rolling.py"): Use(SUITE, "runs tests"),
-    (ENVOY, "make run"): Use(SERVICE, "Envoy polling the demo stack (skipped without an envoy binary)"),
+    (ENVOY, "make run"): Use(
+        TEXT,
+        "two walkthroughs with a real Envoy, each run by the Envoy suite: make run's gateway by "
+        "tests/envoy/test_make_run.py, and Envoy on docs/examples/envoy-rest-eds-local.yaml (REST EDS, "
+        "a stop and its event) by tests/envoy/test_gateway.py with its own bootstrap; this one passes envoy --mode "
+        "validate in tests/unit/test_doc_examples.py",
+    ),
     (EXTENSIONS, "python -m chalicelib.cli account add prod --account-id 111111111111 --as"): Use(
         OFFLINE, "a deployed stage (its tables, $API its URL): the curl runs against the local API instead"
     ),

@@ -75,10 +75,13 @@ def test_throttled_assume_role_and_get_secret_value_are_retried_and_nothing_is_l
     summary = world.scan()
 
     assert summary.errors == 0
-    assert (assume.hits, secret.hits) == (4, 4)  # two calls each, throttled twice each
+    # AssumeRole: two calls, throttled twice each. GetSecretValue: this module caches no secret
+    # (SECRET_CACHE_SECONDS=0), so each secret group's two calls (the listing and DescribeInstanceStatus)
+    # read it again: four calls, throttled twice each.
+    assert (assume.hits, secret.hits) == (4, 8)
     calls = summary.as_dict()["aws_calls"]
     assert calls["sts:AssumeRole"] == 6  # 2 calls x (2 throttled + 1 answered): every attempt counted
-    assert calls["secretsmanager:GetSecretValue"] == 6
+    assert calls["secretsmanager:GetSecretValue"] == 12  # 4 calls x (2 throttled + 1 answered)
     for key in keys:
         assert world.members(key) == fleet, key  # nothing lost
         assert world.status(key)["state"] == "Accepted"
@@ -425,7 +428,7 @@ def test_an_event_whose_group_cannot_get_credentials_changes_nothing_and_is_coun
 
 
 MALFORMED_EVENTS = {
-    "unknown-detail-type": ("ec2_state_change", {"detail-type": "EC2 Instance Rebalance Recommendation"}),
+    "unknown-detail-type": ("ec2_state_change", {"detail-type": "EC2 Instance Reboot Notification"}),
     "unknown-source": ("ec2_state_change", {"source": "aws.s3"}),
     "no-instance-id": ("ec2_state_change", {"detail": {"state": "running"}}),
     "bad-instance-id": ("ec2_state_change", {"detail": {"instance-id": "i-XYZ; drop table", "state": "running"}}),
