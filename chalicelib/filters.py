@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from .spec import TagFilter
 
@@ -59,20 +59,40 @@ class TagIndex(Generic[T]):
 
     def __init__(self, instances: Sequence[T]) -> None:
         self.instances = list(instances)
-        self._by_key: dict[str, set[int]] = {}
-        self._by_pair: dict[tuple[str, str], set[int]] = {}
+        # Postings by lower-cased key and by (lower-cased key, value): lists while indexing
+        # (positions ascend), made sets when a filter first names them (most never are).
+        lists: dict[str | tuple[str, str], list[int]] = {}
         for position, instance in enumerate(self.instances):
             for key, value in instance.tags:
                 low = key.lower()
-                self._by_key.setdefault(low, set()).add(position)
-                self._by_pair.setdefault((low, value), set()).add(position)
+                for term in (low, (low, value)):
+                    posting = lists.get(term)
+                    if posting is None:
+                        lists[term] = [position]
+                    else:
+                        posting.append(position)
+        self._lists = lists
+        self._sets: dict[str | tuple[str, str], set[int]] = {}
+        # What callers derive once per instance of this listing and share between upstreams
+        # (see endpoints.reconcile_one): the index lives exactly as long as the listing.
+        self.memo: dict[str, Any] = {}
+
+    def _posting(self, key: str | tuple[str, str]) -> set[int]:
+        posting = self._sets.get(key)
+        if posting is None:
+            posting = self._sets[key] = set(self._lists.get(key, ()))
+        return posting
+
+    def positions(self, matcher: Matcher) -> list[int]:
+        """The positions in `instances` of those that satisfy `matcher`, in listing order."""
+        if not matcher.keys and not matcher.pairs:
+            return list(range(len(self.instances)))
+        postings = [self._posting(key) for key in matcher.keys]
+        postings += [self._posting(pair) for pair in matcher.pairs]
+        postings.sort(key=len)
+        return sorted(postings[0].intersection(*postings[1:]))
 
     def select(self, matcher: Matcher) -> list[T]:
         """The instances that satisfy `matcher`, in listing order."""
-        if not matcher.keys and not matcher.pairs:
-            return list(self.instances)
-        postings = [self._by_key.get(key, set()) for key in matcher.keys]
-        postings += [self._by_pair.get(pair, set()) for pair in matcher.pairs]
-        postings.sort(key=len)
-        chosen = set(postings[0]).intersection(*postings[1:])
-        return [self.instances[position] for position in sorted(chosen)]
+        instances = self.instances
+        return [instances[position] for position in self.positions(matcher)]
