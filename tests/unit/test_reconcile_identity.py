@@ -285,9 +285,10 @@ def test_scoped_and_plain_ipv6_in_one_set_sort_as_before() -> None:
     """`ipaddress` orders a scoped address among plain ones by number and ties them with their
     equal plain address: the cheap integer key cannot compare the two kinds, so such a set
     (which EC2 never gives) is ordered the old way."""
+    listed = [("fe80::1%eth1", "i-9"), ("fe80::2", "i-3"), ("fe80::1", "i-5"), ("10.0.0.1", "i-4")]
+    listed += [("fe80::1%eth0", "i-1"), ("x", "i-0")]  # ties that instance ids alone would order otherwise
     endpoints = [
-        Endpoint(address=address, port=80, instance_id=f"i-{n}", zone="a")
-        for n, address in enumerate(["fe80::2", "fe80::1%eth0", "fe80::1", "10.0.0.1", "fe80::1%eth1", "x"])
+        Endpoint(address=address, port=80, instance_id=instance_id, zone="a") for address, instance_id in listed
     ]
     built = EndpointSet.build("ns", "name", "us-east-1", endpoints)
     assert (built.endpoints, built.version, built.digest) == old_build("us-east-1", endpoints)
