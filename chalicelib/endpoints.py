@@ -13,6 +13,7 @@ import ipaddress
 import json
 import operator
 import re
+import socket
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -134,9 +135,9 @@ class EndpointSet:
             namespace,
             name,
             region,
-            tuple(entry.endpoint for entry in entries),
-            _hash(region, [entry.public for entry in entries]),
-            _hash(region, [entry.record for entry in entries]),
+            tuple(map(_ENDPOINT, entries)),
+            _hash(region, list(map(_PUBLIC, entries))),
+            _hash(region, list(map(_RECORD, entries))),
         )
 
     @property
@@ -159,8 +160,12 @@ class EndpointSet:
         }
 
 
+# json.dumps(value, sort_keys=True, separators=(",", ":")) without building an encoder per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return _CANONICAL.encode(value)
 
 
 def _hash(region: str, items: list[bytes]) -> str:
@@ -191,8 +196,7 @@ def address_order(address: str) -> tuple[int, Any]:
     also weighs the scope; `ordered` sorts a set that mixes both kinds as objects.
     """
     if _IPV4.fullmatch(address):  # most are: read it without `ipaddress`' parser
-        first, second, third, fourth = address.split(".")
-        return (4, (int(first) << 24) | (int(second) << 16) | (int(third) << 8) | int(fourth))
+        return (4, int.from_bytes(socket.inet_aton(address), "big"))
     try:
         ip: Any = ipaddress.ip_address(address)
     except ValueError:
@@ -363,14 +367,18 @@ def reconcile_one(
     instances = index.instances
     entries: list[_Entry] = []
     skipped: list[str] = []
-    port_fallbacks = weight_fallbacks = 0
+    made_get = made.get
+    everyone_healthy = not draining and not unhealthy
     for position in index.positions(Matcher.compile(spec.filters)):
+        entry = made_get(position)  # made only for running instances with the address
+        if entry is not None and everyone_healthy and entry.health == HEALTHY:
+            entries.append(entry)
+            continue
         instance = instances[position]
         if instance.state != RUNNING:
             continue
         instance_id = instance.instance_id
         health = UNHEALTHY if instance_id in unhealthy else DRAINING if instance_id in draining else HEALTHY
-        entry = made.get(position)
         if entry is None or entry.health != health:
             entry = (
                 None if position in no_address else _entry(upstream, instance, health, shared.facts(position, instance))
@@ -381,11 +389,11 @@ def reconcile_one(
                 continue
             made[position] = entry
         entries.append(entry)
-        port_fallbacks += entry.port_fell_back
-        weight_fallbacks += entry.weight_fell_back
+    port_fallbacks = sum(entry.port_fell_back for entry in entries) if spec.portTag is not None else 0
+    weight_fallbacks = sum(entry.weight_fell_back for entry in entries) if spec.weightTag is not None else 0
     endpoint_set = EndpointSet._assemble(upstream.namespace, upstream.name, spec.region, entries)
     derived = Derived(
-        tuple(entry.endpoint for entry in entries),
+        tuple(map(_ENDPOINT, entries)),
         tuple(skipped),
         port_fallbacks,
         weight_fallbacks,
@@ -403,16 +411,18 @@ class _Facts:
         self.tags = tuple(sorted(instance.tags))  # EC2 tags have no order: equal tags, equal version
         # record() keys in sorted order: address health instance_id instance_type ipv6 metadata
         # port private_ip public_ip subnet_id tags vpc_id weight zone.
-        self.before_metadata = _members(
-            ("instance_id", instance.instance_id), ("instance_type", instance.instance_type), ("ipv6", instance.ipv6)
+        self.before_metadata = (
+            '"instance_id":'
+            + _json(instance.instance_id)
+            + _member(',"instance_type":', instance.instance_type)
+            + _member(',"ipv6":', instance.ipv6)
         )
-        tags = "[" + ",".join("[" + _json(key) + "," + _json(value) + "]" for key, value in self.tags) + "]"
-        self.after_port = _members(
-            ("private_ip", instance.private_ip),
-            ("public_ip", instance.public_ip),
-            ("subnet_id", instance.subnet_id),
-            ("tags", tags if self.tags else None, True),
-            ("vpc_id", instance.vpc_id),
+        self.after_port = (  # starts with its comma, or is empty
+            _member(',"private_ip":', instance.private_ip)
+            + _member(',"public_ip":', instance.public_ip)
+            + _member(',"subnet_id":', instance.subnet_id)
+            + (',"tags":' + _tag_list(self.tags) if self.tags else "")
+            + _member(',"vpc_id":', instance.vpc_id)
         )
         self.zone = _json(instance.zone)
         self.orders: dict[str, tuple[int, Any]] = {}
@@ -428,14 +438,17 @@ def _json(value: Any) -> str:
     return _quote(value) if type(value) is str else _canonical(value)
 
 
-def _members(*members: tuple[Any, ...]) -> str:
-    """Canonical JSON object members `"name":value` for the (name, value[, encoded]) given in
-    name order, those whose value is None left out, as `record()` leaves them out."""
-    return ",".join(
-        _quote(member[0]) + ":" + (member[1] if len(member) > 2 else _json(member[1]))
-        for member in members
-        if member[1] is not None
-    )
+def _member(prefix: str, value: Any) -> str:
+    """`prefix` (`,"name":`) and the value's JSON, or nothing for None (`record()` leaves it out)."""
+    return "" if value is None else prefix + _json(value)
+
+
+def _tag_list(tags: tuple[tuple[str, str], ...]) -> str:
+    """`[[key, value], ...]` in canonical JSON (json.dumps builds an encoder per call: 3x slower)."""
+    try:
+        return "[[" + "],[".join([_quote(key) + "," + _quote(value) for key, value in tags]) + "]]"
+    except TypeError:  # not strings after all
+        return _canonical(tags)
 
 
 class _Shared:
@@ -483,6 +496,8 @@ class _Entry:
 
 _ORDER = operator.attrgetter("order")
 _ENDPOINT = operator.attrgetter("endpoint")
+_PUBLIC = operator.attrgetter("public")
+_RECORD = operator.attrgetter("record")
 
 
 def _entry(upstream: Upstream, instance: Instance, health: str, facts: _Facts) -> _Entry | None:
@@ -520,8 +535,7 @@ def _entry(upstream: Upstream, instance: Instance, health: str, facts: _Facts) -
         (',"weight":' + int.__repr__(endpoint.weight) if endpoint.weight != 1 else "") + ',"zone":' + facts.zone + "}"
     )
     public = head + ',"instance_id":' + _json(instance.instance_id) + metadata_json + port_json + tail
-    after_port = "," + facts.after_port if facts.after_port else ""
-    record = head + "," + facts.before_metadata + metadata_json + port_json + after_port + tail
+    record = head + "," + facts.before_metadata + metadata_json + port_json + facts.after_port + tail
     version, number = facts.order(address)
     return _Entry(
         endpoint,
