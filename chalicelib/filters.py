@@ -62,35 +62,50 @@ class TagIndex(Generic[T]):
         # Postings by lower-cased key and by (lower-cased key, value): lists while indexing
         # (positions ascend), made sets when a filter first names them (most never are).
         lists: dict[str | tuple[str, str], list[int]] = {}
+        get = lists.get
         for position, instance in enumerate(self.instances):
             for key, value in instance.tags:
                 low = key.lower()
-                for term in (low, (low, value)):
-                    posting = lists.get(term)
-                    if posting is None:
-                        lists[term] = [position]
-                    else:
-                        posting.append(position)
+                posting = get(low)
+                if posting is None:
+                    lists[low] = [position]
+                else:
+                    posting.append(position)
+                pair = (low, value)
+                posting = get(pair)
+                if posting is None:
+                    lists[pair] = [position]
+                else:
+                    posting.append(position)
         self._lists = lists
         self._sets: dict[str | tuple[str, str], set[int]] = {}
         # What callers derive once per instance of this listing and share between upstreams
         # (see endpoints.reconcile_one): the index lives exactly as long as the listing.
         self.memo: dict[str, Any] = {}
 
-    def _posting(self, key: str | tuple[str, str]) -> set[int]:
-        posting = self._sets.get(key)
+    def _posting(self, term: str | tuple[str, str]) -> set[int]:
+        posting = self._sets.get(term)
         if posting is None:
-            posting = self._sets[key] = set(self._lists.get(key, ()))
+            posting = self._sets[term] = set(self._lists.get(term, ()))
         return posting
 
+    def _ascending(self, term: str | tuple[str, str]) -> list[int]:
+        """The term's positions, ascending, each once (an instance tagged `Env` and `env` is listed twice)."""
+        listed = self._lists.get(term, [])
+        unique = self._posting(term)
+        return listed if len(listed) == len(unique) else sorted(unique)
+
     def positions(self, matcher: Matcher) -> list[int]:
-        """The positions in `instances` of those that satisfy `matcher`, in listing order."""
+        """The positions in `instances` of those that satisfy `matcher`, ascending (listing order)."""
         if not matcher.keys and not matcher.pairs:
             return list(range(len(self.instances)))
-        postings = [self._posting(key) for key in matcher.keys]
-        postings += [self._posting(pair) for pair in matcher.pairs]
-        postings.sort(key=len)
-        return sorted(postings[0].intersection(*postings[1:]))
+        terms: list[str | tuple[str, str]] = [*matcher.keys, *matcher.pairs]
+        terms.sort(key=lambda term: len(self._posting(term)))
+        # The smallest posting, in order, filtered by membership in the others: no sort.
+        found: Iterable[int] = self._ascending(terms[0])
+        for term in terms[1:]:
+            found = filter(self._posting(term).__contains__, found)
+        return list(found)
 
     def select(self, matcher: Matcher) -> list[T]:
         """The instances that satisfy `matcher`, in listing order."""
