@@ -23,7 +23,7 @@ from .accounts import Account, resolve
 from .config import settings
 from .credentials import error_code
 from .endpoints import DRAINING as DRAINING_HEALTH
-from .endpoints import UNHEALTHY, Derived, EndpointSet, Instance, reconcile_one
+from .endpoints import UNHEALTHY, Derived, EndpointSet, Instance, collector_paused, reconcile_one
 from .filters import TagIndex
 from .inventory import DiscoveryError, InstanceHealth, InstanceLister, instance_health
 from .observability import count, count_with, distribution, log_unexpected, logger, record_aws_calls
@@ -374,7 +374,7 @@ def full_scan(
     so that its change is served at once; it discovers and deletes nothing.
     """
     summary = ScanSummary()
-    with aws.counting() as counter:
+    with aws.counting() as counter, collector_paused():  # its passes would walk the listing again and again
         started = clock()
         discovering = settings().discovery_enabled and only is None
         accounts = store.list_accounts() if discovering else None
