@@ -355,10 +355,11 @@ def reconcile_one(
 ) -> tuple[EndpointSet, Derived]:
     """One upstream against a group's indexed listing.
 
-    The same as `derive` then `EndpointSet.build`, with what depends only on an instance (its
-    stored fields' JSON, tags included, and its address' order) computed once per listing, and
-    what depends on an instance and the upstream's address, port, weight and metadata options
-    once per such combination: every other upstream that matches the instance reuses it.
+    The same as `derive` then `EndpointSet.build` (tests/unit/test_reconcile_identity.py holds
+    it to the very bytes), with what depends only on an instance (its stored fields' JSON,
+    tags included) computed once per listing, and its endpoint (with sort key and JSON) once
+    per address/port/weight/metadata options and health: every other upstream that matches
+    the instance with the same options reuses it. The per-match work is a lookup.
     """
     spec = upstream.ec2
     shared: _Shared = index.memo.get(_Shared.KEY) or index.memo.setdefault(_Shared.KEY, _Shared())
@@ -405,7 +406,7 @@ class _Facts:
     """What one listed instance contributes to any endpoint of it: the canonical JSON of its
     instance-fixed fields, split where the upstream-dependent ones go (keys sort in JSON)."""
 
-    __slots__ = ("before_metadata", "after_port", "zone", "tags", "orders")
+    __slots__ = ("before_metadata", "after_port", "zone", "tags")
 
     def __init__(self, instance: Instance) -> None:
         self.tags = tuple(sorted(instance.tags))  # EC2 tags have no order: equal tags, equal version
@@ -425,13 +426,6 @@ class _Facts:
             + _member(',"vpc_id":', instance.vpc_id)
         )
         self.zone = _json(instance.zone)
-        self.orders: dict[str, tuple[int, Any]] = {}
-
-    def order(self, address: str) -> tuple[int, Any]:
-        found = self.orders.get(address)
-        if found is None:
-            found = self.orders[address] = address_order(address)
-        return found
 
 
 def _json(value: Any) -> str:
@@ -536,7 +530,7 @@ def _entry(upstream: Upstream, instance: Instance, health: str, facts: _Facts) -
     )
     public = head + ',"instance_id":' + _json(instance.instance_id) + metadata_json + port_json + tail
     record = head + "," + facts.before_metadata + metadata_json + port_json + facts.after_port + tail
-    version, number = facts.order(address)
+    version, number = address_order(address)
     return _Entry(
         endpoint,
         health,

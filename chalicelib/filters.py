@@ -59,39 +59,52 @@ class TagIndex(Generic[T]):
 
     def __init__(self, instances: Sequence[T]) -> None:
         self.instances = list(instances)
-        # Postings by lower-cased key and by (lower-cased key, value): lists while indexing
-        # (positions ascend), made sets when a filter first names them (most never are).
-        lists: dict[str | tuple[str, str], list[int]] = {}
-        get = lists.get
+        # By lower-cased key: the positions of the instances that carry it, ascending, and each
+        # one's value. Pairs are grouped by value when a filter first names the key (few keys
+        # are ever filtered on); postings become sets when a filter first names them.
+        keyed: dict[str, tuple[list[int], list[str]]] = {}
+        get = keyed.get
         for position, instance in enumerate(self.instances):
             for key, value in instance.tags:
                 low = key.lower()
-                posting = get(low)
-                if posting is None:
-                    lists[low] = [position]
+                found = get(low)
+                if found is None:
+                    keyed[low] = ([position], [value])
                 else:
-                    posting.append(position)
-                pair = (low, value)
-                posting = get(pair)
-                if posting is None:
-                    lists[pair] = [position]
-                else:
-                    posting.append(position)
-        self._lists = lists
+                    found[0].append(position)
+                    found[1].append(value)
+        self._keyed = keyed
+        self._by_value: dict[str, dict[str, list[int]]] = {}
         self._sets: dict[str | tuple[str, str], set[int]] = {}
         # What callers derive once per instance of this listing and share between upstreams
         # (see endpoints.reconcile_one): the index lives exactly as long as the listing.
         self.memo: dict[str, Any] = {}
 
+    def _listed(self, term: str | tuple[str, str]) -> list[int]:
+        """The positions of a key or (key, value) pair, ascending, once per tag that has it."""
+        if isinstance(term, str):
+            return self._keyed.get(term, ([], []))[0]
+        key, value = term
+        groups = self._by_value.get(key)
+        if groups is None:
+            groups = self._by_value[key] = {}
+            for position, tag_value in zip(*self._keyed.get(key, ([], [])), strict=True):
+                found = groups.get(tag_value)
+                if found is None:
+                    groups[tag_value] = [position]
+                else:
+                    found.append(position)
+        return groups.get(value, [])
+
     def _posting(self, term: str | tuple[str, str]) -> set[int]:
         posting = self._sets.get(term)
         if posting is None:
-            posting = self._sets[term] = set(self._lists.get(term, ()))
+            posting = self._sets[term] = set(self._listed(term))
         return posting
 
     def _ascending(self, term: str | tuple[str, str]) -> list[int]:
         """The term's positions, ascending, each once (an instance tagged `Env` and `env` is listed twice)."""
-        listed = self._lists.get(term, [])
+        listed = self._listed(term)
         unique = self._posting(term)
         return listed if len(listed) == len(unique) else sorted(unique)
 
