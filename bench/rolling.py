@@ -11,7 +11,7 @@ instance is replaced one by one: a new one is launched and its state-change even
 the old one goes, by one of three paths:
 
 - `lifecycle`: the ASG's terminate lifecycle action. Its EventBridge event goes to the Lambda
-  handler's code (`chalicelib.lifecycle.deliver`: DRAINING, completion queued on the SQS drain
+  handler's code (`chalicelib.runtime.deliver_lifecycle`: DRAINING, completion queued on the SQS drain
   queue with `DRAIN_SECONDS=--drain`); the drain queue's messages are delivered when due to the
   `on_sqs_message` handler's code; its `CompleteLifecycleAction(CONTINUE)` lets the group (played
   by `devtools.asg`, as moto does not hold instances on a hook) terminate the instance: its
@@ -153,8 +153,9 @@ def scenario(
 ) -> dict[str, Any]:
     import boto3
 
-    from chalicelib import config, events, lifecycle, runtime
-    from chalicelib.discovery import full_scan
+    from chalicelib import config, runtime
+    from chalicelib.usecases import lifecycle
+    from chalicelib.usecases.scan import full_scan
     from devtools import asg, envoy_local, fleet, stack
 
     os.environ["DRAIN_SECONDS"] = f"{drain:g}"
@@ -184,16 +185,16 @@ def scenario(
         ec2.terminate_instances(InstanceIds=[instance_id])
         servers.sync(ec2)
         ended[instance_id] = time.monotonic()
-        events.deliver(fleet.event_for(ec2, instance_id, "state-change"))
+        runtime.deliver(fleet.event_for(ec2, instance_id, "state-change"))
 
     autoscaling = boto3.client("autoscaling")
     actions = asg.LifecycleActions(autoscaling, on_complete=terminate)
     url = sqs.get_queue_url(QueueName=config.settings().drain_queue)["QueueUrl"]
-    lifecycle.reset()
-    lifecycle._lifecycle = lifecycle.Lifecycle(sqs, lambda region: actions)
+    runtime.reset()
+    runtime._lifecycle = lifecycle.Lifecycle(sqs, lambda region: actions)
     stop_poller = threading.Event()
     poller = threading.Thread(
-        target=asg.poll_drain_queue, args=(sqs, url, lifecycle.complete_messages, stop_poller), daemon=True
+        target=asg.poll_drain_queue, args=(sqs, url, runtime.complete_drains, stop_poller), daemon=True
     )
     api, base = stack.start_chalice(
         stack.free_port(), {**env, "CDS_EDS_REFRESH_SECONDS": f"{refresh:g}"}, log=logs / f"chalice-{kind}.log"
@@ -226,7 +227,7 @@ def scenario(
             time.sleep(4 * INTERVAL * 10)  # steady traffic before the first replacement
             for old_id, old_address in list(instances):
                 new_id, new_address = launch()
-                events.deliver(fleet.event_for(ec2, new_id, "state-change"))
+                runtime.deliver(fleet.event_for(ec2, new_id, "state-change"))
                 envoy_local.wait_for(
                     "the new host",
                     lambda a=new_address: any(h["address"] == a for h in admin.clusters().get(cluster, [])),  # type: ignore[misc]
@@ -237,11 +238,11 @@ def scenario(
                 if kind == "no-drain":  # no hook: the group terminates at once, ec2-eds hears the state change
                     terminate(old_id)
                 elif kind == "spot":
-                    events.deliver(fleet.event_for(ec2, old_id, "spot-interruption"))
+                    runtime.deliver(fleet.event_for(ec2, old_id, "spot-interruption"))
                     time.sleep(warning)  # the warning's two minutes, scaled down
                     terminate(old_id)
                 else:
-                    lifecycle.deliver(actions.start(GROUP, HOOK, old_id))
+                    runtime.deliver_lifecycle(actions.start(GROUP, HOOK, old_id))
                     envoy_local.wait_for("the completion", lambda i=old_id: i in ended, drain + patience, 0.02)  # type: ignore[misc]
                     to_completion.append(actions.completed[old_id] - started)
                 envoy_local.wait_for(

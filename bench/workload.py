@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from chalicelib.endpoints import Instance
+from chalicelib.domain.endpoints import Instance
 
 SERVICES = 200
 TEAMS = 25

@@ -26,8 +26,8 @@ import boto3
 import yaml
 
 from chalicelib import runtime
-from chalicelib.discovery import full_scan
 from chalicelib.observability import logger
+from chalicelib.usecases.scan import full_scan
 from devtools import envoy_local, fleet, stack
 
 GATEWAY_EXAMPLE = stack.PROJECT_DIR / "docs" / "examples" / "envoy-rest-cds-local.yaml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from chalicelib import runtime
-from chalicelib.spec import Credentials
+from chalicelib.domain.spec import Credentials
 
 ROLE = "arn:aws:iam::111111111111:role/ec2-eds-member"
 

@@ -9,8 +9,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib import runtime
-from chalicelib.discovery import full_scan
-from chalicelib.spec import parse_upstream
+from chalicelib.domain.spec import parse_upstream
+from chalicelib.usecases.scan import full_scan
 
 SECRET_GROUPS = 4
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from chalicelib.cli import stage_environment
-from chalicelib.store import table_definitions
+from chalicelib.edges.store import table_definitions
 from devtools import policies as gen
 
 ROOT = gen.PROJECT_DIR
@@ -30,7 +30,7 @@ CODE_ACTIONS = {
     "dynamodb:BatchGetItem",
     "dynamodb:ConditionCheckItem",  # the guarded writes' transactions
     *gen.DISCOVERY_ACTIONS,
-    # the terminate lifecycle path (chalicelib/lifecycle.py)
+    # the terminate lifecycle path (chalicelib/usecases/lifecycle.py)
     "autoscaling:DescribeLifecycleHooks",
     "autoscaling:CompleteLifecycleAction",
     "sqs:GetQueueUrl",

@@ -45,7 +45,8 @@ from botocore.exceptions import EndpointConnectionError, HTTPClientError
 from chalice.test import Client
 
 from app import app
-from chalicelib import aws, observability, runtime
+from chalicelib import observability, runtime
+from chalicelib.edges import clients
 from tests.conftest import load_event
 from tests.reliability.conftest import Faults, Output, World
 from tests.reliability.test_no_secret_leaks import readable
@@ -104,14 +105,14 @@ def refuse_illegal_headers(request: Any, **_: Any) -> None:
 @pytest.fixture
 def wire(faults: Faults, monkeypatch: pytest.MonkeyPatch) -> Faults:
     """Every client the service makes refuses illegal header values before moto answers."""
-    injected = aws.ClientFactory._new_client
+    injected = clients.ClientFactory._new_client
 
-    def new_client(self: aws.ClientFactory, service: str, region: str, credentials: dict[str, str]) -> Any:
+    def new_client(self: clients.ClientFactory, service: str, region: str, credentials: dict[str, str]) -> Any:
         client = injected(self, service, region, credentials)
         client.meta.events.register_first("before-send", refuse_illegal_headers)
         return client
 
-    monkeypatch.setattr(aws.ClientFactory, "_new_client", new_client)
+    monkeypatch.setattr(clients.ClientFactory, "_new_client", new_client)
     runtime.reset()
     return faults
 
@@ -215,9 +216,9 @@ def test_no_secret_and_no_external_id_spreads(
     with Client(app) as client:  # it sets the stage's variables: ours come after
         # Each failure once, without client-side rate limiting: what is said about it is the point.
         # (The test client applies the stage's variables on every call, so the setting is patched.)
-        stage = aws.settings
+        stage = runtime.settings
         monkeypatch.setattr(
-            aws, "settings", lambda: stage().model_copy(update={"retry_mode": "standard", "max_attempts": 1})
+            runtime, "settings", lambda: stage().model_copy(update={"retry_mode": "standard", "max_attempts": 1})
         )
         runtime.reset()
         http = client.http

@@ -25,7 +25,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import descriptor, descriptor_pool, json_format, message, message_factory
 from validate import validate_pb2
 
-from chalicelib.spec import parse_cluster_name
+from chalicelib.domain.spec import parse_cluster_name
 from devtools import envoy_local
 
 ROOT = Path(__file__).resolve().parent.parent.parent

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .endpoints import EndpointSet
-from .spec import SpecError, load_json
+from chalicelib.domain.endpoints import EndpointSet
+from chalicelib.domain.spec import SpecError, load_json
 
 CLA_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 ABSENT_VERSION = "absent"
