@@ -344,7 +344,9 @@ def events_per_change(emulator: Emulator, background: int = 100) -> dict[str, An
         raise RuntimeError("no instance outside the background upstreams to send events for")
     in_ten, in_one, in_none = free[0], free[1], free[2]
     name = emulator.tags[in_ten]["Name"]
-    extras = [[]] + [[{"kvPair": {"key": k, "value": v}}] for k, v in emulator.tags[in_ten].items() if k != "Name"]
+    extras: list[list[dict[str, Any]]] = [[]] + [
+        [{"kvPair": {"key": k, "value": v}}] for k, v in emulator.tags[in_ten].items() if k != "Name"
+    ]
     extras += [[{"key": k}] for k in emulator.tags[in_ten] if k != "Name"]
     ten = [
         workload.upstream_document(f"ten-{n}", [{"kvPair": {"key": "Name", "value": name}}, *extra])
@@ -402,7 +404,7 @@ def events_per_change(emulator: Emulator, background: int = 100) -> dict[str, An
 def reads_per_poll(emulator: Emulator, sizes: tuple[int, ...]) -> dict[str, Any]:
     """Scenario 5 (reads): DynamoDB requests and bytes of one EDS poll, 200 and 304, with DynamoStore."""
     from chalicelib import api, aws
-    from chalicelib.endpoints import EndpointSet, endpoint_of
+    from chalicelib.endpoints import EndpointSet
     from chalicelib.spec import parse_upstream
     from chalicelib.store import DynamoStore
 
@@ -413,7 +415,7 @@ def reads_per_poll(emulator: Emulator, sizes: tuple[int, ...]) -> dict[str, Any]
     sets = {}
     for size in sizes:
         endpoint_set = EndpointSet.build(
-            workload.NAMESPACE, f"serve-{size}", "us-east-1", [endpoint_of(upstream, i) for i in fleet[:size]]
+            workload.NAMESPACE, f"serve-{size}", "us-east-1", workload.endpoints(upstream, fleet[:size])
         )
         direct.put_endpoint_set(endpoint_set, None)
         sets[size] = endpoint_set
