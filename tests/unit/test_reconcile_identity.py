@@ -22,7 +22,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chalicelib.endpoints import (
+from chalicelib.domain.endpoints import (
     DRAINING,
     HEALTHY,
     UNHEALTHY,
@@ -33,8 +33,8 @@ from chalicelib.endpoints import (
     reconcile,
     reconcile_one,
 )
-from chalicelib.filters import Matcher, TagIndex
-from chalicelib.spec import Upstream, parse_upstream
+from chalicelib.domain.filters import Matcher, TagIndex
+from chalicelib.domain.spec import Upstream, parse_upstream
 
 # --- the algorithm as it was (frozen: do not "fix" it, it is the reference) ----------------
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _quote  # what json.dumps writes for a str
 from typing import Any
 
-from .filters import Matcher, TagIndex
-from .spec import Upstream
+from chalicelib.domain.filters import Matcher, TagIndex
+from chalicelib.domain.spec import Upstream
 
 HEALTHY = "HEALTHY"
 DRAINING = "DRAINING"
