@@ -503,23 +503,25 @@ def _entry(upstream: Upstream, instance: Instance, health: str, facts: _Facts) -
     tags = instance.tags  # as listed: of two equal keys, the first listed wins (`tag_value`)
     port = _number_from_tag(tags, spec.portTag, 1, 65535)
     weight = _number_from_tag(tags, spec.weightTag, 1, MAX_WEIGHT)
-    found = [(key, tag_value(tags, key)) for key in spec.metadataTags]
-    metadata = tuple(sorted((key, value) for key, value in found if value is not None))
-    endpoint = Endpoint(
-        address=address,
-        port=port or spec.port,
-        instance_id=instance.instance_id,
-        zone=instance.zone,
-        health=health,
-        private_ip=instance.private_ip,
-        public_ip=instance.public_ip,
-        ipv6=instance.ipv6,
-        instance_type=instance.instance_type,
-        vpc_id=instance.vpc_id,
-        subnet_id=instance.subnet_id,
-        tags=facts.tags,
-        weight=weight or 1,
-        metadata=metadata,
+    metadata: tuple[tuple[str, str], ...] = ()
+    if spec.metadataTags:
+        found = [(key, tag_value(tags, key)) for key in spec.metadataTags]
+        metadata = tuple(sorted((key, value) for key, value in found if value is not None))
+    endpoint = Endpoint(  # in the fields' order (keywords cost a third more; the identity test checks it)
+        address,
+        port or spec.port,
+        instance.instance_id,
+        instance.zone,
+        health,
+        instance.private_ip,
+        instance.public_ip,
+        instance.instance_type,
+        instance.vpc_id,
+        instance.subnet_id,
+        facts.tags,
+        weight or 1,
+        instance.ipv6,
+        metadata,
     )
     # public() keys in sorted order: address health instance_id metadata port weight zone.
     head = '{"address":' + _json(address) + ',"health":' + _json(health)
