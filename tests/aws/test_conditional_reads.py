@@ -15,15 +15,15 @@ from typing import Any
 
 import boto3
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from bench.read_units import ReadMeter
 from chalicelib.config import settings
 from chalicelib.domain.endpoints import Endpoint, EndpointSet
 from chalicelib.domain.spec import parse_upstream
-from chalicelib.edges.store import DynamoStore, Guard, MemoryStore, Outcome
-from chalicelib.edges.store import chunks, dynamo
+from chalicelib.edges.store import DynamoStore, Guard, MemoryStore, Outcome, chunks, dynamo
 from chalicelib.edges.store.chunks import HEAD_BYTES, encode_endpoints, item_bytes
 from chalicelib.usecases import api
 
