@@ -266,7 +266,7 @@ class DynamoStore:
                 "ConditionExpression": "digest = :expected",
                 "ExpressionAttributeValues": {":expected": {"S": expected_digest}},
             }
-        item = {
+        item: dict[str, Any] = {
             "id": {"S": endpoint_set.key},
             "namespace": {"S": endpoint_set.namespace},
             "name": {"S": endpoint_set.name},
