@@ -2,8 +2,8 @@
 
 Kinds (all in two DynamoDB tables, partition key `id`):
 - upstreams: `namespace/name` -> the Gloo document (compressed), status, updatedAt, generation;
-- endpoint sets: `namespace/name` -> the set's head (version, digest, count) and its records,
-  compressed and continued in chunk items (see `chunks`);
+- endpoint sets: `namespace/name` -> the set's head (version, digest, count; under 1 KB, so a
+  304 reads it alone) and its records, compressed, in chunk items past that (see `chunks`);
 - observation logs: `~seen/<group id>` -> when an event last observed each instance of a group;
 - marks: `~scan` (last listing per group), `~draining`, `~missing` (small maps of key -> time);
 - named accounts.
