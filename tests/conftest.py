@@ -12,7 +12,7 @@ import pytest
 
 from chalicelib import runtime
 from chalicelib.config import settings
-from chalicelib.store import DynamoStore, table_definitions
+from chalicelib.edges.store import DynamoStore, table_definitions
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "upstreams"

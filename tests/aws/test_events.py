@@ -10,11 +10,12 @@ import boto3
 import pytest
 from chalice.test import Client
 
-from chalicelib import events, runtime
-from chalicelib.discovery import full_scan
-from chalicelib.endpoints import Instance
-from chalicelib.inventory import Ec2Inventory
-from chalicelib.spec import Credentials, parse_upstream
+from chalicelib import runtime
+from chalicelib.domain.endpoints import Instance
+from chalicelib.domain.spec import Credentials, parse_upstream
+from chalicelib.edges.inventory import Ec2Inventory
+from chalicelib.usecases import events
+from chalicelib.usecases.scan import full_scan
 from tests.conftest import launch, load_event
 
 OTHER_ACCOUNT = "111111111111"
@@ -51,7 +52,7 @@ def event(name: str, instance_id: str, **changes: Any) -> dict[str, Any]:
 
 
 def deliver(raw: dict[str, Any]) -> dict[str, Any]:
-    return events.deliver(raw)
+    return runtime.deliver(raw)
 
 
 def members(name: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ import pytest
 from chalice.test import Client
 
 from app import app
-from chalicelib.inventory import primary_ipv6
+from chalicelib.edges.inventory import primary_ipv6
 
 ROOT = Path(__file__).resolve().parents[2]
 AMI = "ami-12345678"

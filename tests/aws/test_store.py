@@ -11,9 +11,10 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib.endpoints import Endpoint, EndpointSet
-from chalicelib.spec import Upstream, parse_upstream
-from chalicelib.store import ACCEPTED, ERROR, REJECTED, DynamoStore, MemoryStore, Status
+from chalicelib.domain.endpoints import Endpoint, EndpointSet
+from chalicelib.domain.spec import Upstream, parse_upstream
+from chalicelib.domain.status import ACCEPTED, ERROR, REJECTED, Status
+from chalicelib.edges.store import DynamoStore, MemoryStore
 
 NOW = "2026-01-02T03:04:05.000000Z"
 LATER = "2026-01-02T04:00:00.000000Z"

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import app
-from chalicelib.store import DynamoStore
+from chalicelib.edges.store import DynamoStore
 
 MIB = 1024 * 1024
 GOOD = {"spec": {"awsEc2": {"region": "us-east-1", "filters": [{"key": "app"}], "port": 8080}}}

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.endpoints import (
+from chalicelib.domain.endpoints import (
     DRAINING,
     HEALTHY,
     Endpoint,
@@ -25,7 +25,7 @@ from chalicelib.endpoints import (
     endpoint_of,
     reconcile,
 )
-from chalicelib.spec import Upstream, parse_upstream
+from chalicelib.domain.spec import Upstream, parse_upstream
 
 
 def upstream(name: str = "web", namespace: str = "default", **ec2: Any) -> Upstream:

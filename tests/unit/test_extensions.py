@@ -9,9 +9,9 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
-from chalicelib import eds
-from chalicelib.endpoints import Instance, derive, reconcile
-from chalicelib.spec import parse_upstream
+from chalicelib.domain.endpoints import Instance, derive, reconcile
+from chalicelib.domain.spec import parse_upstream
+from chalicelib.render import eds
 from sidecar.agent import to_discovery_response
 
 
@@ -113,7 +113,7 @@ def test_eds_and_the_sidecar_carry_weights_and_subset_metadata_envoy_accepts() -
     ],
 )
 def test_bad_extension_fields_name_their_path(block: dict[str, Any], field: str) -> None:
-    from chalicelib.spec import SpecError
+    from chalicelib.domain.spec import SpecError
 
     with pytest.raises(SpecError) as err:
         upstream(**block)
