@@ -47,7 +47,7 @@ NOT_PACKAGED = (
 
 
 def _stage_variables() -> dict[str, str]:
-    from chalicelib.cli import stage_environment
+    from chalicelib.config import stage_environment
 
     return stage_environment("dev")
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.first_invocation import CASES
-from chalicelib.cli import stage_environment
+from chalicelib.config import stage_environment
 from devtools import stack
 
 POLLS = [case for case in CASES if case.startswith("api ")]
@@ -68,4 +68,3 @@ def test_a_polls_cold_start_loads_no_pydantic_yaml_or_xray(case: str, seeded: di
     loaded = result["loaded"]
     assert isinstance(loaded, list)
     assert not set(loaded) & set(KEPT_OFF), f"{case} loaded {sorted(set(loaded) & set(KEPT_OFF))}"
-
