@@ -7,6 +7,7 @@ in a fresh interpreter, against moto's server seeded with the demo fleet; the zi
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import zipfile
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -256,19 +258,34 @@ def package_size() -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def main() -> None:
-    """`python -m bench.coldstart [REPETITIONS]`: goal 7 alone, as JSON (make bench runs it among the rest)."""
-    repetitions = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    cold, package = import_times(repetitions), package_size()
-    print(json.dumps({"cold_start": cold, "package": package}, indent=2))
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.coldstart`: goal 7 alone (make bench runs it among the rest)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.coldstart", description=main.__doc__)
+    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument(
+        "--merge", metavar="FILE", help="also write the figures into FILE's `cold_start` and `package` (results.json)"
+    )
+    args = parser.parse_args(argv)
+    cold, package = import_times(args.repetitions), package_size()
+    cold["generated"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # when measured apart from a full run
+    if args.merge:
+        from .run import goals
+
+        path = Path(args.merge)
+        earlier = json.loads(path.read_text()) if path.exists() else {}
+        earlier.update(cold_start=cold, package=package)
+        earlier["goals"] = goals(earlier)
+        path.write_text(json.dumps(earlier, indent=2) + "\n")
     worst = cold["first_invocation"][cold["worst_case"]]
+    print(json.dumps({"cold_start": cold, "package": package}, indent=2))
     print(
         f"goal 7: worst cold start {cold['worst_case']} {worst['ratio']}x import boto3 (goal <= {GOAL_RATIO}x): "
         f"{'met' if cold['met'] else 'missed'}; zip {package.get('zip_bytes', 0) / 1e6:.1f} MB "
         f"(goal <= {GOAL_ZIP_BYTES / 1e6:g} MB): {'met' if package.get('met') else 'missed'}",
         file=sys.stderr,
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
