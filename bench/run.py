@@ -337,7 +337,7 @@ def _goals_serving_and_cold_start(results: dict[str, Any], goal: Goal) -> None:
     limit = cold["goal_ratio"]
     over = [case for case, figure in cold["first_invocation"].items() if figure["ratio"] > limit]
     goal(
-        "7 cold start: import app + first invocation / import boto3, every function",
+        "6 cold start: import app + first invocation / import boto3, every function",
         f"<= {limit}x",
         f"worst {cold['worst_case']}: {worst['total_ms']:.0f} / {cold['boto3_ms']:.0f} ms = {worst['ratio']:.2f}x "
         f"(import app alone {cold['ratio']:.2f}x)",
@@ -351,7 +351,7 @@ def _goals_serving_and_cold_start(results: dict[str, Any], goal: Goal) -> None:
     polls = {case: figure for case, figure in cold["first_invocation"].items() if case.startswith("api ")}
     heavy_on_polls = sorted({name for figure in polls.values() for name in figure["loaded"]})
     goal(
-        "7 a poll's cold start loads no pydantic, yaml or X-Ray SDK",
+        "6 a poll's cold start loads no pydantic, yaml or X-Ray SDK",
         "none",
         ", ".join(heavy_on_polls) or "none",
         not heavy_on_polls,
@@ -359,7 +359,7 @@ def _goals_serving_and_cold_start(results: dict[str, Any], goal: Goal) -> None:
     package = results["package"]
     if "zip_bytes" in package:
         goal(
-            "7 deployment zip without boto3/botocore",
+            "6 deployment zip without boto3/botocore",
             f"<= {package['goal_zip_bytes'] / 1e6:g} MB, none inside",
             f"{package['zip_bytes'] / 1e6:.1f} MB zip ({package['unzipped_bytes'] / 1e6:.1f} MB unzipped), "
             f"inside: {', '.join(package['runtime_packages_inside']) or 'none'}",
