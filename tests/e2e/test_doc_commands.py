@@ -152,6 +152,9 @@ BLOCKS: dict[tuple[str, str], Use] = {
     ),
     (DEPLOY, "make package STAGE=$STAGE"): Use(OFFLINE, REAL_AWS + ": S3, CloudFormation"),
     (DEPLOY, "python -m chalicelib.cli --stage $STAGE bootstrap"): Use(OFFLINE, REAL_AWS + ": chalice deploy, SQS"),
+    (DEPLOY, "python -m devtools.tracing_layer --stage prod build/layer/"): Use(
+        OFFLINE, REAL_AWS + ": lambda publish-layer-version"
+    ),
     (DEPLOY, "python -m chalicelib.cli --stage $STAGE apply -f examples/upstreams/seed"): Use(
         OFFLINE, "the deployed stage's tables and Secrets Manager"
     ),
