@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         (logs / "stdout.log").write_text(stray.getvalue())
     results["reconcile"] = timed("4 pure reconcile", seconds, lambda: core("reconcile"))
     results["serving_latency"] = timed("5 serving latency", seconds, lambda: core("serving"))
-    results["cold_start"] = timed("6 import time", seconds, coldstart.import_times)
+    results["cold_start"] = timed("6 cold starts", seconds, lambda: coldstart.import_times(logs=logs))
     results["package"] = (
         {"skipped": "--skip-package"} if args.skip_package else timed("6 package size", seconds, coldstart.package_size)
     )
@@ -373,20 +373,37 @@ def _goals_serving_and_cold_start(results: dict[str, Any], goal: Goal) -> None:
     _poll_goal(results, goal)
     cold = results["cold_start"]
     heavy = ", ".join(f"{p['package']} {p['ms']:.0f} ms" for p in cold["app_self_time_by_package"][:4])
+    worst = cold["first_invocation"][cold["worst_case"]]
+    limit = cold["goal_ratio"]
+    over = [case for case, figure in cold["first_invocation"].items() if figure["ratio"] > limit]
     goal(
-        "6 import app / import boto3",
-        "<= 1.5x",
-        f"{cold['app_ms']:.0f} / {cold['boto3_ms']:.0f} ms = {cold['ratio']:.2f}x",
-        cold["ratio"] <= 1.5,
-        "" if cold["ratio"] <= 1.5 else f"missed by {cold['ratio'] / 1.5:.1f}x; heaviest: {heavy}",
+        "6 cold start: import app + first invocation / import boto3, every function",
+        f"<= {limit}x",
+        f"worst {cold['worst_case']}: {worst['total_ms']:.0f} / {cold['boto3_ms']:.0f} ms = {worst['ratio']:.2f}x "
+        f"(import app alone {cold['ratio']:.2f}x)",
+        cold["met"] and not cold["functions_not_measured"],
+        ""
+        if cold["met"] and not cold["functions_not_measured"]
+        else f"missed by {worst['ratio'] / limit:.1f}x in {len(over)} of {len(cold['first_invocation'])} cases; "
+        f"heaviest imports: {heavy}"
+        + (f"; not measured: {', '.join(cold['functions_not_measured'])}" if cold["functions_not_measured"] else ""),
+    )
+    polls = {case: figure for case, figure in cold["first_invocation"].items() if case.startswith("api ")}
+    heavy_on_polls = sorted({name for figure in polls.values() for name in figure["loaded"]})
+    goal(
+        "6 a poll's cold start loads no pydantic, yaml or X-Ray SDK",
+        "none",
+        ", ".join(heavy_on_polls) or "none",
+        not heavy_on_polls,
     )
     package = results["package"]
     if "zip_bytes" in package:
         goal(
-            "6 package within Lambda's limits (50 MB zip, 250 MB unzipped)",
-            "within limits",
-            f"{package['zip_bytes'] / 1e6:.1f} MB zip, {package['unzipped_bytes'] / 1e6:.1f} MB unzipped",
-            package["zip_bytes"] < 50e6 and package["unzipped_bytes"] < 250e6,
+            "6 deployment zip without boto3/botocore",
+            f"<= {package['goal_zip_bytes'] / 1e6:g} MB, none inside",
+            f"{package['zip_bytes'] / 1e6:.1f} MB zip ({package['unzipped_bytes'] / 1e6:.1f} MB unzipped), "
+            f"inside: {', '.join(package['runtime_packages_inside']) or 'none'}",
+            package["met"] and not package["runtime_packages_inside"],
         )
 
 
@@ -740,14 +757,40 @@ def _render_cold_start(results: dict[str, Any]) -> list[str]:
     out: list[str] = []
     cold, package = results["cold_start"], results["package"]
     out.append(
-        f"\n6. Cold start: import app {cold['app_ms']} ms vs import boto3 {cold['boto3_ms']} ms "
-        f"= {cold['ratio']}x (median of {cold['repetitions']}); app's import time by package: "
+        f"\n6. Cold start (goal 7): import app + each function's first invocation, fresh interpreters against "
+        f"moto, median of {cold['repetitions']}; import boto3 {cold['boto3_ms']} ms, import app {cold['app_ms']} ms "
+        f"= {cold['ratio']}x"
+    )
+    out.append(
+        _table(
+            ["case", "import app ms", "first invocation ms", "total ms", "x boto3", "loaded"],
+            [
+                [
+                    case,
+                    figure["import_ms"],
+                    figure["first_invocation_ms"],
+                    figure["total_ms"],
+                    figure["ratio"],
+                    ", ".join(figure["loaded"]) or "-",
+                ]
+                for case, figure in cold["first_invocation"].items()
+            ],
+        )
+    )
+    if "traced_first_poll" in cold:
+        traced = cold["traced_first_poll"]
+        out.append(
+            f"   with tracing on (the tracing layer's X-Ray SDK), {traced['case']}: {traced['total_ms']} ms "
+            f"= {traced['ratio']}x"
+        )
+    out.append(
+        "   app's import time by package: "
         + ", ".join(f"{p['package']} {p['ms']} ms" for p in cold["app_self_time_by_package"][:6])
     )
     if "zip_bytes" in package:
         out.append(
             f"   chalice package: {package['zip_bytes'] / 1e6:.1f} MB zip ({package['unzipped_bytes'] / 1e6:.1f} MB "
-            f"unzipped, {package['files']} files); largest: "
+            f"unzipped, {package['files']} files; goal <= {package['goal_zip_bytes'] / 1e6:g} MB); largest: "
             + ", ".join(f"{e['entry']} {e['share']:.0%}" for e in package["largest"][:4])
         )
     else:

@@ -1,13 +1,13 @@
 """`chalice package` with the merge template, and cfn-lint on everything, as a user runs them.
 
-Slow (each package builds the deployment zip): marked `deploy`, run by `make test`.
+Slow (each package builds the deployment zip, once per stage: conftest.py's `packaged`): marked
+`deploy`, run by `make test`.
 cfn-lint is run as a process; any output at all (error, warning or info) fails.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,32 +19,13 @@ import pytest
 
 from devtools import policies as gen
 
+from .packaging import environment, package
+
 pytestmark = pytest.mark.deploy
 ROOT = gen.PROJECT_DIR
-CHALICE = str(Path(sys.executable).with_name("chalice"))
 CFN_LINT = str(Path(sys.executable).with_name("cfn-lint"))
 CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())
 VPCE = "vpce-0123456789abcdef0"
-
-
-def environment() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "READ_ROUTES_AUTH"))}
-    env.update({"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
-    return env
-
-
-def package(project: Path, stage: str, out: Path) -> dict[str, Any]:
-    """`make package`'s command, in `project`, into `out`."""
-    result = subprocess.run(
-        [CHALICE, "package", "--stage", stage, "--merge-template", f"deploy/merge/{stage}.json", str(out)],
-        cwd=project,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return dict(json.loads((out / "sam.json").read_text()))
 
 
 def cfn_lint(*paths: Path) -> None:
@@ -54,19 +35,6 @@ def cfn_lint(*paths: Path) -> None:
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), (
         f"cfn-lint exit {result.returncode}:\n{result.stdout}\n{result.stderr}"
     )
-
-
-@pytest.fixture(scope="module")
-def packaged(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, dict[str, Any]]]:
-    done: dict[str, tuple[Path, dict[str, Any]]] = {}
-
-    def get(stage: str) -> tuple[Path, dict[str, Any]]:
-        if stage not in done:
-            out = tmp_path_factory.mktemp(f"package-{stage}") / "out"
-            done[stage] = (out / "sam.json", package(ROOT, stage, out))
-        return done[stage]
-
-    return get
 
 
 def of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
@@ -229,7 +197,7 @@ def test_private_api_variant_packages_and_lints(tmp_path: Path) -> None:
     """The stage settings DEPLOY.md gives for a private API: only the VPC endpoint may invoke it."""
     project = tmp_path / "project"
     project.mkdir()
-    for name in ("app.py", "requirements.txt"):
+    for name in ("app.py", "requirements.txt", "requirements-tracing.txt"):
         shutil.copy(ROOT / name, project / name)
     for name in ("chalicelib", "policies", "deploy"):
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
