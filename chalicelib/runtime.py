@@ -61,7 +61,7 @@ def store() -> DynamoStore:
 def resolver() -> CredentialResolver:
     global _resolver
     if _resolver is None:
-        _resolver = CredentialResolver(clients())
+        _resolver = CredentialResolver(clients(), settings())
     return _resolver
 
 
@@ -110,7 +110,9 @@ def drains() -> lifecycle.Lifecycle:
     global _lifecycle
     if _lifecycle is None:
         factory = clients()
-        _lifecycle = lifecycle.Lifecycle(factory.client("sqs"), lambda region: factory.client("autoscaling", region))
+        _lifecycle = lifecycle.Lifecycle(
+            factory.client("sqs"), lambda region: factory.client("autoscaling", region), settings()
+        )
     return _lifecycle
 
 
