@@ -17,7 +17,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-ROLES = {
+ROLES: dict[str, dict[str, Any]] = {
     "role": {"roleArn": "arn:aws:iam::123456789012:role/r1"},
     "keyed-role": {"roleArn": "arn:aws:iam::123456789012:role/r2", "secretRef": {"name": "a", "namespace": "default"}},
     "keyed-b": {"secretRef": {"name": "b", "namespace": "default"}},
