@@ -175,7 +175,7 @@ class Ec2Eds:
         from chalicelib.edges.store import DynamoStore
 
         factory = clients.ClientFactory(settings())
-        self.inventory = Ec2Inventory(factory, CredentialResolver(factory))
+        self.inventory = Ec2Inventory(factory, CredentialResolver(factory, settings()))
         self.store = DynamoStore(factory.client("dynamodb"), *tables)
 
     def scan(self) -> Any:

@@ -292,7 +292,7 @@ def scenario(
     actions = asg.LifecycleActions(autoscaling, on_complete=terminate)
     url = sqs.get_queue_url(QueueName=config.settings().drain_queue)["QueueUrl"]
     runtime.reset()
-    runtime._lifecycle = lifecycle.Lifecycle(sqs, lambda region: actions)
+    runtime._lifecycle = lifecycle.Lifecycle(sqs, lambda region: actions, config.settings())
     stop_poller = threading.Event()
     poller = threading.Thread(
         target=asg.poll_drain_queue, args=(sqs, url, runtime.complete_drains, stop_poller), daemon=True

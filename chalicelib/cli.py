@@ -398,7 +398,7 @@ def cmd_account(args: argparse.Namespace) -> None:
 def cmd_secret_create(args: argparse.Namespace) -> None:
     check_label(args.namespace, "--namespace")
     check_label(args.name, "--name")  # a secretRef's name is a DNS-1123 label: no upstream could name another
-    sid = secret_id(args.namespace, args.name)
+    sid = secret_id(settings().secret_prefix, args.namespace, args.name)
     value = json.dumps(secret_document(args.access_key, args.secret_key, args.session_token))
     client = runtime.clients().client("secretsmanager")
     try:
@@ -466,7 +466,7 @@ def cmd_secret_list(args: argparse.Namespace) -> None:
 def cmd_secret_delete(args: argparse.Namespace) -> None:
     check_label(args.namespace, "--namespace")
     check_label(args.name, "--name")
-    sid = secret_id(args.namespace, args.name)
+    sid = secret_id(settings().secret_prefix, args.namespace, args.name)
     users = secret_refs_in_use().get((args.namespace, args.name), [])
     client = runtime.clients().client("secretsmanager")
     try:

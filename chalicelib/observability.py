@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.shared.functions import resolve_truthy_env_var_choice
 
@@ -69,11 +69,11 @@ def count_with(name: str, value: float, dimensions: Mapping[str, str], unit: Met
     Every distinct dimension value is a CloudWatch metric of its own, so keep
     these for rare events (errors), not for every upstream on every scan.
     """
-    metric = EphemeralMetrics(namespace=NAMESPACE, service=SERVICE)
-    for key, dim in dimensions.items():
-        metric.add_dimension(name=key, value=dim[:250])
-    metric.add_metric(name=name, unit=unit, value=value)
-    metric.flush_metrics()
+    if is_metrics_disabled():
+        return  # Powertools' single_metric prints its EMF line even then (the CLI's stdout is JSON)
+    own = {**{key: dim[:250] for key, dim in dimensions.items()}, "service": SERVICE}  # as Metrics orders them
+    with single_metric(name=name, unit=unit, value=value, namespace=NAMESPACE, default_dimensions=own):
+        pass  # the line is printed when the block ends
 
 
 def distribution(name: str, values: list[float], unit: MetricUnit = MetricUnit.Count) -> None:

@@ -65,7 +65,7 @@ def store() -> DynamoStore:
 def resolver() -> CredentialResolver:
     global _resolver
     if _resolver is None:
-        _resolver = CredentialResolver(clients())
+        _resolver = CredentialResolver(clients(), settings())
     return _resolver
 
 
@@ -116,7 +116,9 @@ def drains() -> lifecycle.Lifecycle:
         from chalicelib.usecases import lifecycle
 
         factory = clients()
-        _lifecycle = lifecycle.Lifecycle(factory.client("sqs"), lambda region: factory.client("autoscaling", region))
+        _lifecycle = lifecycle.Lifecycle(
+            factory.client("sqs"), lambda region: factory.client("autoscaling", region), settings()
+        )
     return _lifecycle
 
 

@@ -1,6 +1,9 @@
-"""boto3 clients: built lazily, cached per (service, region, credentials), counted.
+"""boto3 clients: built lazily, cached per (service, region, identity), counted.
 
-Retries are botocore's own (`adaptive` by default, see `AWS_RETRY_MODE`);
+An `Identity` is whom a client acts as: its botocore credentials (fixed keys,
+or refreshable ones that renew themselves, e.g. an assumed role) and a digest
+naming them, so a client is made once per identity and no secret is kept in a
+cache key. Retries are botocore's own (`adaptive` by default, see `AWS_RETRY_MODE`);
 `AWS_ENDPOINT_URL` (honoured by botocore itself) points every client at an
 emulator. Every HTTP request a client sends is counted under
 `service:Operation` in the `CallCounter` active in the current context, so a
@@ -15,10 +18,13 @@ import hashlib
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
+from botocore.credentials import CredentialProvider, CredentialResolver, Credentials
 
 from chalicelib.config import Settings
 
@@ -66,57 +72,94 @@ def _counter_hook(prefix: str) -> Any:
     return count
 
 
+@dataclass(frozen=True, eq=False, slots=True)
+class Identity:
+    """Whom a client acts as: `key` names it (a digest, never a credential), `credentials` sign its requests."""
+
+    key: str
+    credentials: Credentials
+
+
+def digest(*parts: str) -> str:
+    """A cache key from credential material: nothing of it can be read back from the key."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def fixed_identity(access_key: str, secret_key: str, token: str | None = None) -> Identity:
+    """Keys that never change (a stored secret's): a corrected secret key or token is a new identity."""
+    return Identity(digest("keys", access_key, secret_key, token or ""), Credentials(access_key, secret_key, token))
+
+
+class _Given(CredentialProvider):  # type: ignore[misc]
+    """A session's credential chain of one link: the identity's own credentials."""
+
+    METHOD = "ec2-eds-identity"
+
+    def __init__(self, credentials: Credentials) -> None:
+        super().__init__()
+        self._credentials = credentials
+
+    def load(self) -> Credentials:
+        return self._credentials
+
+
 class ClientFactory:
-    """One boto3 client per (service, region, access key), made on first use."""
+    """One boto3 client per (service, region, identity), made on first use."""
 
     def __init__(self, conf: Settings) -> None:
         self._conf = conf
         self._lock = threading.Lock()
+        self._core: botocore.session.Session | None = None  # the function's own credentials chain
         self._session: boto3.session.Session | None = None
-        self._clients: dict[tuple[str, str, str | None], Any] = {}  # (service, region, credentials_key)
+        self._clients: dict[tuple[str, str, str | None], Any] = {}  # (service, region, identity key)
+        self._sessions: dict[str, botocore.session.Session] = {}  # by identity key
 
-    def client(self, service: str, region: str | None = None, credentials: dict[str, str] | None = None) -> Any:
+    def client(self, service: str, region: str | None = None, identity: Identity | None = None) -> Any:
+        """A client of `service` in `region` (the home region by default) acting as `identity`
+        (None: the function's own role)."""
         region = region or self._conf.home_region
-        credentials = credentials or {}
-        key = (service, region, credentials_key(credentials))
+        key = (service, region, identity.key if identity else None)
         client = self._clients.get(key)
         if client is not None:
             return client
-        with self._lock:  # boto3 sessions are not thread-safe while creating clients
+        with self._lock:  # botocore sessions are not thread-safe while creating clients
             client = self._clients.get(key)
             if client is None:
-                client = self._new_client(service, region, credentials)
+                client = self._new_client(service, region, identity)
                 self._clients[key] = client
         return client
 
-    def _new_client(self, service: str, region: str, credentials: dict[str, str]) -> Any:
+    def _config(self) -> Config:
         conf = self._conf
-        if self._session is None:
-            self._session = boto3.session.Session()
-        config = Config(
+        return Config(
             retries={"mode": conf.retry_mode, "max_attempts": conf.max_attempts},
             connect_timeout=conf.connect_timeout,
             read_timeout=conf.read_timeout,
             user_agent_extra="ec2-eds",
         )
-        client = self._session.client(service, region_name=region, config=config, **credentials)
+
+    def _new_client(self, service: str, region: str, identity: Identity | None) -> Any:
+        if self._core is None:
+            self._core = botocore.session.get_session()
+            self._session = boto3.session.Session(botocore_session=self._core)
+        assert self._session is not None
+        if identity is None:
+            client = self._session.client(service, region_name=region, config=self._config())
+        else:
+            client = self._identity_session(identity).create_client(service, region_name=region, config=self._config())
         prefix = client.meta.service_model.signing_name
         # request-created fires once per HTTP attempt: pages and retries both count.
         client.meta.events.register("request-created", _counter_hook(prefix))
         return client
 
-    def forget(self, credentials: dict[str, str]) -> None:
-        """Drop the clients of credentials that expired or were replaced."""
-        gone = credentials_key(credentials)
-        with self._lock:
-            for key in [key for key in self._clients if key[2] == gone]:
-                del self._clients[key]
-
-
-def credentials_key(credentials: dict[str, str]) -> str | None:
-    """The cache key of a set of credentials: a digest of all of it, so a corrected secret key
-    or session token gets a new client, and no part of a secret is kept in a key."""
-    if not credentials:
-        return None
-    canonical = "\0".join(f"{name}={credentials[name]}" for name in sorted(credentials))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    def _identity_session(self, identity: Identity) -> botocore.session.Session:
+        """A botocore session whose credentials are the identity's (botocore takes a credentials
+        object only through a session's credential provider); the service models are shared."""
+        assert self._core is not None
+        session = self._sessions.get(identity.key)
+        if session is None:
+            session = botocore.session.get_session()
+            session.register_component("data_loader", self._core.get_component("data_loader"))
+            session.register_component("credential_provider", CredentialResolver([_Given(identity.credentials)]))
+            self._sessions[identity.key] = session
+        return session

@@ -3,28 +3,32 @@
 A `secretRef` names the Secrets Manager secret `{SECRET_PREFIX}{namespace}/{name}`
 whose JSON holds Gloo's keys `access_key`, `secret_key` and optionally
 `session_token`. A `roleArn` is assumed with those keys when a secret is
-given, else with the function's role. Secret values are cached for
-`SECRET_CACHE_SECONDS` (Powertools' parameters cache) and assumed
-credentials until `CREDENTIALS_REFRESH_MARGIN_SECONDS` before they expire,
-across warm invocations.
+given, else with the function's role (with `ExternalId` when the upstream names one).
+Secret values are cached for `SECRET_CACHE_SECONDS` (Powertools' parameters cache).
+An assumed role is botocore's refreshable credentials, made once per (role, external
+id, base credentials) and kept across warm invocations: botocore renews them itself
+from `CREDENTIALS_REFRESH_MARGIN_SECONDS` before they expire (a failed renewal keeps
+the current ones until half that margin is left; then it fails the call that needed
+them), so a client made for an assumed role is made once.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools.utilities import parameters
+from botocore.credentials import DeferredRefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chalicelib.config import settings
+from chalicelib.config import Settings
 from chalicelib.domain.spec import Credentials
-from chalicelib.edges.clients import ClientFactory, credentials_key
+from chalicelib.edges.clients import ClientFactory, Identity, digest, fixed_identity
 
 SECRET_KEYS = ("access_key", "secret_key")
 SESSION_NAME = "ec2-eds"
@@ -38,9 +42,9 @@ class CredentialsError(Exception):
         self.code = code
 
 
-def secret_id(namespace: str, name: str) -> str:
-    """The Secrets Manager id a `secretRef` resolves to."""
-    return f"{settings().secret_prefix}{namespace}/{name}"
+def secret_id(prefix: str, namespace: str, name: str) -> str:
+    """The Secrets Manager id a `secretRef` resolves to (`prefix` is SECRET_PREFIX)."""
+    return f"{prefix}{namespace}/{name}"
 
 
 def secret_document(access_key: str, secret_key: str, session_token: str | None = None) -> dict[str, str]:
@@ -49,12 +53,6 @@ def secret_document(access_key: str, secret_key: str, session_token: str | None 
     if session_token:
         document["session_token"] = session_token
     return document
-
-
-@dataclass(frozen=True, slots=True)
-class _Assumed:
-    keys: dict[str, str]
-    expires_at: float
 
 
 def error_code(err: BaseException) -> str:
@@ -128,31 +126,58 @@ def transport_problem(err: BaseException) -> str:
     return known.get(name, f"{name} (details withheld: they can quote credentials)")
 
 
-class CredentialResolver:
-    """Turns `Credentials` into boto3 client keyword arguments."""
+class AssumedRoleCredentials(DeferredRefreshableCredentials):  # type: ignore[misc]
+    """An assumed role's credentials: fetched on first use, renewed by botocore before they expire.
 
-    def __init__(self, factory: ClientFactory, clock: Callable[[], float] = time.time) -> None:
+    From `margin` seconds before expiry a renewal is tried (botocore's advisory refresh: a failure
+    keeps the current credentials); from `margin / 2` it must succeed (mandatory: a failure fails
+    the call being signed).
+    """
+
+    def __init__(self, refresh: Callable[[], dict[str, str]], margin: float, now: Callable[[], datetime]) -> None:
+        super().__init__(refresh_using=refresh, method="sts-assume-role", time_fetcher=now)
+        self._advisory_refresh_timeout = margin
+        self._mandatory_refresh_timeout = margin / 2
+
+
+class CredentialResolver:
+    """Turns `Credentials` into the `Identity` a client acts as (None: the function's role)."""
+
+    def __init__(self, factory: ClientFactory, conf: Settings, clock: Callable[[], float] = time.time) -> None:
         self._factory = factory
+        self._prefix = conf.secret_prefix
+        self._secret_max_age = conf.secret_cache_seconds
+        self._margin = conf.credentials_refresh_margin_seconds
         self._clock = clock
         self._lock = threading.Lock()
-        self._assumed: dict[tuple[str, str | None, str | None], _Assumed] = {}  # by role, external id, base keys
+        self._assumed: dict[str, Identity] = {}  # by a digest of (role, external id, base identity)
         self._secrets: parameters.SecretsProvider | None = None
         self._known: set[str] = set()  # credential values seen, scrubbed from any message that quotes AWS
 
-    def client_args(self, credentials: Credentials) -> dict[str, str]:
-        """`aws_access_key_id` and friends for these credentials; {} for the function's role."""
-        base = self._secret_keys(*credentials.secret) if credentials.secret else {}
+    def identity(self, credentials: Credentials) -> Identity | None:
+        """Whom to act as for these credentials; reads the secret (unless cached), assumes nothing yet."""
+        base = self._secret_identity(*credentials.secret) if credentials.secret else None
         if credentials.role_arn:
-            return self._assume(credentials, base)
+            return self._assumed_identity(credentials.role_arn, credentials.external_id, base)
         return base
 
-    def _secret_keys(self, namespace: str, name: str) -> dict[str, str]:
-        sid = secret_id(namespace, name)
+    def secret_id(self, namespace: str, name: str) -> str:
+        return secret_id(self._prefix, namespace, name)
+
+    def _secret_identity(self, namespace: str, name: str) -> Identity:
+        keys = secret_keys(
+            self._read_secret(namespace, name), f"secret {namespace}/{name} ({self.secret_id(namespace, name)})"
+        )
+        self._remember(*keys.values())
+        return fixed_identity(keys["aws_access_key_id"], keys["aws_secret_access_key"], keys.get("aws_session_token"))
+
+    def _read_secret(self, namespace: str, name: str) -> Any:
+        sid = self.secret_id(namespace, name)
         with self._lock:  # one provider (one cache) even when several groups are listed at once
             if self._secrets is None:
                 self._secrets = parameters.SecretsProvider(boto3_client=self._factory.client("secretsmanager"))
         try:
-            value: Any = self._secrets.get(sid, max_age=settings().secret_cache_seconds, transform="json")
+            return self._secrets.get(sid, max_age=self._secret_max_age, transform="json")
         except parameters.TransformParameterError:
             raise CredentialsError(f"secret {namespace}/{name} ({sid}) does not hold JSON", "SecretMalformed") from None
         except parameters.GetParameterError as err:
@@ -162,13 +187,10 @@ class CredentialResolver:
             else:
                 message = f"secret {namespace}/{name} could not be read ({code})"
             raise CredentialsError(message, code) from err
-        keys = secret_keys(value, f"secret {namespace}/{name} ({sid})")
-        self._remember(keys)
-        return keys
 
-    def _remember(self, keys: dict[str, str]) -> None:
+    def _remember(self, *values: str | None) -> None:
         with self._lock:
-            self._known.update(value for value in keys.values() if len(value) >= 4)
+            self._known.update(value for value in values if value and len(value) >= 4)
 
     def scrub(self, text: str) -> str:
         """`text` without any credential value this resolver has handled, for messages that quote AWS."""
@@ -179,42 +201,44 @@ class CredentialResolver:
                 text = text.replace(value, "***")
         return text
 
-    def _assume(self, credentials: Credentials, base: dict[str, str]) -> dict[str, str]:
-        role_arn = credentials.role_arn
-        assert role_arn is not None
-        cache_key = (role_arn, credentials.external_id, credentials_key(base))
-        margin = settings().credentials_refresh_margin_seconds
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    def _assumed_identity(self, role_arn: str, external_id: str | None, base: Identity | None) -> Identity:
+        key = digest("assume-role", role_arn, external_id or "", base.key if base else "")
         with self._lock:
-            cached = self._assumed.get(cache_key)
-        if cached is not None and cached.expires_at - margin > self._clock():
-            return cached.keys
-        sts = self._factory.client("sts", credentials=base)
+            identity = self._assumed.get(key)
+            if identity is None:
+                refresh = functools.partial(self._assume_role, role_arn, external_id, base)
+                identity = Identity(key, AssumedRoleCredentials(refresh, self._margin, self._now))
+                self._assumed[key] = identity
+        return identity
+
+    def _assume_role(self, role_arn: str, external_id: str | None, base: Identity | None) -> dict[str, str]:
+        """sts:AssumeRole, as botocore's refresh function: the metadata botocore's credentials take.
+
+        Its errors name the role and the code, never a credential; they are raised without their
+        cause, since botocore logs a failed refresh with its traceback."""
+        sts = self._factory.client("sts", identity=base)
+        extra = {"ExternalId": external_id} if external_id else {}
         try:
-            extra = {"ExternalId": credentials.external_id} if credentials.external_id else {}
             answer = sts.assume_role(RoleArn=role_arn, RoleSessionName=SESSION_NAME, **extra)
         except ClientError as err:
             code = error_code(err)
-            raise CredentialsError(
-                f"sts:AssumeRole on {role_arn} failed ({code}){aws_message(err, self.scrub)}", code
-            ) from err
+            message = f"sts:AssumeRole on {role_arn} failed ({code}){aws_message(err, self.scrub)}"
+            raise CredentialsError(message, code) from None
         except BotoCoreError as err:  # transport errors can quote request headers: name the kind only
-            raise CredentialsError(
-                f"sts:AssumeRole on {role_arn} failed: {transport_problem(err)}", type(err).__name__
-            ) from err
+            message = f"sts:AssumeRole on {role_arn} failed: {transport_problem(err)}"
+            raise CredentialsError(message, type(err).__name__) from None
         issued = answer["Credentials"]
-        keys = {
-            "aws_access_key_id": issued["AccessKeyId"],
-            "aws_secret_access_key": issued["SecretAccessKey"],
-            "aws_session_token": issued["SessionToken"],
-        }
+        self._remember(issued["AccessKeyId"], issued["SecretAccessKey"], issued["SessionToken"])
         expires: datetime = issued["Expiration"]
-        self._remember(keys)
-        with self._lock:
-            previous = self._assumed.get(cache_key)
-            self._assumed[cache_key] = _Assumed(keys, expires.timestamp())
-        if previous is not None:
-            self._factory.forget(previous.keys)
-        return keys
+        return {
+            "access_key": issued["AccessKeyId"],
+            "secret_key": issued["SecretAccessKey"],
+            "token": issued["SessionToken"],
+            "expiry_time": expires.isoformat(),
+        }
 
 
 class AccountResolver:
@@ -229,6 +253,6 @@ class AccountResolver:
         if credentials.account:
             return credentials.account
         if credentials not in self._accounts:
-            sts = self._factory.client("sts", credentials=self._resolver.client_args(credentials))
+            sts = self._factory.client("sts", identity=self._resolver.identity(credentials))
             self._accounts[credentials] = str(sts.get_caller_identity()["Account"])
         return self._accounts[credentials]

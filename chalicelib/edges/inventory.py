@@ -8,6 +8,7 @@ every upstream of a group).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +19,7 @@ from botocore.parsers import ResponseParserError
 
 from chalicelib.domain.endpoints import Instance
 from chalicelib.domain.spec import Credentials
-from chalicelib.edges.clients import ClientFactory
+from chalicelib.edges.clients import ClientFactory, Identity
 from chalicelib.edges.credentials import (
     CredentialResolver,
     CredentialsError,
@@ -126,25 +127,53 @@ def primary_ipv6(data: dict[str, Any]) -> str | None:
 
 
 class Ec2Inventory:
-    """InstanceLister over EC2's DescribeInstances."""
+    """InstanceLister over EC2's DescribeInstances.
+
+    A group's listing resolves its credentials (reads its secret, unless cached) once: the
+    DescribeInstanceStatus that follows it acts as the identity the listing used.
+    """
 
     def __init__(self, factory: ClientFactory, resolver: CredentialResolver) -> None:
         self._factory = factory
         self._resolver = resolver
+        self._lock = threading.Lock()
+        self._listed_as: dict[tuple[Credentials, str], Identity | None] = {}  # the last listing's, per group
 
     def list_running(self, credentials: Credentials, region: str) -> list[Instance]:
-        return self._describe(credentials, region, Filters=[{"Name": "instance-state-name", "Values": ["running"]}])
+        identity = self._identity(credentials)
+        listed = self._describe(
+            credentials, region, identity, Filters=[{"Name": "instance-state-name", "Values": ["running"]}]
+        )
+        with self._lock:
+            self._listed_as[(credentials, region)] = identity
+        return listed
 
     def describe(self, credentials: Credentials, region: str, instance_ids: Iterable[str]) -> list[Instance]:
         ids = sorted(set(instance_ids))
+        if not ids:
+            return []
         # A filter, not InstanceIds: an unknown id must not fail the request for the known ones.
-        return self._describe(credentials, region, Filters=[{"Name": "instance-id", "Values": ids}]) if ids else []
+        filters = [{"Name": "instance-id", "Values": ids}]
+        return self._describe(credentials, region, self._identity(credentials), Filters=filters)
+
+    def _identity(self, credentials: Credentials) -> Identity | None:
+        try:
+            return self._resolver.identity(credentials)
+        except CredentialsError as err:
+            raise DiscoveryError(str(err), err.code) from err
+
+    def _health_identity(self, credentials: Credentials, region: str) -> Identity | None:
+        """The identity the group was just listed as (its secret is not read again), else resolved now."""
+        with self._lock:
+            if (credentials, region) in self._listed_as:
+                return self._listed_as.pop((credentials, region))
+        return self._resolver.identity(credentials)
 
     def instance_health(self, credentials: Credentials, region: str) -> InstanceHealth:
         """DescribeInstanceStatus, every page: running instances with their checks and scheduled events."""
         operation = "ec2:DescribeInstanceStatus"
         try:
-            client = self._factory.client("ec2", region, self._resolver.client_args(credentials))
+            client = self._factory.client("ec2", region, self._health_identity(credentials, region))
             pages = client.get_paginator("describe_instance_status").paginate(
                 IncludeAllInstances=False, PaginationConfig={"PageSize": 1000}
             )
@@ -169,9 +198,11 @@ class Ec2Inventory:
             )
         return DiscoveryError(f"{operation} failed unexpectedly ({type(err).__name__})", type(err).__name__)
 
-    def _describe(self, credentials: Credentials, region: str, **request: Any) -> list[Instance]:
+    def _describe(
+        self, credentials: Credentials, region: str, identity: Identity | None, **request: Any
+    ) -> list[Instance]:
         try:
-            client = self._factory.client("ec2", region, self._resolver.client_args(credentials))
+            client = self._factory.client("ec2", region, identity)
             paginator = client.get_paginator("describe_instances")
             pages = paginator.paginate(**request, PaginationConfig={"PageSize": 1000})
             return [
@@ -180,7 +211,7 @@ class Ec2Inventory:
                 for reservation in page.get("Reservations", ())
                 for instance in reservation.get("Instances", ())
             ]
-        except CredentialsError as err:
+        except CredentialsError as err:  # an assumed role's credentials failed to renew while signing
             raise DiscoveryError(str(err), err.code) from err
         except ClientError as err:
             code = error_code(err)

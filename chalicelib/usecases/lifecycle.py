@@ -32,7 +32,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chalicelib.config import settings
+from chalicelib.config import Settings
 from chalicelib.observability import count, logger
 
 MAX_DELAY = 900  # SQS's limit on DelaySeconds
@@ -64,8 +64,9 @@ class Pending:
         return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
 
 
-def pending_of(raw: Any, now: float, drain: float) -> Pending | None:
-    """The action a terminate lifecycle event asks to complete, or None for any other event."""
+def pending_of(raw: Any, now: float, drain: float, home_region: str) -> Pending | None:
+    """The action a terminate lifecycle event asks to complete, or None for any other event
+    (an event without a region is of `home_region`)."""
     if not isinstance(raw, dict) or raw.get("source") != SOURCE or raw.get("detail-type") != DETAIL_TYPE:
         return None
     detail = raw.get("detail") or {}
@@ -77,7 +78,7 @@ def pending_of(raw: Any, now: float, drain: float) -> Pending | None:
         group=detail["AutoScalingGroupName"],
         hook=detail["LifecycleHookName"],
         token=detail["LifecycleActionToken"],
-        region=str(raw.get("region") or settings().home_region),
+        region=str(raw.get("region") or home_region),
         account=str(raw.get("account") or ""),
         event_at=now,
         due=now + drain,
@@ -92,9 +93,8 @@ def event_time(raw: dict[str, Any], default: float) -> float:
         return default
 
 
-def drain_period(heartbeat: float | None = None) -> float:
+def drain_period(conf: Settings, heartbeat: float | None = None) -> float:
     """The drain period: the setting (default two EDS polls), within the hook's heartbeat timeout."""
-    conf = settings()
     drain = conf.drain_seconds if conf.drain_seconds is not None else 2 * conf.cds_eds_refresh_seconds
     if heartbeat is not None:
         drain = min(drain, max(0.0, heartbeat - HEARTBEAT_MARGIN))
@@ -102,18 +102,20 @@ def drain_period(heartbeat: float | None = None) -> float:
 
 
 class Lifecycle:
-    """Schedules and completes lifecycle actions; the clients are passed in (boto3's in Lambda)."""
+    """Schedules and completes lifecycle actions; the clients and the settings (DRAIN_SECONDS,
+    DRAIN_QUEUE, CDS_EDS_REFRESH_SECONDS, the home region) are passed in."""
 
     def __init__(
         self,
         sqs: Any,
         autoscaling: Callable[[str], Any],
-        queue: str | None = None,
+        conf: Settings,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._sqs = sqs
         self._autoscaling = autoscaling  # region -> autoscaling client
-        self._queue = queue or settings().drain_queue
+        self._conf = conf
+        self._queue = conf.drain_queue
         self._url: str | None = None
         self._clock = clock
 
@@ -139,14 +141,14 @@ class Lifecycle:
 
     def schedule(self, raw: Any) -> dict[str, Any] | None:
         """Queue the completion of the event's lifecycle action after the drain period (None: not one)."""
-        probe = pending_of(raw, 0.0, 0.0)
+        probe = pending_of(raw, 0.0, 0.0, self._conf.home_region)
         if probe is None:
             return None
         heartbeat = self.heartbeat(probe.region, probe.group, probe.hook)
         now = self._clock()
         if heartbeat is not None:  # the timeout runs from the action's start: a late delivery has less left
             heartbeat -= max(0.0, now - event_time(raw, now))
-        drain = drain_period(heartbeat)
+        drain = drain_period(self._conf, heartbeat)
         pending = replace(probe, event_at=now, due=now + drain)
         self._send(pending, drain)  # an error propagates: the event is retried, the drain is idempotent
         count("LifecycleCompletionsScheduled")

@@ -13,13 +13,17 @@ ROLE = "arn:aws:iam::111111111111:role/ec2-eds-member"
 
 def test_assume_role_sends_the_external_id_and_caches_per_id(aws: None) -> None:
     sent: list[dict[str, Any]] = []
-    sts = runtime.clients().client("sts")
-    sts.meta.events.register("provide-client-params.sts.AssumeRole", lambda params, **_: sent.append(dict(params)))
+    factory = runtime.clients()
+    factory.client("sts").meta.events.register(
+        "provide-client-params.sts.AssumeRole", lambda params, **_: sent.append(dict(params))
+    )
     resolver = runtime.resolver()
     with clients.counting() as calls:
-        first = resolver.client_args(Credentials(role_arn=ROLE, external_id="tenant-7"))
-        again = resolver.client_args(Credentials(role_arn=ROLE, external_id="tenant-7"))
-        other = resolver.client_args(Credentials(role_arn=ROLE, external_id="tenant-8"))
-    assert first == again and first != other
-    assert calls.get("sts:AssumeRole") == 2  # one per external id, the repeat is cached
+        first = resolver.identity(Credentials(role_arn=ROLE, external_id="tenant-7"))
+        again = resolver.identity(Credentials(role_arn=ROLE, external_id="tenant-7"))
+        other = resolver.identity(Credentials(role_arn=ROLE, external_id="tenant-8"))
+        for identity in (first, again, other):
+            factory.client("ec2", "us-east-1", identity).describe_instances()
+    assert first is again and first is not None and other is not None and first.key != other.key
+    assert calls.get("sts:AssumeRole") == 2  # one per external id, the repeat is the same identity
     assert [params.get("ExternalId") for params in sent] == ["tenant-7", "tenant-8"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ from botocore.stub import Stubber
 from chalicelib.config import settings
 from chalicelib.domain.spec import Credentials
 from chalicelib.edges import clients
-from chalicelib.edges.clients import ClientFactory
+from chalicelib.edges.clients import ClientFactory, fixed_identity
 from chalicelib.edges.credentials import CredentialResolver
 from chalicelib.edges.inventory import DiscoveryError, Ec2Inventory
 
@@ -26,7 +27,7 @@ def factory(aws: None) -> ClientFactory:
 
 @pytest.fixture
 def inventory(factory: ClientFactory) -> Ec2Inventory:
-    return Ec2Inventory(factory, CredentialResolver(factory))
+    return Ec2Inventory(factory, CredentialResolver(factory, settings()))
 
 
 def stub_instance(instance_id: str, ip: str) -> dict[str, Any]:
@@ -208,9 +209,7 @@ def test_an_error_names_the_credentials_it_used(
 ) -> None:
     put_secret("default", "team-a", {"access_key": "AKIATEAMA00000000000", "secret_key": "s3cret-value"})
     creds = Credentials(secret=("default", "team-a"))
-    client = factory.client(
-        "ec2", "eu-west-1", {"aws_access_key_id": "AKIATEAMA00000000000", "aws_secret_access_key": "s3cret-value"}
-    )
+    client = factory.client("ec2", "eu-west-1", fixed_identity("AKIATEAMA00000000000", "s3cret-value"))
     with Stubber(client) as stub:
         stub.add_client_error("describe_instances", service_error_code="UnauthorizedOperation", http_status_code=403)
         with pytest.raises(DiscoveryError) as caught:
@@ -254,9 +253,7 @@ def test_listing_with_a_secret_uses_the_secrets_keys(
     ids = launch({"role": "web"}, count=2)
     put_secret("default", "team-a", {"access_key": "AKIATEAMA00000000000", "secret_key": "s3cret-value"})
     signers: list[str] = []
-    client = factory.client(
-        "ec2", "us-east-1", {"aws_access_key_id": "AKIATEAMA00000000000", "aws_secret_access_key": "s3cret-value"}
-    )
+    client = factory.client("ec2", "us-east-1", fixed_identity("AKIATEAMA00000000000", "s3cret-value"))
     client.meta.events.register_first(
         "before-send.ec2.DescribeInstances",
         lambda request, **_: signers.append(
@@ -270,3 +267,80 @@ def test_listing_with_a_secret_uses_the_secrets_keys(
 
     assert sorted(i.instance_id for i in listed) == sorted(ids)
     assert len(signers) == 1 and "Credential=AKIATEAMA00000000000/" in signers[0]
+
+
+ROLE = "arn:aws:iam::123456789012:role/describe-ec2-demo"
+
+
+def deny_assume_role(factory: ClientFactory) -> Stubber:
+    stub = Stubber(factory.client("sts"))
+    stub.add_client_error(
+        "assume_role", service_error_code="AccessDenied", service_message="not authorized", http_status_code=403
+    )
+    return stub
+
+
+def test_a_role_that_cannot_be_assumed_is_a_discovery_error_naming_it(
+    inventory: Ec2Inventory, factory: ClientFactory
+) -> None:
+    with deny_assume_role(factory), pytest.raises(DiscoveryError) as caught:
+        inventory.list_running(Credentials(role_arn=ROLE), "us-east-1")  # assumed while DescribeInstances signs
+
+    assert caught.value.code == "AccessDenied"
+    assert f"sts:AssumeRole on {ROLE} failed (AccessDenied)" in str(caught.value)
+
+
+def test_a_renewal_that_fails_inside_a_listing_is_a_discovery_error_with_its_code(
+    factory: ClientFactory, launch: Callable[..., list[str]]
+) -> None:
+    """The assumed role's credentials are renewed by botocore while DescribeInstances is signed;
+    past half the refresh margin a failed renewal fails that listing (and the group), by name."""
+    now = [time.time()]
+    inventory = Ec2Inventory(factory, CredentialResolver(factory, settings(), clock=lambda: now[0]))
+    [web] = launch({"role": "web"})
+    expirations: list[float] = []
+
+    def issued(parsed: dict[str, Any], **_: Any) -> None:
+        if "Credentials" in parsed:
+            expirations.append(parsed["Credentials"]["Expiration"].timestamp())
+
+    factory.client("sts").meta.events.register("after-call.sts.AssumeRole", issued)
+    assert [i.instance_id for i in inventory.list_running(Credentials(role_arn=ROLE), "us-east-1")] == [web]
+
+    now[0] = expirations[0] - settings().credentials_refresh_margin_seconds / 4
+    with clients.counting() as calls, deny_assume_role(factory), pytest.raises(DiscoveryError) as caught:
+        inventory.list_running(Credentials(role_arn=ROLE), "us-east-1")
+    assert caught.value.code == "AccessDenied" and ROLE in str(caught.value)
+    assert calls.get("ec2:DescribeInstances") == 0  # nothing was sent with keys about to expire
+
+    with deny_assume_role(factory), pytest.raises(DiscoveryError) as caught:
+        inventory.instance_health(Credentials(role_arn=ROLE), "us-east-1")
+    assert caught.value.code == "AccessDenied"
+
+    with clients.counting() as calls:  # renewed: the next listing goes through
+        assert [i.instance_id for i in inventory.list_running(Credentials(role_arn=ROLE), "us-east-1")] == [web]
+    assert calls.get("sts:AssumeRole") == 1
+
+
+def test_a_groups_listing_and_instance_status_read_its_secret_once(
+    factory: ClientFactory, launch: Callable[..., list[str]], put_secret: Callable[..., str]
+) -> None:
+    """Even with no secret cache (SECRET_CACHE_SECONDS=0), both calls act as the identity read once."""
+    uncached = settings().model_copy(update={"secret_cache_seconds": 0})
+    inventory = Ec2Inventory(factory, CredentialResolver(factory, uncached))
+    put_secret("default", "team-a", {"access_key": "AKIATEAMA00000000000", "secret_key": "s3cret-value"})
+    [web] = launch({"role": "web"})
+    keyed = Credentials(secret=("default", "team-a"))
+
+    with clients.counting() as calls:
+        listed = inventory.list_running(keyed, "us-east-1")
+        inventory.instance_health(keyed, "us-east-1")
+    assert [i.instance_id for i in listed] == [web]
+    assert calls.get("secretsmanager:GetSecretValue") == 1
+    assert calls.get("ec2:DescribeInstanceStatus") == 1
+
+    with clients.counting() as calls:  # the next scan reads it again (a changed secret is seen at once)
+        inventory.list_running(keyed, "us-east-1")
+        inventory.instance_health(keyed, "us-east-1")
+        inventory.instance_health(keyed, "us-east-1")  # not after a listing: resolved on its own
+    assert calls.get("secretsmanager:GetSecretValue") == 2

@@ -16,17 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chalicelib import config, runtime
+from chalicelib.config import Settings
 from chalicelib.usecases import lifecycle
 from devtools.asg import LifecycleActions
 from tests.aws.test_events import fleet, members  # noqa: F401 - the fixture
 
 GROUP, HOOK = "web-asg", "drain-before-terminate"
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
 
 
 class Clock:
@@ -37,10 +32,13 @@ class Clock:
         return self.now
 
 
+def drain_settings(seconds: float | None, **more: Any) -> Settings:
+    """This process's settings with DRAIN_SECONDS (and any other knob) as given."""
+    return config.settings().model_copy(update={"drain_seconds": seconds, **more})
+
+
 @pytest.fixture
-def world(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    monkeypatch.setenv("DRAIN_SECONDS", "30")
-    config.reset()
+def world(aws: None) -> Iterator[dict[str, Any]]:
     sqs = boto3.client("sqs", region_name="us-east-1")
     url = sqs.create_queue(QueueName=config.settings().drain_queue)["QueueUrl"]
     autoscaling = boto3.client("autoscaling", region_name="us-east-1")
@@ -60,15 +58,19 @@ def world(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]
     terminated: list[str] = []
     actions = LifecycleActions(autoscaling, on_complete=lambda instance, _: terminated.append(instance))
     clock = Clock()
+
+    def draining(seconds: float) -> lifecycle.Lifecycle:
+        return lifecycle.Lifecycle(sqs, lambda region: actions, drain_settings(seconds), clock=clock)
+
     yield {
         "sqs": sqs,
         "url": url,
         "actions": actions,
         "clock": clock,
         "terminated": terminated,
-        "lifecycle": lifecycle.Lifecycle(sqs, lambda region: actions, clock=clock),
+        "lifecycle": draining(30),
+        "draining": draining,
     }
-    config.reset()
 
 
 def queued(world: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
@@ -154,10 +156,8 @@ def test_a_failed_completion_is_retried_then_left_to_the_default_result(
 def test_the_drain_period_stops_short_of_the_heartbeat_timeout(
     world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("DRAIN_SECONDS", "3600")
-    config.reset()
     sent = _sent(world, monkeypatch)
-    scheduled = world["lifecycle"].schedule(world["actions"].start(GROUP, HOOK, "i-0ddddddddddddddd1"))
+    scheduled = world["draining"](3600).schedule(world["actions"].start(GROUP, HOOK, "i-0ddddddddddddddd1"))
     assert scheduled["drain_seconds"] == 300 - lifecycle.HEARTBEAT_MARGIN
     assert sent[-1][1] == 290
 
@@ -171,27 +171,21 @@ def test_a_long_drain_period_is_waited_in_hops_of_at_most_900_seconds(
         LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING",
         HeartbeatTimeout=7200,
     )
-    monkeypatch.setenv("DRAIN_SECONDS", "2000")
-    config.reset()
     sent = _sent(world, monkeypatch)
-    world["lifecycle"].schedule(world["actions"].start(GROUP, HOOK, "i-0eeeeeeeeeeeeeee1"))
+    handler = world["draining"](2000)
+    handler.schedule(world["actions"].start(GROUP, HOOK, "i-0eeeeeeeeeeeeeee1"))
     outcomes = []
     while not world["terminated"] and len(outcomes) < 10:
         world["clock"].now += sent[-1][1]
-        outcomes.append(world["lifecycle"].complete(json.dumps(sent[-1][0])))
+        outcomes.append(handler.complete(json.dumps(sent[-1][0])))
     assert outcomes == ["waiting", "waiting", "completed"]
     assert [delay for _, delay in sent] == [900, 900, 200]
 
 
-def test_the_default_drain_is_two_eds_refreshes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("DRAIN_SECONDS", raising=False)
-    monkeypatch.setenv("CDS_EDS_REFRESH_SECONDS", "5")
-    config.reset()
-    try:
-        assert lifecycle.drain_period() == 10.0
-        assert lifecycle.drain_period(heartbeat=12) == 2.0
-    finally:
-        config.reset()
+def test_the_default_drain_is_two_eds_refreshes() -> None:
+    conf = Settings.model_validate({"CDS_EDS_REFRESH_SECONDS": "5"})
+    assert lifecycle.drain_period(conf) == 10.0
+    assert lifecycle.drain_period(conf, heartbeat=12) == 2.0
 
 
 def test_other_events_and_hook_test_notifications_schedule_nothing(world: dict[str, Any]) -> None:
@@ -296,16 +290,14 @@ class Hooks:
     failures=st.integers(0, 2 * lifecycle.COMPLETE_ATTEMPTS),
 )
 def test_any_drain_duplicates_and_failures_complete_once_never_early(
-    drain: int, heartbeat: int, copies: int, failures: int, monkeypatch_module: pytest.MonkeyPatch
+    drain: int, heartbeat: int, copies: int, failures: int
 ) -> None:
-    monkeypatch_module.setenv("DRAIN_SECONDS", str(drain))
-    config.reset()
     clock = Clock()
     queue = Queue(clock)
     accepted: list[float] = []
     actions = LifecycleActions(None, on_complete=lambda *_: accepted.append(clock()))
     actions.fail_next = failures
-    handler = lifecycle.Lifecycle(queue, lambda region: Hooks(heartbeat, actions), clock=clock)
+    handler = lifecycle.Lifecycle(queue, lambda region: Hooks(heartbeat, actions), drain_settings(drain), clock=clock)
     event = actions.start(GROUP, HOOK, "i-0123456789abcdef0")
     started = clock()
     for _ in range(copies):
@@ -327,7 +319,6 @@ def test_any_drain_duplicates_and_failures_complete_once_never_early(
     assert len(accepted) <= 1  # completed at most once, whatever the duplicates
     if failures < lifecycle.COMPLETE_ATTEMPTS:
         assert len(accepted) == 1  # a transient failure is retried until it goes through
-    config.reset()
 
 
 def test_a_malformed_lifecycle_event_drains_nothing_and_completes_nothing(
@@ -341,12 +332,10 @@ def test_a_malformed_lifecycle_event_drains_nothing_and_completes_nothing(
     assert queued(world) == []
 
 
-def test_a_late_event_leaves_less_of_the_heartbeat(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_late_event_leaves_less_of_the_heartbeat(world: dict[str, Any]) -> None:
     """The heartbeat timeout runs from the action's start (the event's time), not from its delivery."""
-    monkeypatch.setenv("DRAIN_SECONDS", "3600")
-    config.reset()
     event = world["actions"].start(GROUP, HOOK, "i-0123456789abcdef0")
     event["time"] = "1970-01-12T13:46:40Z"  # 1,000,000 s after the epoch: 200 s before the clock
     world["clock"].now = 1_000_200.0
-    scheduled = world["lifecycle"].schedule(event)
+    scheduled = world["draining"](3600).schedule(event)
     assert scheduled["drain_seconds"] == 300 - 200 - lifecycle.HEARTBEAT_MARGIN

@@ -20,7 +20,7 @@ from app import app
 from chalicelib import runtime
 from chalicelib.domain.endpoints import Endpoint, EndpointSet, Instance
 from chalicelib.domain.spec import Credentials, parse_upstream
-from chalicelib.edges.clients import credentials_key
+from chalicelib.edges.clients import fixed_identity
 from chalicelib.edges.store import Conflict, DynamoStore
 from chalicelib.edges.store.chunks import CHUNK_BYTES
 from chalicelib.usecases import api
@@ -132,13 +132,14 @@ def test_a_secret_value_with_a_line_break_is_refused_by_name_and_never_quoted(
 
 
 def test_a_corrected_secret_key_with_the_same_access_key_gets_a_new_client(aws: None) -> None:
-    factory = aws_factory = runtime.inventory()._factory  # noqa: SLF001 - the cache under test
-    first = factory.client("ec2", "us-east-1", {"aws_access_key_id": "AKIA1", "aws_secret_access_key": "wrong"})
-    again = factory.client("ec2", "us-east-1", {"aws_access_key_id": "AKIA1", "aws_secret_access_key": "wrong"})
-    fixed = aws_factory.client("ec2", "us-east-1", {"aws_access_key_id": "AKIA1", "aws_secret_access_key": "right"})
+    factory = runtime.inventory()._factory  # noqa: SLF001 - the cache under test
+    first = factory.client("ec2", "us-east-1", fixed_identity("AKIA1", "wrong"))
+    again = factory.client("ec2", "us-east-1", fixed_identity("AKIA1", "wrong"))
+    fixed = factory.client("ec2", "us-east-1", fixed_identity("AKIA1", "right"))
     assert first is again and fixed is not first
-    assert all("AKIA1" not in str(key) for key in factory._clients)  # noqa: SLF001
-    assert credentials_key({"aws_access_key_id": "AKIA1"}) != credentials_key({"aws_access_key_id": "AKIA2"})
+    assert all("AKIA1" not in str(key) and "wrong" not in str(key) for key in factory._clients)  # noqa: SLF001
+    assert fixed_identity("AKIA1", "s").key != fixed_identity("AKIA2", "s").key
+    assert fixed_identity("AKIA1", "s").key != fixed_identity("AKIA1", "s", "token").key
 
 
 # --- 3. an account edit never empties a live cluster -----------------------------------------------

@@ -68,7 +68,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from chalicelib import runtime
+from chalicelib import config, runtime
 from chalicelib.config import stage_environment
 from chalicelib.domain.accounts import parse_account
 from chalicelib.domain.endpoints import Endpoint, EndpointSet
@@ -461,9 +461,9 @@ def drain_complete_work(moto: IamMoto) -> None:
     actions = LifecycleActions(factory.client("autoscaling"))
     event = actions.start(GROUP, HOOK, moto.instance_id)
     now = 1_000_000.0
-    pending = lifecycle.pending_of(event, now, 60.0)
+    pending = lifecycle.pending_of(event, now, 60.0, "us-east-1")
     assert pending is not None
-    handler = lifecycle.Lifecycle(factory.client("sqs"), lambda region: actions, clock=lambda: now)
+    handler = lifecycle.Lifecycle(factory.client("sqs"), lambda region: actions, config.settings(), clock=lambda: now)
     outcomes = [handler.complete(pending.body())]
     now += 60.0
     outcomes.append(handler.complete(pending.body()))
