@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from chalicelib import config, lifecycle
 from devtools.asg import LifecycleActions
 from tests.aws.test_events import fleet, members  # noqa: F401 - the fixture
+from tests.profiles import examples
 
 GROUP, HOOK = "web-asg", "drain-before-terminate"
 
@@ -287,7 +288,7 @@ class Hooks:
         return self.actions.complete_lifecycle_action(**request)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     drain=st.integers(0, 7200),
     heartbeat=st.integers(30, 7200),
