@@ -81,14 +81,3 @@ def dynamo_store(aws: None) -> DynamoStore:
 
 def load_event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / name).read_text())
-
-
-def launch(ec2: Any, tags: dict[str, str]) -> str:
-    """One running instance with these tags; its id."""
-    answer = ec2.run_instances(
-        ImageId="ami-12c6146b",
-        MinCount=1,
-        MaxCount=1,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
-    )
-    return str(answer["Instances"][0]["InstanceId"])

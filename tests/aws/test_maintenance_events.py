@@ -21,7 +21,8 @@ from app import app
 from chalicelib import events, runtime
 from chalicelib.discovery import full_scan
 from chalicelib.spec import parse_upstream
-from tests.conftest import launch, load_event
+from tests.conftest import load_event
+from tests.factories import launch_one
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +36,7 @@ def client(aws: None) -> Iterator[Any]:
 @pytest.fixture
 def fleet(aws: None) -> list[str]:
     ec2 = boto3.client("ec2", region_name="us-east-1")
-    ids = [launch(ec2, {"app": "web"}) for _ in range(3)]
+    ids = [launch_one(ec2, {"app": "web"}) for _ in range(3)]
     document = {"spec": {"awsEc2": {"region": "us-east-1", "filters": [{"kvPair": {"key": "app", "value": "web"}}]}}}
     runtime.store().put_upstream(parse_upstream(document, "shop", "web"), "2026-01-01T00:00:00Z")
     full_scan(runtime.store(), runtime.inventory(), runtime.now)

@@ -91,6 +91,7 @@ from devtools import policies as gen
 from devtools import stack
 from devtools.asg import LifecycleActions
 from tests.conftest import load_event
+from tests.factories import upstream_document
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
 
@@ -210,12 +211,10 @@ class IamMoto:
 
 
 def upstream(name: str, **credentials: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "gloo.solo.io/v1",
-        "kind": "Upstream",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"awsEc2": {"region": REGION, "filters": [{"kvPair": {"key": "team", "value": "web"}}], **credentials}},
-    }
+    """A `team=web` upstream document in NS; `credentials` are its secretRef or roleArn and externalId."""
+    return upstream_document(
+        name, NS, region=REGION, filters=[{"kvPair": {"key": "team", "value": "web"}}], **credentials
+    )
 
 
 UPSTREAMS = {
