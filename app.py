@@ -5,9 +5,11 @@ import os
 
 from botocore.exceptions import ClientError
 from chalice import Chalice, IAMAuthorizer, Rate, Response
+from chalice.app import Request
 
-from chalicelib import api, discovery, events, lifecycle, local_gateway, runtime
+from chalicelib import local_gateway, runtime
 from chalicelib.observability import flush, logger, start_tracing
+from chalicelib.usecases import api, scan
 
 # configure_logs=False: Chalice would set the `ec2-eds` logger, Powertools' own, to ERROR.
 app = Chalice(app_name="ec2-eds", configure_logs=False)
@@ -26,12 +28,29 @@ def seconds_left(context):
 
 def respond(reply: api.Reply) -> Response:
     reply = api.within_limit(reply)  # never an answer past Lambda's 6 MB, on any route
-    return Response(body=reply.text(), status_code=reply.status, headers=reply.headers)
+    return Response(body=reply.text(), status_code=reply.status, headers=dict(reply.headers))
+
+
+def request() -> Request:
+    """The route's request: Chalice sets it before calling any route."""
+    current = app.current_request
+    if current is None:
+        raise RuntimeError("no current request outside a route")
+    return current
 
 
 def query(name: str) -> str | None:
-    request = app.current_request
-    return (request.query_params or {}).get(name) if request is not None else None
+    params = request().query_params
+    return params.get(name) if params else None
+
+
+def header(name: str) -> str | None:
+    return request().headers.get(name)
+
+
+def body() -> bytes:
+    raw = request().raw_body or b""
+    return raw.encode() if isinstance(raw, str) else raw
 
 
 def request_id(event) -> str | None:
@@ -85,14 +104,13 @@ def list_upstreams():
 
 @app.route("/upstreams/{namespace}/{name}", methods=["PUT"], content_types=YAML_OR_JSON, authorizer=ADMIN)
 def put_upstream(namespace, name):
-    request = app.current_request
     return respond(
         api.put_upstream(
             runtime.store(),
             namespace,
             name,
-            request.raw_body,
-            request.headers.get("content-type"),
+            body(),
+            header("content-type"),
             runtime.now(),
             runtime.apply_now,
         )
@@ -116,10 +134,7 @@ def list_accounts():
 
 @app.route("/accounts/{name}", methods=["PUT"], content_types=YAML_OR_JSON, authorizer=ADMIN)
 def put_account(name):
-    request = app.current_request
-    return respond(
-        api.put_account(runtime.store(), name, request.raw_body, request.headers.get("content-type"), runtime.apply_now)
-    )
+    return respond(api.put_account(runtime.store(), name, body(), header("content-type"), runtime.apply_now))
 
 
 @app.route("/accounts/{name}", methods=["GET"], authorizer=ADMIN)
@@ -133,46 +148,42 @@ def delete_account(name):
 
 
 @app.route("/scan", methods=["POST"], authorizer=ADMIN)
-def scan():
-    return respond(api.scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(app.lambda_context)))
+def start_scan():
+    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(app.lambda_context))
+    return respond(api.ok(summary.as_dict()))
 
 
 @app.route("/endpoints/{namespace}/{name}", methods=["GET"], authorizer=READ)
 def get_endpoints(namespace, name):
-    if_none_match = app.current_request.headers.get("if-none-match")
-    return respond(api.get_endpoints(runtime.store(), namespace, name, if_none_match))
+    return respond(api.get_endpoints(runtime.store(), namespace, name, header("if-none-match")))
 
 
 @app.route("/v3/discovery:endpoints", methods=["POST"])
 def envoy_eds():
-    return respond(api.discovery_endpoints(runtime.store(), app.current_request.raw_body))
+    return respond(api.discovery_endpoints(runtime.store(), body()))
 
 
 @app.route("/v3/discovery:clusters", methods=["POST"])
 def envoy_cds():
-    request = app.current_request
-    return respond(api.discovery_clusters(runtime.store(), request.raw_body, request.headers.get("host")))
+    return respond(api.discovery_clusters(runtime.store(), body(), header("host")))
 
 
 @app.route("/prometheus/targets", methods=["GET"], authorizer=READ)
 def prometheus_targets():
-    params = app.current_request.query_params or {}
     return respond(
-        api.prometheus_targets(
-            runtime.store(), params.get("namespace"), params.get("name"), params.get("shard"), params.get("shards")
-        )
+        api.prometheus_targets(runtime.store(), query("namespace"), query("name"), query("shard"), query("shards"))
     )
 
 
 # EventBridge rules, one per event kind; each delivers to the same handler code as `cli event`.
 @app.on_cw_event({"source": ["aws.ec2"], "detail-type": ["EC2 Instance State-change Notification"]})
 def ec2_state_change(event):
-    return events.deliver(event.to_dict())
+    return runtime.deliver(event.to_dict())
 
 
 @app.on_cw_event({"source": ["aws.ec2"], "detail-type": ["EC2 Spot Instance Interruption Warning"]})
 def ec2_spot_interruption(event):
-    return events.deliver(event.to_dict())
+    return runtime.deliver(event.to_dict())
 
 
 @app.on_cw_event(
@@ -183,24 +194,24 @@ def ec2_spot_interruption(event):
     }
 )
 def ec2_tag_change(event):
-    return events.deliver(event.to_dict())
+    return runtime.deliver(event.to_dict())
 
 
 @app.on_cw_event({"source": ["aws.autoscaling"], "detail-type": ["EC2 Instance-terminate Lifecycle Action"]})
 def asg_terminate_lifecycle(event):
-    return lifecycle.deliver(event.to_dict())  # drain, then schedule CompleteLifecycleAction on the drain queue
+    return runtime.deliver_lifecycle(event.to_dict())  # drain, then schedule CompleteLifecycleAction on the drain queue
 
 
 # The drain queue (an SQS delay queue): a message is due when the drain period is over; its handler
 # completes the lifecycle action (CONTINUE), so the group terminates the instance only then.
 @app.on_sqs_message(queue=os.environ.get("DRAIN_QUEUE", "ec2-eds-dev-drain"), batch_size=1)
 def asg_drain_complete(event):
-    return {"outcomes": lifecycle.complete_messages([record.body for record in event])}
+    return {"outcomes": runtime.complete_drains([record.body for record in event])}
 
 
 @app.on_cw_event({"source": ["aws.ec2"], "detail-type": ["EC2 Instance Rebalance Recommendation"]})
 def ec2_rebalance_recommendation(event):
-    return events.deliver(event.to_dict())
+    return runtime.deliver(event.to_dict())
 
 
 @app.on_cw_event(
@@ -211,13 +222,13 @@ def ec2_rebalance_recommendation(event):
     }
 )
 def ec2_scheduled_change(event):
-    return events.deliver(event.to_dict())
+    return runtime.deliver(event.to_dict())
 
 
 # The rate is a deployment setting: Chalice loads the app with the stage's variables.
 @app.schedule(Rate(int(os.environ.get("SCAN_RATE_MINUTES", "5")), unit=Rate.MINUTES))
 def scheduled_scan(event):
-    return discovery.full_scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(event.context)).as_dict()
+    return scan.full_scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(event.context)).as_dict()
 
 
 # Last, so that it covers every route above.
@@ -229,7 +240,7 @@ def answer_missing_tables(view):
         try:
             return view(*args, **kwargs)
         except ClientError as err:
-            reply = api.missing_table(err)
+            reply = api.missing_table(err, runtime.missing_table_message)
             if reply is None:
                 raise
             return respond(reply)

@@ -3,7 +3,7 @@ events, and DynamoDB reads per EDS poll.
 
 ec2-eds runs in this process with `AWS_ENDPOINT_URL` at a counting proxy in
 front of moto's server, so every request is counted twice: by
-`chalicelib.aws.counting()` (the scan's own `aws_calls`) and by the proxy.
+`chalicelib.edges.clients.counting()` (the scan's own `aws_calls`) and by the proxy.
 Fleet, tables, secrets and upstreams are set up through a client that talks
 to moto directly, so setting up costs nothing in the counts.
 """
@@ -30,7 +30,7 @@ from devtools import stack
 from . import progress, prometheus, workload
 from .proxy import CountingProxy, Traffic
 
-PAGE_SIZE = 1000  # what chalicelib.inventory asks DescribeInstances for
+PAGE_SIZE = 1000  # what chalicelib.edges.inventory asks DescribeInstances for
 AMI = "ami-12c6146b"
 ACCOUNT = "123456789012"
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/bench-describe"
@@ -133,7 +133,7 @@ def launch_fleet(emulator: Emulator, running: int, stopped: int) -> None:
 
 
 def create_tables(emulator: Emulator, prefix: str) -> tuple[str, str]:
-    from chalicelib.store import table_definitions
+    from chalicelib.edges.store import table_definitions
 
     names = (f"{prefix}-upstreams", f"{prefix}-endpoints")
     db = emulator.client("dynamodb")
@@ -143,9 +143,9 @@ def create_tables(emulator: Emulator, prefix: str) -> tuple[str, str]:
 
 
 def load_upstreams(emulator: Emulator, tables: tuple[str, str], documents: list[dict[str, Any]]) -> None:
-    from chalicelib.discovery import iso
-    from chalicelib.spec import parse_upstream
-    from chalicelib.store import DynamoStore
+    from chalicelib.domain.spec import parse_upstream
+    from chalicelib.domain.times import iso
+    from chalicelib.edges.store import DynamoStore
 
     store = DynamoStore(emulator.client("dynamodb"), *tables)
     stamp = iso(now())
@@ -155,7 +155,7 @@ def load_upstreams(emulator: Emulator, tables: tuple[str, str], documents: list[
 
 def served_sets(emulator: Emulator, tables: tuple[str, str]) -> dict[str, set[tuple[str, str]]]:
     """{upstream name: {(instance id, address:port)}} as stored by ec2-eds (read directly, not counted)."""
-    from chalicelib.store import DynamoStore
+    from chalicelib.edges.store import DynamoStore
 
     store = DynamoStore(emulator.client("dynamodb"), *tables)
     return {
@@ -168,17 +168,18 @@ class Ec2Eds:
     """A cold ec2-eds (fresh clients and credential caches) over the proxy, with its own DynamoStore."""
 
     def __init__(self, tables: tuple[str, str]) -> None:
-        from chalicelib import aws
-        from chalicelib.credentials import CredentialResolver
-        from chalicelib.inventory import Ec2Inventory
-        from chalicelib.store import DynamoStore
+        from chalicelib.config import settings
+        from chalicelib.edges import clients
+        from chalicelib.edges.credentials import CredentialResolver
+        from chalicelib.edges.inventory import Ec2Inventory
+        from chalicelib.edges.store import DynamoStore
 
-        factory = aws.ClientFactory()
+        factory = clients.ClientFactory(settings())
         self.inventory = Ec2Inventory(factory, CredentialResolver(factory))
         self.store = DynamoStore(factory.client("dynamodb"), *tables)
 
     def scan(self) -> Any:
-        from chalicelib.discovery import full_scan
+        from chalicelib.usecases.scan import full_scan
 
         return full_scan(self.store, self.inventory, now)
 
@@ -327,9 +328,10 @@ def state_event(instance_id: str, state: str) -> dict[str, Any]:
 
 def events_per_change(emulator: Emulator, background: int = 100) -> dict[str, Any]:
     """Scenario 3: what one state-change event costs, for an instance in 1 and in 10 upstreams."""
-    from chalicelib import config, discovery, events, runtime
-    from chalicelib.filters import Matcher
-    from chalicelib.spec import parse_upstream
+    from chalicelib import config, runtime
+    from chalicelib.domain.filters import Matcher
+    from chalicelib.domain.spec import parse_upstream
+    from chalicelib.usecases import scan
 
     running_tags = [emulator.tags[i] for i in emulator.running]
     others = documents_for(workload.filter_sets(running_tags, background, seed=31), 1)
@@ -344,7 +346,9 @@ def events_per_change(emulator: Emulator, background: int = 100) -> dict[str, An
         raise RuntimeError("no instance outside the background upstreams to send events for")
     in_ten, in_one, in_none = free[0], free[1], free[2]
     name = emulator.tags[in_ten]["Name"]
-    extras = [[]] + [[{"kvPair": {"key": k, "value": v}}] for k, v in emulator.tags[in_ten].items() if k != "Name"]
+    extras: list[list[dict[str, Any]]] = [[]] + [
+        [{"kvPair": {"key": k, "value": v}}] for k, v in emulator.tags[in_ten].items() if k != "Name"
+    ]
     extras += [[{"key": k}] for k in emulator.tags[in_ten] if k != "Name"]
     ten = [
         workload.upstream_document(f"ten-{n}", [{"kvPair": {"key": "Name", "value": name}}, *extra])
@@ -356,7 +360,7 @@ def events_per_change(emulator: Emulator, background: int = 100) -> dict[str, An
     os.environ["UPSTREAMS_TABLE"], os.environ["ENDPOINTS_TABLE"] = tables
     config.reset()
     runtime.reset()
-    first = discovery.full_scan(runtime.store(), runtime.inventory(), runtime.now)
+    first = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now)
     ec2 = emulator.client("ec2")
     results: dict[str, Any] = {
         "upstreams_in_group": first.upstreams,
@@ -368,7 +372,7 @@ def events_per_change(emulator: Emulator, background: int = 100) -> dict[str, An
         if change:
             change()
         emulator.proxy.reset()
-        answer = events.deliver(state_event(instance, state))
+        answer = runtime.deliver(state_event(instance, state))
         traffic = emulator.proxy.reset()
         calls = dict(answer.get("aws_calls", {}))
         results[label] = {
@@ -401,10 +405,12 @@ def events_per_change(emulator: Emulator, background: int = 100) -> dict[str, An
 
 def reads_per_poll(emulator: Emulator, sizes: tuple[int, ...]) -> dict[str, Any]:
     """Scenario 5 (reads): DynamoDB requests and bytes of one EDS poll, 200 and 304, with DynamoStore."""
-    from chalicelib import api, aws
-    from chalicelib.endpoints import EndpointSet, endpoint_of
-    from chalicelib.spec import parse_upstream
-    from chalicelib.store import DynamoStore
+    from chalicelib.config import settings
+    from chalicelib.domain.endpoints import EndpointSet
+    from chalicelib.domain.spec import parse_upstream
+    from chalicelib.edges import clients
+    from chalicelib.edges.store import DynamoStore
+    from chalicelib.usecases import api
 
     tables = create_tables(emulator, "serving")
     direct = DynamoStore(emulator.client("dynamodb"), *tables)
@@ -413,12 +419,12 @@ def reads_per_poll(emulator: Emulator, sizes: tuple[int, ...]) -> dict[str, Any]
     sets = {}
     for size in sizes:
         endpoint_set = EndpointSet.build(
-            workload.NAMESPACE, f"serve-{size}", "us-east-1", [endpoint_of(upstream, i) for i in fleet[:size]]
+            workload.NAMESPACE, f"serve-{size}", "us-east-1", workload.endpoints(upstream, fleet[:size])
         )
         direct.put_endpoint_set(endpoint_set, None)
         sets[size] = endpoint_set
     del fleet
-    factory = aws.ClientFactory()
+    factory = clients.ClientFactory(settings())
     store = DynamoStore(factory.client("dynamodb"), *tables)
     results: dict[str, Any] = {}
     for size, endpoint_set in sets.items():
@@ -430,7 +436,7 @@ def reads_per_poll(emulator: Emulator, sizes: tuple[int, ...]) -> dict[str, Any]
             if version:
                 body["version_info"] = version
             emulator.proxy.reset()
-            with aws.counting() as counter:
+            with clients.counting() as counter:
                 reply = api.discovery_endpoints(store, json.dumps(body).encode())
             traffic = emulator.proxy.reset()
             results[f"{size}/{label}"] = {

@@ -17,8 +17,8 @@ import sys
 import time
 from typing import Any
 
-from chalicelib.endpoints import EndpointSet, endpoint_of, reconcile
-from chalicelib.spec import parse_upstream
+from chalicelib.domain.endpoints import EndpointSet, reconcile
+from chalicelib.domain.spec import parse_upstream
 
 from . import workload
 
@@ -132,8 +132,8 @@ def _percentile(samples: list[float], q: float) -> float:
 
 
 def serving_scenario() -> dict[str, Any]:
-    from chalicelib import api
-    from chalicelib.store import MemoryStore
+    from chalicelib.edges.store import MemoryStore
+    from chalicelib.usecases import api
 
     sizes = (10, 1000, 20_000)
     iterations = {10: (1000, 1000), 1000: (200, 1000), 20_000: (15, 300)}  # (200s, 304s)
@@ -143,7 +143,7 @@ def serving_scenario() -> dict[str, Any]:
     sets = {}
     for size in sizes:
         endpoint_set = EndpointSet.build(
-            workload.NAMESPACE, f"serve-{size}", "us-east-1", [endpoint_of(upstream, i) for i in fleet[:size]]
+            workload.NAMESPACE, f"serve-{size}", "us-east-1", workload.endpoints(upstream, fleet[:size])
         )
         store.put_endpoint_set(endpoint_set, None)
         sets[size] = endpoint_set

@@ -56,8 +56,8 @@ def one_delay(
     import boto3
     import requests
 
-    from chalicelib import events, runtime
-    from chalicelib.discovery import full_scan
+    from chalicelib import runtime
+    from chalicelib.usecases.scan import full_scan
     from devtools import envoy_local, fleet, stack
 
     ec2 = boto3.client("ec2")
@@ -80,7 +80,7 @@ def one_delay(
             full_scan(runtime.store(), runtime.inventory(), runtime.now)
 
         def deliver(instance_id: str) -> None:
-            events.deliver(fleet.event_for(ec2, instance_id, "state-change"))
+            runtime.deliver(fleet.event_for(ec2, instance_id, "state-change"))
 
         scan()
         port = stack.free_port()

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,13 +26,16 @@ from typing import Any, TextIO
 import yaml
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import api, aws, events, runtime, tables
-from .config import ConfigError, settings
-from .credentials import secret_document, secret_id
-from .discovery import full_scan, iso
-from .observability import logger
-from .spec import SpecError, Upstream, check_label, iter_upstreams, load_documents
-from .store import DocumentTooLarge, table_definitions
+from chalicelib import runtime
+from chalicelib.config import ConfigError, settings, stage_environment
+from chalicelib.domain.spec import SpecError, Upstream, check_label, iter_upstreams, load_documents
+from chalicelib.domain.times import iso
+from chalicelib.edges import tables
+from chalicelib.edges.credentials import secret_document, secret_id
+from chalicelib.edges.store import DocumentTooLarge, table_definitions
+from chalicelib.observability import logger
+from chalicelib.usecases import api
+from chalicelib.usecases.scan import full_scan
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -41,18 +45,6 @@ PROGRESS_AFTER = 1.0  # seconds before a long scan or event starts showing progr
 
 class CliError(Exception):
     """A failure worth one line to the operator."""
-
-
-def stage_environment(stage: str, project_dir: Path = PROJECT_DIR) -> dict[str, str]:
-    """The variables Chalice would give a function of this stage."""
-    path = project_dir / ".chalice" / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except OSError:
-        return {}
-    if stage not in config.get("stages", {}):
-        raise CliError(f"stage {stage!r} is not in {path} (stages: {', '.join(sorted(config.get('stages', {})))})")
-    return {**config.get("environment_variables", {}), **config["stages"][stage].get("environment_variables", {})}
 
 
 def use_stage(stage: str) -> None:
@@ -231,7 +223,7 @@ def progress(label: str, stream: TextIO | None = None) -> Iterator[None]:
 
 def cmd_bootstrap(args: argparse.Namespace) -> None:
     conf = settings()
-    db = aws.clients().client("dynamodb")
+    db = runtime.clients().client("dynamodb")
     created = []
     for definition in table_definitions(conf.upstreams_table, conf.endpoints_table):
         try:
@@ -328,41 +320,43 @@ def cmd_apply(args: argparse.Namespace) -> None:
         print(f"upstream {key} {action}")
 
 
+@dataclass(frozen=True)
+class Getter:
+    """What `get KIND` takes, asks the API and prints as a table."""
+
+    operands: str
+    fetch: Callable[[Any, list[str]], api.Reply]
+    table: Callable[[Any], None]
+
+
+GETTERS = {
+    "upstreams": Getter(
+        "", lambda store, _: api.list_upstreams(store), lambda body: print_upstreams(body["upstreams"])
+    ),
+    "accounts": Getter("", lambda store, _: api.list_accounts(store), lambda body: print_accounts(body["accounts"])),
+    "account": Getter("NAME", lambda store, n: api.get_account(store, n[0]), lambda body: print_accounts([body])),
+    "upstream": Getter(
+        "NAMESPACE NAME", lambda store, n: api.get_upstream(store, n[0], n[1]), lambda body: print_upstreams([body])
+    ),
+    "endpoints": Getter(
+        "NAMESPACE NAME",
+        lambda store, n: api.get_endpoints(store, n[0], n[1], None),
+        lambda body: print_endpoints(body),
+    ),
+}
+
+
 def cmd_get(args: argparse.Namespace) -> None:
-    store = runtime.store()
-    operands = {
-        "upstreams": "",
-        "accounts": "",
-        "account": "NAME",
-        "upstream": "NAMESPACE NAME",
-        "endpoints": "NAMESPACE NAME",
-    }[args.what]
-    if len(args.names) != len(operands.split()):
-        raise CliError(f"usage: get {args.what} {operands}".rstrip())
-    if args.what == "upstreams":
-        reply = api.list_upstreams(store)
-    elif args.what == "accounts":
-        reply = api.list_accounts(store)
-    elif args.what == "account":
-        reply = api.get_account(store, args.names[0])
-    elif args.what == "upstream":
-        reply = api.get_upstream(store, args.names[0], args.names[1])
-    else:
-        reply = api.get_endpoints(store, args.names[0], args.names[1], None)
+    getter = GETTERS[args.what]
+    if len(args.names) != len(getter.operands.split()):
+        raise CliError(f"usage: get {args.what} {getter.operands}".rstrip())
+    reply = getter.fetch(runtime.store(), args.names)
     if reply.status >= 400:
         raise CliError(reply.body["error"])
     if args.output:
         emit(reply.body, args.output)
-    elif args.what == "upstreams":
-        print_upstreams(reply.body["upstreams"])
-    elif args.what == "upstream":
-        print_upstreams([reply.body])
-    elif args.what == "endpoints":
-        print_endpoints(reply.body)
-    elif args.what == "accounts":
-        print_accounts(reply.body["accounts"])
     else:
-        print_accounts([reply.body])
+        getter.table(reply.body)
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
@@ -406,7 +400,7 @@ def cmd_secret_create(args: argparse.Namespace) -> None:
     check_label(args.name, "--name")  # a secretRef's name is a DNS-1123 label: no upstream could name another
     sid = secret_id(args.namespace, args.name)
     value = json.dumps(secret_document(args.access_key, args.secret_key, args.session_token))
-    client = aws.clients().client("secretsmanager")
+    client = runtime.clients().client("secretsmanager")
     try:
         client.create_secret(Name=sid, SecretString=value)
         action = "created"
@@ -435,7 +429,7 @@ def secret_refs_in_use() -> dict[tuple[str, str], list[str]]:
 
 def cmd_secret_list(args: argparse.Namespace) -> None:
     prefix = settings().secret_prefix
-    client = aws.clients().client("secretsmanager")
+    client = runtime.clients().client("secretsmanager")
     found = []
     for page in client.get_paginator("list_secrets").paginate(Filters=[{"Key": "name", "Values": [prefix]}]):
         for secret in page["SecretList"]:
@@ -474,7 +468,7 @@ def cmd_secret_delete(args: argparse.Namespace) -> None:
     check_label(args.name, "--name")
     sid = secret_id(args.namespace, args.name)
     users = secret_refs_in_use().get((args.namespace, args.name), [])
-    client = aws.clients().client("secretsmanager")
+    client = runtime.clients().client("secretsmanager")
     try:
         client.describe_secret(SecretId=sid)  # a forced delete of an absent secret would "succeed"
         if args.now:
@@ -525,7 +519,7 @@ def cmd_event(args: argparse.Namespace) -> None:
     except json.JSONDecodeError as err:
         raise CliError(f"{args.file} is not JSON: {err}") from None
     with progress("delivering the event"):
-        result = events.deliver(raw)
+        result = runtime.deliver(raw)
     if result.get("ignored") and not result.get("kind"):
         raise CliError(f"event ignored: {result['ignored']}")
     if args.output:
@@ -729,7 +723,7 @@ def failure(err: BaseException, stage: str) -> tuple[str, int]:
     if isinstance(err, SpecError):
         return one_line(err), 2
     if tables.is_missing_table(err):
-        return tables.missing_table_message(stage, tables.missing_tables()), 1
+        return runtime.missing_table_message(stage), 1
     if isinstance(err, ClientError):
         error = err.response.get("Error", {})
         return f"AWS {error.get('Code')}: {error.get('Message')}", 1

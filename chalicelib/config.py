@@ -8,7 +8,9 @@ the cached value after a test changed the environment.
 from __future__ import annotations
 
 import functools
+import json
 import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
@@ -44,7 +46,7 @@ class Settings(BaseModel):
     # which Envoy sets to its API cluster's name) and how often they poll.
     cds_eds_cluster: str | None = Field(None, min_length=1, max_length=253, alias="CDS_EDS_CLUSTER")
     cds_eds_refresh_seconds: float = Field(5.0, ge=0.05, le=3600, alias="CDS_EDS_REFRESH_SECONDS")
-    # ASG terminate lifecycle (chalicelib/lifecycle.py): how long an instance stays DRAINING before ec2-eds
+    # ASG terminate lifecycle (chalicelib/usecases/lifecycle.py): how long an instance stays DRAINING before ec2-eds
     # completes the hook (default 2 x CDS_EDS_REFRESH_SECONDS), and the SQS delay queue that holds the wait.
     drain_seconds: float | None = Field(None, ge=0, le=7200, alias="DRAIN_SECONDS")
     drain_queue: str = Field("ec2-eds-dev-drain", min_length=1, max_length=80, alias="DRAIN_QUEUE")
@@ -72,3 +74,18 @@ def settings() -> Settings:
 def reset() -> None:
     """Forget the cached settings (tests that change the environment call this)."""
     settings.cache_clear()
+
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def stage_environment(stage: str, project_dir: Path = PROJECT_DIR) -> dict[str, str]:
+    """The variables Chalice would give a function of this stage."""
+    path = project_dir / ".chalice" / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except OSError:
+        return {}
+    if stage not in config.get("stages", {}):
+        raise ConfigError(f"stage {stage!r} is not in {path} (stages: {', '.join(sorted(config.get('stages', {})))})")
+    return {**config.get("environment_variables", {}), **config["stages"][stage].get("environment_variables", {})}

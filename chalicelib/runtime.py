@@ -9,49 +9,73 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import aws, config, lifecycle
-from .config import settings
-from .credentials import CredentialResolver
-from .events import AccountResolver
-from .inventory import Ec2Inventory
-from .observability import logger
-from .store import DynamoStore
+from chalicelib import config
+from chalicelib.config import settings
+from chalicelib.edges.clients import ClientFactory
+from chalicelib.edges.credentials import AccountResolver, CredentialResolver
+from chalicelib.edges.inventory import Ec2Inventory
+from chalicelib.edges.store import DynamoStore
+from chalicelib.edges.tables import Tables
+from chalicelib.observability import logger
+from chalicelib.usecases import events, lifecycle
 
+_factory: ClientFactory | None = None
 _store: DynamoStore | None = None
 _resolver: CredentialResolver | None = None
 _inventory: Ec2Inventory | None = None
 _accounts: AccountResolver | None = None
+_lifecycle: lifecycle.Lifecycle | None = None
+
+
+def clients() -> ClientFactory:
+    """The process-wide client factory, so warm Lambda invocations reuse connections."""
+    global _factory
+    if _factory is None:
+        _factory = ClientFactory(settings())
+    return _factory
+
+
+def tables() -> Tables:
+    conf = settings()
+    return Tables(conf.upstreams_table, conf.endpoints_table, conf.home_region)
+
+
+def missing_table_message(stage: str | None = None) -> str:
+    """Which table is missing, where, and how to create it (the API's 503 and the CLI's error)."""
+    known = tables()
+    return known.missing_message(stage, known.missing(clients().client("dynamodb")))
 
 
 def store() -> DynamoStore:
     global _store
     if _store is None:
         conf = settings()
-        _store = DynamoStore(aws.clients().client("dynamodb"), conf.upstreams_table, conf.endpoints_table)
+        _store = DynamoStore(clients().client("dynamodb"), conf.upstreams_table, conf.endpoints_table)
     return _store
 
 
 def resolver() -> CredentialResolver:
     global _resolver
     if _resolver is None:
-        _resolver = CredentialResolver(aws.clients())
+        _resolver = CredentialResolver(clients())
     return _resolver
 
 
 def inventory() -> Ec2Inventory:
     global _inventory
     if _inventory is None:
-        _inventory = Ec2Inventory(aws.clients(), resolver())
+        _inventory = Ec2Inventory(clients(), resolver())
     return _inventory
 
 
 def accounts() -> AccountResolver:
     global _accounts
     if _accounts is None:
-        _accounts = AccountResolver(resolver(), aws.clients())
+        _accounts = AccountResolver(resolver(), clients())
     return _accounts
 
 
@@ -66,7 +90,7 @@ def monotonic() -> float:
 def apply_now(keys: set[str]) -> None:
     """A changed upstream or account is served at once: its groups are reconciled now, within
     APPLY_SECONDS; what does not fit is left to the next scan (`PUT` routes and `cli apply`)."""
-    from .discovery import full_scan  # the use case, composed here like the others
+    from chalicelib.usecases.scan import full_scan  # the use case, composed here like the others
 
     conf = settings()
     deadline = monotonic() + conf.apply_seconds
@@ -81,10 +105,39 @@ def apply_now(keys: set[str]) -> None:
         )
 
 
+def drains() -> lifecycle.Lifecycle:
+    """ASG terminate lifecycle completions, over the drain queue."""
+    global _lifecycle
+    if _lifecycle is None:
+        factory = clients()
+        _lifecycle = lifecycle.Lifecycle(factory.client("sqs"), lambda region: factory.client("autoscaling", region))
+    return _lifecycle
+
+
+def deliver(raw: Any) -> dict[str, Any]:
+    """An EventBridge event, handled with the process-wide dependencies (the Lambda handlers and `cli event`)."""
+    if isinstance(raw, dict) and raw.get("source") == "aws.health":
+        summaries = events.handle_health(raw, store(), inventory(), accounts().account, now)
+        return {"kind": events.HealthEvent.__name__, "instances": [summary.as_dict() for summary in summaries]}
+    return events.handle(raw, store(), inventory(), accounts().account, now).as_dict()
+
+
+def deliver_lifecycle(raw: Any) -> dict[str, Any]:
+    """The terminate lifecycle handler: drain the instance (as every event does), then schedule the completion."""
+    summary = deliver(raw)
+    # A rejected event (malformed) drained nothing: nothing is completed early; the hook's timeout decides.
+    summary["completion"] = drains().schedule(raw) if summary.get("kind") else None
+    return summary
+
+
+def complete_drains(bodies: list[str]) -> list[str]:
+    """The drain queue's handler (and the local poller's): one outcome per message."""
+    return [drains().complete(body) for body in bodies]
+
+
 def reset() -> None:
     """Forget every dependency and client, e.g. after pointing at another emulator."""
-    global _store, _resolver, _inventory, _accounts
-    _store = _resolver = _inventory = _accounts = None
-    aws.reset()
+    global _factory, _store, _resolver, _inventory, _accounts, _lifecycle
+    _factory = None
+    _store = _resolver = _inventory = _accounts = _lifecycle = None
     config.reset()
-    lifecycle.reset()

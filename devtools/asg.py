@@ -9,7 +9,7 @@ instance), and refuses an unknown or finished one with AWS's `ValidationError`. 
 (`describe_lifecycle_hooks`, ...) is moto's client.
 
 `poll_drain_queue` delivers the drain queue's messages, when due, to the same handler code the
-Lambda's `on_sqs_message` trigger runs (`chalicelib.lifecycle.complete_messages`).
+Lambda's `on_sqs_message` trigger runs (`chalicelib.runtime.complete_drains`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every route Chalice knows (`app.routes`) becomes an operation: its path,
 method, path parameters, accepted content types and authorizer come from the
 route itself; what its bodies look like is described here by hand, with the
 pydantic models of `chalicelib` (`model_json_schema()`) where the request is
-one, and the validation patterns of `chalicelib.spec` where a validator says
+one, and the validation patterns of `chalicelib.domain.spec` where a validator says
 more than the model. A route without a description below is an error, so a
 new route cannot go undescribed.
 
@@ -25,11 +25,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chalicelib import api, cds, eds
-from chalicelib.accounts import ACCOUNT_ID, Account
 from chalicelib.config import Settings
-from chalicelib.spec import DNS1123_LABEL, REGION, ROLE_ARN, AwsEc2Spec
-from chalicelib.store import MAX_DOCUMENT_BYTES
+from chalicelib.domain.accounts import ACCOUNT_ID, Account
+from chalicelib.domain.spec import DNS1123_LABEL, REGION, ROLE_ARN, AwsEc2Spec
+from chalicelib.edges.store.chunks import MAX_DOCUMENT_BYTES
+from chalicelib.render import cds, eds
+from chalicelib.usecases import api
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 OUTPUT = PROJECT_DIR / "docs" / "openapi.json"

@@ -59,7 +59,7 @@ FUNCTIONS = (
 )
 # Invoked asynchronously by EventBridge (the schedule is a rule too): these get a failure destination.
 ASYNC_FUNCTIONS = FUNCTIONS[1:-1]
-# The drain queue's consumer (chalicelib/lifecycle.py) completes lifecycle actions: no table, no discovery.
+# The drain queue's consumer (chalicelib/usecases/lifecycle.py) completes lifecycle actions: no table, no discovery.
 DRAIN_FUNCTION = "asg_drain_complete"
 DISCOVERY_FUNCTIONS = FUNCTIONS[:-1]
 # The Auto Scaling groups whose terminate lifecycle actions ec2-eds may complete (their names).
@@ -80,13 +80,13 @@ _UPSTREAMS_READ_WRITE = [
     "dynamodb:ConditionCheckItem",
 ]
 _EVENT_ENDPOINTS = ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"]
-# What each function calls on each table (chalicelib/store.py, by code path):
+# What each function calls on each table (chalicelib/edges/store.py, by code path):
 # - every reader: Scan of upstreams (list), GetItem of `~scan`/`~draining`;
 # - scan: UpdateItem (status, draining marks), PutItem (scan marks, endpoint sets and their chunks),
 #   Scan of endpoint digests, DeleteItem (replaced chunks, sets of deleted upstreams);
 # - events: GetItem + BatchGetItem (a set and its chunks), PutItem/DeleteItem (the new set, old chunks),
 #   UpdateItem (status, draining marks), PutItem on upstreams for the first draining mark;
-# - discovered upstreams (DISCOVERY_ENABLED, chalicelib/autodiscovery.py): the scan creates them
+# - discovered upstreams (DISCOVERY_ENABLED, chalicelib/usecases/tag_discovery.py): the scan creates them
 #   (PutItem), marks them missing (UpdateItem/PutItem) and deletes them (DeleteItem of the upstream
 #   and its set); a tag-change event creates one (PutItem of the upstream and an empty set);
 # - guarded set writes (scan, events, API) are transactions: ConditionCheckItem on the upstream
@@ -198,7 +198,7 @@ def discovery_statements(stage: str, assume_role_arns: Sequence[str]) -> list[di
 
 
 def lifecycle_statements(stage: str, function: str, asg_names: Sequence[str]) -> list[dict[str, Any]]:
-    """The terminate lifecycle path (chalicelib/lifecycle.py): schedule on the drain queue, then complete."""
+    """The terminate lifecycle path (chalicelib/usecases/lifecycle.py): schedule on the drain queue, then complete."""
     if function == "asg_terminate_lifecycle":
         return [
             # Describe* of Auto Scaling takes no resource-level permission: "*" is the only resource.
@@ -327,7 +327,7 @@ def member_trust(
 
 
 def table_resources(stage: str) -> dict[str, Any]:
-    """The two tables, as `chalicelib.store.table_definitions` creates them, plus PITR and retention."""
+    """The two tables, as `chalicelib.edges.store.table_definitions` creates them, plus PITR and retention."""
     tables = table_names(stage)
     resources = {}
     for logical, key in (("UpstreamsTable", UPSTREAMS), ("EndpointsTable", ENDPOINTS)):

@@ -26,8 +26,8 @@ import boto3
 import yaml
 
 from chalicelib import runtime
-from chalicelib.discovery import full_scan
 from chalicelib.observability import logger
+from chalicelib.usecases.scan import full_scan
 from devtools import envoy_local, fleet, stack
 
 GATEWAY_EXAMPLE = stack.PROJECT_DIR / "docs" / "examples" / "envoy-rest-cds-local.yaml"
@@ -171,25 +171,41 @@ def serve(args: argparse.Namespace, logs: Path, kept: list[str], cleanup: contex
     ec2 = boto3.client("ec2")
     servers = fleet.InstanceServers()
     processes = [moto, api]
-    gateway = ""
-    if not args.no_gateway:
-        cleanup.callback(servers.close)
-        for change in servers.sync(ec2):
-            if "cannot" in change:
-                warn(change, sys.stderr)
-        envoy = envoy_local.Envoy(
-            gateway_config(args.port, args.gateway_port, args.admin_port), logs, log_level="warning"
-        )
-        cleanup.callback(envoy.stop)
-        processes.append(envoy.process)
-        gateway = f"http://127.0.0.1:{args.gateway_port}"
-        print(
-            f"gateway (Envoy {envoy_local.version()}, clusters by CDS and endpoints by EDS from the API): {gateway}"
-            f"   admin: {envoy.admin.base}   log: {logs / 'envoy.log'}",
-            flush=True,
-        )
-    fleet_cmd = ".venv/bin/python -m devtools.fleet"
+    gateway = "" if args.no_gateway else start_gateway(args, logs, cleanup, servers, ec2, processes, warn)
+    print(try_these(args, gateway, base, endpoint), flush=True)
+    return keep_scanning(args, base, gateway, servers, ec2, processes, warn)
+
+
+def start_gateway(
+    args: argparse.Namespace,
+    logs: Path,
+    cleanup: contextlib.ExitStack,
+    servers: fleet.InstanceServers,
+    ec2: Any,
+    processes: list[stack.Process],
+    warn: Throttled,
+) -> str:
+    """The instances' HTTP servers and Envoy in front of them; answers the gateway's URL."""
+    cleanup.callback(servers.close)
+    for change in servers.sync(ec2):
+        if "cannot" in change:
+            warn(change, sys.stderr)
+    envoy = envoy_local.Envoy(gateway_config(args.port, args.gateway_port, args.admin_port), logs, log_level="warning")
+    cleanup.callback(envoy.stop)
+    processes.append(envoy.process)
+    gateway = f"http://127.0.0.1:{args.gateway_port}"
     print(
+        f"gateway (Envoy {envoy_local.version()}, clusters by CDS and endpoints by EDS from the API): {gateway}"
+        f"   admin: {envoy.admin.base}   log: {logs / 'envoy.log'}",
+        flush=True,
+    )
+    return gateway
+
+
+def try_these(args: argparse.Namespace, gateway: str, base: str, endpoint: str) -> str:
+    """The commands to try, printed once everything is up."""
+    fleet_cmd = ".venv/bin/python -m devtools.fleet"
+    return (
         "\ntry:\n"
         + (
             f"  for i in 1 2 3 4; do curl -s {gateway}/; done      (web-1, web-2, web-4, web-5 answer in turn)\n"
@@ -209,9 +225,20 @@ def serve(args: argparse.Namespace, logs: Path, kept: list[str], cleanup: contex
         f"  curl -s {base}/prometheus/targets\n"
         f"  (the fleet commands and the CLI need: export AWS_ENDPOINT_URL={endpoint} "
         "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1)\n"
-        f"scanning every {args.interval:g} s; Ctrl-C stops everything\n",
-        flush=True,
+        f"scanning every {args.interval:g} s; Ctrl-C stops everything\n"
     )
+
+
+def keep_scanning(
+    args: argparse.Namespace,
+    base: str,
+    gateway: str,
+    servers: fleet.InstanceServers,
+    ec2: Any,
+    processes: list[stack.Process],
+    warn: Throttled,
+) -> int:
+    """Until a process exits (1) or Ctrl-C: instances' servers follow their state, a scan every interval."""
     next_scan = time.monotonic() + args.interval
     while True:
         time.sleep(min(1.0, args.interval))
@@ -220,15 +247,20 @@ def serve(args: argparse.Namespace, logs: Path, kept: list[str], cleanup: contex
                 (warn if "cannot" in change else print)(change)
         if time.monotonic() >= next_scan:
             next_scan = time.monotonic() + args.interval
-            summary = full_scan(runtime.store(), runtime.inventory(), runtime.now)
-            if summary.errors:
-                warn(f"scan: {summary.errors} errors (GET {base}/upstreams shows each status)", sys.stderr)
-            elif summary.changed:
-                print(f"scan: {summary.changed} sets changed", flush=True)
+            scan(base, warn)
         for process in processes:
             if process.popen.poll() is not None:
                 print(f"{process.popen.args!r} exited with {process.popen.returncode}", file=sys.stderr)
                 return 1
+
+
+def scan(base: str, warn: Throttled) -> None:
+    """One full scan, telling what it changed or how many upstreams failed."""
+    summary = full_scan(runtime.store(), runtime.inventory(), runtime.now)
+    if summary.errors:
+        warn(f"scan: {summary.errors} errors (GET {base}/upstreams shows each status)", sys.stderr)
+    elif summary.changed:
+        print(f"scan: {summary.changed} sets changed", flush=True)
 
 
 if __name__ == "__main__":

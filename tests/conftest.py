@@ -12,7 +12,7 @@ import pytest
 
 from chalicelib import runtime
 from chalicelib.config import settings
-from chalicelib.store import DynamoStore, table_definitions
+from chalicelib.edges.store import DynamoStore, table_definitions
 from tests import profiles
 
 profiles.load()  # HYPOTHESIS_PROFILE, else CI=true: ci; else dev (tests/profiles.py)

@@ -9,8 +9,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from chalicelib.inventory import InstanceLister
-from chalicelib.spec import Credentials, Upstream, parse_upstream
+from chalicelib.domain.spec import Credentials, Upstream, parse_upstream
+from chalicelib.edges.inventory import InstanceLister
 
 REGION = "us-east-1"
 NAMESPACE = "gloo-system"

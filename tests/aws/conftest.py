@@ -11,7 +11,7 @@ import boto3
 import pytest
 
 from chalicelib import runtime
-from chalicelib.discovery import ScanSummary, full_scan
+from chalicelib.usecases.scan import ScanSummary, full_scan
 from tests import factories
 
 

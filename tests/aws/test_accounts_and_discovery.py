@@ -11,10 +11,10 @@ import boto3
 import pytest
 from chalice.test import Client
 
-from chalicelib import cli, events, runtime
-from chalicelib.accounts import Account
-from chalicelib.discovery import full_scan
-from chalicelib.spec import parse_upstream
+from chalicelib import cli, runtime
+from chalicelib.domain.accounts import Account
+from chalicelib.domain.spec import parse_upstream
+from chalicelib.usecases.scan import full_scan
 from tests.conftest import load_event
 from tests.factories import launch_one
 
@@ -246,7 +246,7 @@ def test_a_tag_change_event_creates_the_upstream_without_a_scan(discovering: Any
     raw = copy.deepcopy(load_event("tag-change.json"))
     raw["account"] = MEMBER
     raw["resources"] = [f"arn:aws:ec2:us-east-1:{MEMBER}:instance/{instance}"]
-    result = events.deliver(raw)
+    result = runtime.deliver(raw)
     assert result["discovered"] == ["shop/web"]
     assert result["aws_calls"]["ec2:DescribeInstances"] == 1
     assert served("shop", "web") == {instance: 8443}

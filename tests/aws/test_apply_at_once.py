@@ -11,7 +11,7 @@ from chalice.test import Client
 
 from app import app
 from chalicelib import runtime
-from chalicelib.aws import counting
+from chalicelib.edges.clients import counting
 from tests.factories import launch_one
 
 

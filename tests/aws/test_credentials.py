@@ -10,10 +10,11 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib import aws, config
-from chalicelib.aws import ClientFactory
-from chalicelib.credentials import CredentialResolver, CredentialsError
-from chalicelib.spec import Credentials
+from chalicelib import config
+from chalicelib.domain.spec import Credentials
+from chalicelib.edges import clients
+from chalicelib.edges.clients import ClientFactory
+from chalicelib.edges.credentials import CredentialResolver, CredentialsError
 
 ROLE = "arn:aws:iam::123456789012:role/describe-ec2-demo"
 OTHER_ROLE = "arn:aws:iam::123456789012:role/another"
@@ -25,7 +26,7 @@ class Recording(ClientFactory):
     """A ClientFactory that records, for each AssumeRole request, the access key that signed it."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(config.settings())
         self.assume_role_signers: list[str] = []
         self.expirations: list[float] = []
         self._hooked: set[int] = set()
@@ -89,7 +90,7 @@ def secret(aws: None) -> Callable[[str, str, Any], str]:
 
 
 def test_no_secret_and_no_role_means_the_functions_own_role(resolver: CredentialResolver) -> None:
-    with aws.counting() as calls:
+    with clients.counting() as calls:
         assert resolver.client_args(Credentials()) == {}
     assert calls.total() == 0
 
@@ -97,7 +98,7 @@ def test_no_secret_and_no_role_means_the_functions_own_role(resolver: Credential
 def test_secret_ref_reads_gloo_keys_from_secrets_manager(resolver: CredentialResolver, secret: Any) -> None:
     secret("default", "gloo-tag-group1", {"access_key": ACCESS_KEY, "secret_key": SECRET_VALUE})
 
-    with aws.counting() as calls:
+    with clients.counting() as calls:
         args = resolver.client_args(Credentials(secret=("default", "gloo-tag-group1")))
 
     assert args == {"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_VALUE}
@@ -184,7 +185,7 @@ def test_a_secret_without_gloo_keys_is_a_credentials_error_without_its_value(
 
 
 def test_role_arn_is_assumed_through_sts(resolver: CredentialResolver, factory: Recording) -> None:
-    with aws.counting() as calls:
+    with clients.counting() as calls:
         args = resolver.client_args(Credentials(role_arn=ROLE))
 
     assert calls.get("sts:AssumeRole") == 1
@@ -199,7 +200,7 @@ def test_role_arn_is_assumed_through_sts(resolver: CredentialResolver, factory: 
 def test_assumed_credentials_are_cached(resolver: CredentialResolver) -> None:
     first = resolver.client_args(Credentials(role_arn=ROLE))
 
-    with aws.counting() as calls:
+    with clients.counting() as calls:
         second = resolver.client_args(Credentials(role_arn=ROLE))
 
     assert calls.get("sts:AssumeRole") == 0
@@ -209,7 +210,7 @@ def test_assumed_credentials_are_cached(resolver: CredentialResolver) -> None:
 def test_each_role_is_assumed_on_its_own(resolver: CredentialResolver) -> None:
     resolver.client_args(Credentials(role_arn=ROLE))
 
-    with aws.counting() as calls:
+    with clients.counting() as calls:
         other = resolver.client_args(Credentials(role_arn=OTHER_ROLE))
 
     assert calls.get("sts:AssumeRole") == 1
@@ -226,12 +227,12 @@ def test_assumed_credentials_are_renewed_shortly_before_they_expire(
     expires_at = factory.expirations[0]
 
     clock.now = expires_at - 300 - 5  # still outside the margin
-    with aws.counting() as calls:
+    with clients.counting() as calls:
         assert resolver.client_args(Credentials(role_arn=ROLE)) == first
     assert calls.get("sts:AssumeRole") == 0
 
     clock.now = expires_at - 300 + 5  # inside the margin, not yet expired
-    with aws.counting() as calls:
+    with clients.counting() as calls:
         renewed = resolver.client_args(Credentials(role_arn=ROLE))
     assert calls.get("sts:AssumeRole") == 1
     assert renewed["aws_access_key_id"] != first["aws_access_key_id"]
@@ -242,7 +243,7 @@ def test_secret_and_role_assume_the_role_with_the_secrets_keys(
 ) -> None:
     secret("default", "gloo-tag-group1", {"access_key": ACCESS_KEY, "secret_key": SECRET_VALUE})
 
-    with aws.counting() as calls:
+    with clients.counting() as calls:
         args = resolver.client_args(Credentials(secret=("default", "gloo-tag-group1"), role_arn=ROLE))
 
     assert calls.get("secretsmanager:GetSecretValue") == 1

@@ -10,10 +10,12 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib import api, runtime
-from chalicelib.discovery import ScanSummary
-from chalicelib.spec import iter_upstreams, load_documents, parse_upstream
-from chalicelib.store import ACCEPTED, ERROR, DynamoStore
+from chalicelib import runtime
+from chalicelib.domain.spec import iter_upstreams, load_documents, parse_upstream
+from chalicelib.domain.status import ACCEPTED, ERROR
+from chalicelib.edges.store import DynamoStore
+from chalicelib.usecases import api
+from chalicelib.usecases.scan import ScanSummary
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "upstreams"
 ROLE = "arn:aws:iam::123456789012:role/describe-ec2-demo"

@@ -10,8 +10,9 @@ import boto3
 import pytest
 from chalice.test import Client
 
-from chalicelib import events, runtime
-from chalicelib.discovery import full_scan
+from chalicelib import runtime
+from chalicelib.usecases import events
+from chalicelib.usecases.scan import full_scan
 from tests.conftest import load_event
 from tests.factories import ActingLister, launch_one, upstream
 
@@ -41,7 +42,7 @@ def event(name: str, instance_id: str, **changes: Any) -> dict[str, Any]:
 
 
 def deliver(raw: dict[str, Any]) -> dict[str, Any]:
-    return events.deliver(raw)
+    return runtime.deliver(raw)
 
 
 def members(name: str) -> dict[str, str]:

@@ -19,7 +19,8 @@ from moto.ec2 import models as ec2_models
 from moto.ec2.models.instances import Instance as MotoInstance
 
 from app import app
-from chalicelib.inventory import DiscoveryError, Ec2Inventory
+from chalicelib import runtime
+from chalicelib.edges.inventory import DiscoveryError, Ec2Inventory
 from tests.factories import launch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,7 +173,6 @@ def test_the_lead_time_is_configurable(client: Any, monkeypatch: pytest.MonkeyPa
 
 def test_an_event_keeps_an_unhealthy_instance_unhealthy(client: Any) -> None:
     """An event describes the instance but does not ask for its status: the scan's UNHEALTHY holds."""
-    from chalicelib import events
     from tests.conftest import load_event
 
     first, second = sorted(launch(boto3.client("ec2", region_name="us-east-1"), {"app": "web"}, 2))
@@ -183,6 +183,6 @@ def test_an_event_keeps_an_unhealthy_instance_unhealthy(client: Any) -> None:
     raw["detail"].update({"instance-id": first, "state": "running"})
     raw["resources"] = [f"arn:aws:ec2:us-east-1:123456789012:instance/{first}"]
     boto3.client("ec2", region_name="us-east-1").create_tags(Resources=[first], Tags=[{"Key": "extra", "Value": "x"}])
-    events.deliver(raw)
+    runtime.deliver(raw)
     assert health(client) == {first: "UNHEALTHY", second: "HEALTHY"}
     assert status(client)["unhealthy"] == 1

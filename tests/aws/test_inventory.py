@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
-from chalicelib import aws
-from chalicelib.aws import ClientFactory
-from chalicelib.credentials import CredentialResolver
-from chalicelib.inventory import DiscoveryError, Ec2Inventory
-from chalicelib.spec import Credentials
+from chalicelib.config import settings
+from chalicelib.domain.spec import Credentials
+from chalicelib.edges import clients
+from chalicelib.edges.clients import ClientFactory
+from chalicelib.edges.credentials import CredentialResolver
+from chalicelib.edges.inventory import DiscoveryError, Ec2Inventory
 
 RUNNING_FILTER = [{"Name": "instance-state-name", "Values": ["running"]}]
 OWN_ROLE = Credentials()
@@ -20,7 +21,7 @@ OWN_ROLE = Credentials()
 
 @pytest.fixture
 def factory(aws: None) -> ClientFactory:
-    return ClientFactory()
+    return ClientFactory(settings())
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def test_running_is_filtered_on_the_aws_side(inventory: Ec2Inventory, factory: C
 def test_thirty_instances_cost_one_request(inventory: Ec2Inventory, launch: Callable[..., list[str]]) -> None:
     ids = launch({"role": "web"}, count=30)
 
-    with aws.counting() as calls:
+    with clients.counting() as calls:
         listed = inventory.list_running(OWN_ROLE, "us-east-1")
 
     assert sorted(i.instance_id for i in listed) == sorted(ids)
@@ -168,7 +169,7 @@ def test_describe_of_an_unknown_instance_is_empty(inventory: Ec2Inventory, launc
 def test_describe_of_no_ids_asks_nothing(inventory: Ec2Inventory, launch: Callable[..., list[str]]) -> None:
     launch({"role": "web"})
 
-    with aws.counting() as calls:
+    with clients.counting() as calls:
         assert inventory.describe(OWN_ROLE, "us-east-1", []) == []
     assert calls.total() == 0
 
@@ -221,7 +222,7 @@ def test_an_error_names_the_credentials_it_used(
 
 
 def test_credentials_that_cannot_be_had_become_a_discovery_error(inventory: Ec2Inventory) -> None:
-    with aws.counting() as calls, pytest.raises(DiscoveryError) as caught:
+    with clients.counting() as calls, pytest.raises(DiscoveryError) as caught:
         inventory.list_running(Credentials(secret=("default", "missing")), "us-east-1")
 
     assert "default/missing" in str(caught.value)

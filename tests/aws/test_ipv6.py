@@ -13,7 +13,7 @@ import pytest
 from chalice.test import Client
 
 from app import app
-from chalicelib.inventory import primary_ipv6
+from chalicelib.edges.inventory import primary_ipv6
 from tests.factories import upstream_body
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chalicelib import config, lifecycle
+from chalicelib import config, runtime
+from chalicelib.usecases import lifecycle
 from devtools.asg import LifecycleActions
 from tests.aws.test_events import fleet, members  # noqa: F401 - the fixture
 from tests.profiles import examples
@@ -211,14 +212,14 @@ def test_the_lambda_handler_drains_then_schedules(
     fleet: dict[str, str],  # noqa: F811
 ) -> None:
     """app.py's terminate lifecycle handler: the instance is DRAINING at once, its completion queued."""
-    lifecycle.reset()
-    monkeypatch.setattr(lifecycle, "_lifecycle", world["lifecycle"])
+    runtime.reset()
+    monkeypatch.setattr(runtime, "_lifecycle", world["lifecycle"])
     sent = _sent(world, monkeypatch)
-    summary = lifecycle.deliver(world["actions"].start(GROUP, HOOK, fleet["web-1"]))
+    summary = runtime.deliver_lifecycle(world["actions"].start(GROUP, HOOK, fleet["web-1"]))
     assert members("web")[fleet["web-1"]] == "DRAINING"
     assert summary["completion"]["instance_id"] == fleet["web-1"] and len(sent) == 1
     world["clock"].now += 30
-    assert lifecycle.complete_messages([json.dumps(sent[0][0])]) == ["completed"]
+    assert runtime.complete_drains([json.dumps(sent[0][0])]) == ["completed"]
 
 
 def test_the_chalice_handlers_drain_then_complete_through_the_queue(
@@ -231,7 +232,7 @@ def test_the_chalice_handlers_drain_then_complete_through_the_queue(
 
     from app import app
 
-    monkeypatch.setattr(lifecycle, "_lifecycle", world["lifecycle"])
+    monkeypatch.setattr(runtime, "_lifecycle", world["lifecycle"])
     sent = _sent(world, monkeypatch)
     event = world["actions"].start(GROUP, HOOK, fleet["web-1"])
     with Client(app) as client:
@@ -333,10 +334,10 @@ def test_any_drain_duplicates_and_failures_complete_once_never_early(
 def test_a_malformed_lifecycle_event_drains_nothing_and_completes_nothing(
     world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lifecycle, "_lifecycle", world["lifecycle"])
+    monkeypatch.setattr(runtime, "_lifecycle", world["lifecycle"])
     event = world["actions"].start(GROUP, HOOK, "i-0123456789abcdef0")
     event["detail"]["EC2InstanceId"] = "not-an-instance"
-    summary = lifecycle.deliver(event)
+    summary = runtime.deliver_lifecycle(event)
     assert summary["ignored"] and summary["completion"] is None
     assert queued(world) == []
 

@@ -18,9 +18,10 @@ import pytest
 from chalice.test import Client
 
 from app import app
-from chalicelib import events, runtime
-from chalicelib.discovery import full_scan
-from chalicelib.spec import parse_upstream
+from chalicelib import runtime
+from chalicelib.domain.spec import parse_upstream
+from chalicelib.usecases import events
+from chalicelib.usecases.scan import full_scan
 from tests.conftest import load_event
 from tests.factories import launch_one
 
@@ -108,8 +109,8 @@ def test_a_health_scheduled_change_far_ahead_drains_nothing_yet(client: Any, fle
 def test_a_health_event_for_another_service_or_without_instances_changes_nothing(client: Any, fleet: list[str]) -> None:
     other = scheduled_change(fleet[:1], timedelta(minutes=1))
     other["detail"]["service"] = "RDS"
-    assert "malformed" in events.deliver(other)["instances"][0]["ignored"]
+    assert "malformed" in runtime.deliver(other)["instances"][0]["ignored"]
     nobody = scheduled_change([], timedelta(minutes=1))
-    assert "names no EC2 instance" in events.deliver(nobody)["instances"][0]["ignored"]
+    assert "names no EC2 instance" in runtime.deliver(nobody)["instances"][0]["ignored"]
     assert set(health(client).values()) == {"HEALTHY"}
-    json.dumps(events.deliver(nobody))  # the Lambda's answer is JSON
+    json.dumps(runtime.deliver(nobody))  # the Lambda's answer is JSON

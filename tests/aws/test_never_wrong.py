@@ -17,12 +17,14 @@ from botocore.exceptions import ClientError
 from chalice.test import Client
 
 from app import app
-from chalicelib import api, runtime
-from chalicelib.aws import credentials_key
-from chalicelib.discovery import full_scan
-from chalicelib.endpoints import Endpoint, EndpointSet
-from chalicelib.spec import parse_upstream
-from chalicelib.store import CHUNK_BYTES, Conflict, DynamoStore
+from chalicelib import runtime
+from chalicelib.domain.endpoints import Endpoint, EndpointSet
+from chalicelib.domain.spec import parse_upstream
+from chalicelib.edges.clients import credentials_key
+from chalicelib.edges.store import Conflict, DynamoStore
+from chalicelib.edges.store.chunks import CHUNK_BYTES
+from chalicelib.usecases import api
+from chalicelib.usecases.scan import full_scan
 from tests.aws.test_events import deliver, event, fleet, members  # noqa: F401 - fleet: a fixture
 from tests.factories import ActingLister, launch_one, upstream
 
@@ -200,7 +202,7 @@ def test_a_tag_event_described_before_a_stop_never_brings_the_instance_back(flee
         assert deliver(event("ec2-state-change.json", web1, detail={"state": "stopped"}))["changed"] == 2
 
     ec2.create_tags(Resources=[web1], Tags=[{"Key": "version", "Value": "v2"}])
-    from chalicelib import events
+    from chalicelib.usecases import events
 
     late = events.handle(
         event("tag-change.json", web1),
@@ -217,7 +219,7 @@ def test_an_older_positive_event_never_lands_after_a_newer_no_op_negative(fleet:
     """The negative observation changes no set (the instance is not a member), yet it still wins."""
     ec2 = boto3.client("ec2", region_name="us-east-1")
     api1 = fleet["api-1"]
-    from chalicelib import events
+    from chalicelib.usecases import events
 
     def retag_back_and_deliver() -> None:  # api-1 leaves app=web again before the older event writes
         ec2.create_tags(Resources=[api1], Tags=[{"Key": "app", "Value": "api"}])
@@ -321,7 +323,7 @@ def test_an_event_described_before_a_whole_scan_never_undoes_the_scan(fleet: dic
     ec2 = boto3.client("ec2", region_name="us-east-1")
     web1 = fleet["web-1"]
     ec2.create_tags(Resources=[web1], Tags=[{"Key": "version", "Value": "v2"}])  # the event has a change to make
-    from chalicelib import events
+    from chalicelib.usecases import events
 
     def stop_and_scan() -> None:
         ec2.stop_instances(InstanceIds=[web1])

@@ -9,7 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib import runtime
-from chalicelib.discovery import full_scan
+from chalicelib.usecases.scan import full_scan
 from tests.factories import upstream
 
 SECRET_GROUPS = 4
@@ -137,7 +137,7 @@ def test_throttled_calls_are_retried_by_botocore_and_nothing_is_lost(
                 operation_name,
             )
 
-    factory = runtime.aws.clients()
+    factory = runtime.clients()
     original_new = factory._new_client
 
     def hooked(service: str, region: str, credentials: dict[str, str]) -> Any:

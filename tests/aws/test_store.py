@@ -11,8 +11,9 @@ from typing import Any
 import boto3
 import pytest
 
-from chalicelib.endpoints import Endpoint, EndpointSet
-from chalicelib.store import ACCEPTED, ERROR, REJECTED, DynamoStore, MemoryStore, Status
+from chalicelib.domain.endpoints import Endpoint, EndpointSet
+from chalicelib.domain.status import ACCEPTED, ERROR, REJECTED, Status
+from chalicelib.edges.store import DynamoStore, MemoryStore
 from tests.factories import upstream, upstream_document
 
 NOW = "2026-01-02T03:04:05.000000Z"

@@ -12,14 +12,14 @@ for a function's role. That user holds exactly the policy document of
 (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` of the user, `AWS_ENDPOINT_URL`
 at moto, `runtime.reset()`), from the same seeded state every time:
 
-- `scheduled_scan`: `discovery.full_scan`, over three credentials groups
+- `scheduled_scan`: `scan.full_scan`, over three credentials groups
   (the function's own, a `secretRef`, a `roleArn` with `externalId`), an
   orphaned endpoint set, a set large enough to be stored in chunks, and
   upstreams discovered from tags (`DISCOVERY_ENABLED`): one to create, one
   gone past its grace period to delete;
 - the four event functions: `events.deliver` with the matching sample event
   (the tag change also creates the upstream its instance's discovery tag asks for);
-- `api_handler`: every `chalicelib.api` function the routes call, POST /scan
+- `api_handler`: every `chalicelib.usecases.api` function the routes call, POST /scan
   included;
 - `asg_terminate_lifecycle`: the event, then its completion scheduled on the
   drain queue (`DescribeLifecycleHooks` of the seeded group's hook, the
@@ -80,13 +80,17 @@ import pytest
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
-from chalicelib import api, autodiscovery, aws, discovery, eds, events, lifecycle, runtime
-from chalicelib import store as store_module
-from chalicelib.accounts import parse_account
+from chalicelib import runtime
 from chalicelib.cli import stage_environment
-from chalicelib.endpoints import Endpoint, EndpointSet
-from chalicelib.spec import parse_upstream
-from chalicelib.store import MISSING, DynamoStore, encode_endpoints, table_definitions
+from chalicelib.domain.accounts import parse_account
+from chalicelib.domain.endpoints import Endpoint, EndpointSet
+from chalicelib.domain.spec import parse_upstream
+from chalicelib.domain.status import MISSING
+from chalicelib.edges.store import DynamoStore, table_definitions
+from chalicelib.edges.store import chunks as store_chunks
+from chalicelib.edges.store.chunks import encode_endpoints
+from chalicelib.render import eds
+from chalicelib.usecases import api, lifecycle, scan, tag_discovery
 from devtools import policies as gen
 from devtools import stack
 from devtools.asg import LifecycleActions
@@ -257,11 +261,11 @@ def seed(moto: IamMoto) -> None:
     for name, document in UPSTREAMS.items():
         store.put_upstream(parse_upstream(copy.deepcopy(document), NS, name), "2026-01-01T00:00:00Z")
     store.put_account(parse_account(MEMBER_ACCOUNT, ACCOUNT_NAME))
-    gone = parse_upstream(autodiscovery.document(NS, GONE, ACCOUNT_NAME, REGION))
+    gone = parse_upstream(tag_discovery.document(NS, GONE, ACCOUNT_NAME, REGION))
     store.put_upstream(gone, "2026-01-01T00:00:00Z")
     store.set_mark(MISSING, gone.key, "2026-01-01T00:00:00Z")
     big = EndpointSet.build(NS, "web-default", REGION, fake_endpoints(BIG_SET, 1))
-    assert len(encode_endpoints(big.endpoints)) > 2 * store_module.CHUNK_BYTES
+    assert len(encode_endpoints(big.endpoints)) > 2 * store_chunks.CHUNK_BYTES
     assert store.put_endpoint_set(big, None)
     for number, name in enumerate(("web-secret", "web-role", "deleted", GONE), start=2):
         assert store.put_endpoint_set(EndpointSet.build(NS, name, REGION, fake_endpoints(1, number)), None)
@@ -386,7 +390,7 @@ def as_function(iam_moto: IamMoto, monkeypatch: pytest.MonkeyPatch) -> Callable[
     """Seed, grant the document to the function user, and make every client of the code sign as that user."""
 
     def become(document: dict[str, Any]) -> None:
-        monkeypatch.setattr(store_module, "CHUNK_BYTES", SMALL_CHUNK_BYTES)
+        monkeypatch.setattr(store_chunks, "CHUNK_BYTES", SMALL_CHUNK_BYTES)
         seed(iam_moto)
         iam_moto.grant(document)
         for key, value in stage_environment(STAGE).items():
@@ -415,7 +419,7 @@ SCAN_DISCOVERS = {"created": 1, "updated": 0, "removed": 1, "refused": 0}
 
 
 def scan_work(_: IamMoto) -> None:
-    summary = discovery.full_scan(runtime.store(), runtime.inventory(), runtime.now).as_dict()
+    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now).as_dict()
     expect(
         summary["errors"] == 0
         and "health_errors" not in summary  # DescribeInstanceStatus answered for every group
@@ -432,7 +436,7 @@ def event_work(fixture: str) -> Callable[[IamMoto], None]:
         if fixture == EVENT_FIXTURES["ec2_scheduled_change"]:  # starting now: drained at once
             raw["detail"]["startTime"] = format_datetime(datetime.now(UTC), usegmt=True)
             raw["detail"].pop("endTime", None)
-        result = events.deliver(raw)
+        result = runtime.deliver(raw)
         if "instances" in result:  # an AWS Health event: one result per instance it names
             (result,) = result["instances"]
         tag_change = fixture == EVENT_FIXTURES["ec2_tag_change"]
@@ -454,8 +458,8 @@ def terminate_lifecycle_work(moto: IamMoto) -> None:
     raw = json.loads(
         json.dumps(load_event(EVENT_FIXTURES["asg_terminate_lifecycle"])).replace("i-abcd1111", moto.instance_id)
     )
-    lifecycle.reset()
-    scheduled = lifecycle.lifecycle().schedule(raw)
+    runtime.reset()
+    scheduled = runtime.drains().schedule(raw)
     expect(scheduled is not None and scheduled["group"] == GROUP, f"scheduled: {scheduled}")
 
 
@@ -463,7 +467,7 @@ def drain_complete_work(moto: IamMoto) -> None:
     """The drain queue's handler: a message not yet due is sent again; a due one completes the action.
 
     moto has no CompleteLifecycleAction: devtools.asg plays it (and its permission is checked statically)."""
-    factory = aws.clients()
+    factory = runtime.clients()
     actions = LifecycleActions(factory.client("autoscaling"))
     event = actions.start(GROUP, HOOK, moto.instance_id)
     now = 1_000_000.0
@@ -661,7 +665,7 @@ def test_assume_role_is_scoped(
     as_function(for_moto(policy_document("scheduled_scan")))
     document = upstream("other-role", roleArn=f"arn:aws:iam::{ACCOUNT}:role/not-eds")
     iam_moto.admin_store().put_upstream(parse_upstream(document, NS, "other-role"), "2026-01-01T00:00:00Z")
-    summary = discovery.full_scan(runtime.store(), runtime.inventory(), runtime.now)
+    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now)
     assert summary.errors == 1
     status = iam_moto.admin_store().get_upstream(NS, "other-role")
     assert status is not None and status.status.code == "AccessDenied", status
@@ -672,7 +676,7 @@ def test_wrong_external_id_is_refused(iam_moto: IamMoto, as_function: Callable[[
     as_function(for_moto(policy_document("scheduled_scan")))
     document = upstream("wrong-id", roleArn=f"arn:aws:iam::{ACCOUNT}:role/{MEMBER_ROLE}", externalId="not-the-id")
     iam_moto.admin_store().put_upstream(parse_upstream(document, NS, "wrong-id"), "2026-01-01T00:00:00Z")
-    summary = discovery.full_scan(runtime.store(), runtime.inventory(), runtime.now)
+    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now)
     assert summary.errors == 1 and summary.changed == 4
 
 

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from chalicelib import runtime
-from chalicelib.discovery import full_scan
-from chalicelib.endpoints import Instance
-from chalicelib.inventory import Ec2Inventory, InstanceHealth, ScheduledEvent
-from chalicelib.spec import Credentials
+from chalicelib.domain.endpoints import Instance
+from chalicelib.domain.spec import Credentials
+from chalicelib.edges.inventory import Ec2Inventory, InstanceHealth, ScheduledEvent
+from chalicelib.usecases.scan import full_scan
 from devtools import envoy_local, fleet
 from tests.conftest import LOOPBACK_FLEET
 from tests.envoy.conftest import REFRESH, Gateway

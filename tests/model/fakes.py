@@ -26,10 +26,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib.endpoints import Instance
-from chalicelib.inventory import DiscoveryError
-from chalicelib.spec import Credentials
-from chalicelib.store import MemoryStore
+from chalicelib.domain.endpoints import Instance
+from chalicelib.domain.spec import Credentials
+from chalicelib.edges.inventory import DiscoveryError
+from chalicelib.edges.store import MemoryStore
 
 HOME = "123456789012"  # the function's own account
 OTHER = "210987654321"  # a member account, reached by a role

@@ -64,10 +64,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from chalicelib import api, events
-from chalicelib.discovery import full_scan
-from chalicelib.spec import Credentials
-from chalicelib.store import ACCEPTED
+from chalicelib.domain.spec import Credentials
+from chalicelib.domain.status import ACCEPTED
+from chalicelib.usecases import api, events
+from chalicelib.usecases.scan import full_scan
 from tests.conftest import ROOT, load_event
 from tests.model.fakes import (
     HOME,

@@ -24,8 +24,9 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from chalicelib import aws, observability, runtime
-from chalicelib.discovery import ScanSummary, full_scan
+from chalicelib import observability, runtime
+from chalicelib.edges import clients
+from chalicelib.usecases.scan import ScanSummary, full_scan
 from tests import factories
 
 NOW = "2026-01-01T00:00:00Z"
@@ -146,15 +147,15 @@ class Faults:
 def faults(monkeypatch: pytest.MonkeyPatch) -> Faults:
     """Faults injected into every boto3 client the service makes (after `runtime.reset()` too)."""
     injected = Faults()
-    original = aws.ClientFactory._new_client
+    original = clients.ClientFactory._new_client
 
-    def new_client(self: aws.ClientFactory, service: str, region: str, credentials: dict[str, str]) -> Any:
+    def new_client(self: clients.ClientFactory, service: str, region: str, credentials: dict[str, str]) -> Any:
         client = original(self, service, region, credentials)
         # first: before moto's own before-send handler answers the request
         client.meta.events.register_first("before-send", injected.hook(client))
         return client
 
-    monkeypatch.setattr(aws.ClientFactory, "_new_client", new_client)
+    monkeypatch.setattr(clients.ClientFactory, "_new_client", new_client)
     runtime.reset()
     return injected
 

@@ -22,10 +22,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import app
-from chalicelib import api, eds, runtime
-from chalicelib.endpoints import Endpoint, EndpointSet
-from chalicelib.spec import INT_MAX, INT_MIN, SpecError, load_documents
-from chalicelib.store import ERROR, MemoryStore, Status
+from chalicelib import runtime
+from chalicelib.domain.endpoints import Endpoint, EndpointSet
+from chalicelib.domain.spec import INT_MAX, INT_MIN, SpecError, load_documents
+from chalicelib.domain.status import ERROR, Status
+from chalicelib.edges.store import MemoryStore
+from chalicelib.render import eds
+from chalicelib.usecases import api
 from tests.profiles import examples
 
 from .conftest import Output
@@ -363,7 +366,7 @@ def test_a_404_for_an_upstream_in_error_says_its_reason_and_what_to_do(http: Any
 
 def test_a_404_for_a_pending_upstream_says_it_waits_for_a_scan(http: Any) -> None:
     # Stored without its reconcile (a PUT whose APPLY_SECONDS ran out, or an upstream stored by an older version)
-    from chalicelib.spec import parse_upstream
+    from chalicelib.domain.spec import parse_upstream
 
     runtime.store().put_upstream(parse_upstream({**GOOD, "metadata": {"name": "web", "namespace": "shop"}}), "now")
 
@@ -374,7 +377,7 @@ def test_a_404_for_a_pending_upstream_says_it_waits_for_a_scan(http: Any) -> Non
 
 def test_an_unknown_error_code_still_names_the_reason() -> None:
     store = MemoryStore()
-    from chalicelib.spec import parse_upstream
+    from chalicelib.domain.spec import parse_upstream
 
     store.put_upstream(parse_upstream({**GOOD, "metadata": {"name": "web", "namespace": "shop"}}), "now")
     store.put_status("shop", "web", Status(ERROR, "ec2:DescribeInstances failed (Throttling)", code="Throttling"))
@@ -490,7 +493,7 @@ def test_the_upstream_list_pages_past_the_budget_and_every_page_fits(
 ) -> None:
     """Twelve upstreams of 1 MB annotations (a body's limit; they compress well enough to store): 12 MB whole."""
     store = MemoryStore()
-    from chalicelib.spec import parse_upstream
+    from chalicelib.domain.spec import parse_upstream
 
     for index in range(12):
         pad = f"{index}" * 1_000_000

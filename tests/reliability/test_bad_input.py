@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import app
-from chalicelib.store import DynamoStore
+from chalicelib.edges.store import DynamoStore
 from tests.profiles import examples
 
 MIB = 1024 * 1024

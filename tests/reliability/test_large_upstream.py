@@ -26,11 +26,14 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
 from app import app
-from chalicelib import api, prometheus, runtime
-from chalicelib.discovery import full_scan
-from chalicelib.endpoints import Instance
-from chalicelib.spec import Credentials, parse_upstream
-from chalicelib.store import CHUNK_BYTES, DynamoStore
+from chalicelib import runtime
+from chalicelib.domain.endpoints import Instance
+from chalicelib.domain.spec import Credentials, parse_upstream
+from chalicelib.edges.store import DynamoStore
+from chalicelib.edges.store.chunks import CHUNK_BYTES
+from chalicelib.render import prometheus
+from chalicelib.usecases import api
+from chalicelib.usecases.scan import full_scan
 
 SIZE = 20_000
 LAMBDA_LIMIT = 6_291_456  # bytes a synchronous Lambda invocation may return

@@ -15,9 +15,12 @@ from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chalicelib import api, cds, config, gloo_options
-from chalicelib.spec import SpecError, parse_upstream
-from chalicelib.store import MemoryStore
+from chalicelib import config
+from chalicelib.domain import gloo_options
+from chalicelib.domain.spec import SpecError, parse_upstream
+from chalicelib.edges.store import MemoryStore
+from chalicelib.render import cds
+from chalicelib.usecases import api
 from tests.profiles import examples
 from tests.unit.test_doc_examples import pgv_violations
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.endpoints import (
+from chalicelib.domain.endpoints import (
     DRAINING,
     HEALTHY,
     Endpoint,

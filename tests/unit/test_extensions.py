@@ -9,8 +9,8 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
-from chalicelib import eds
-from chalicelib.endpoints import Instance, derive, reconcile
+from chalicelib.domain.endpoints import Instance, derive, reconcile
+from chalicelib.render import eds
 from sidecar.agent import to_discovery_response
 from tests.factories import upstream
 
@@ -111,7 +111,7 @@ def test_eds_and_the_sidecar_carry_weights_and_subset_metadata_envoy_accepts() -
     ],
 )
 def test_bad_extension_fields_name_their_path(block: dict[str, Any], field: str) -> None:
-    from chalicelib.spec import SpecError
+    from chalicelib.domain.spec import SpecError
 
     with pytest.raises(SpecError) as err:
         upstream("web", "shop", **block)

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chalicelib.filters import Matcher, TagIndex
-from chalicelib.spec import TagFilter
+from chalicelib.domain.filters import Matcher, TagIndex
+from chalicelib.domain.spec import TagFilter
 from tests.profiles import examples
 
 

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chalicelib import eds, prometheus
-from chalicelib.discovery import due_drains
-from chalicelib.endpoints import EndpointSet, Instance, derive
-from chalicelib.inventory import InstanceHealth, ScheduledEvent, to_health
-from chalicelib.spec import Credentials, GroupKey, SpecError
+from chalicelib.domain.endpoints import EndpointSet, Instance, derive
+from chalicelib.domain.spec import Credentials, GroupKey, SpecError
+from chalicelib.edges.inventory import InstanceHealth, ScheduledEvent, to_health
+from chalicelib.render import eds, prometheus
+from chalicelib.usecases.scan import due_drains
 from devtools import envoy_local
 from tests.factories import upstream
 

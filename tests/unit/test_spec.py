@@ -18,7 +18,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chalicelib.spec import (
+from chalicelib.domain.spec import (
     Credentials,
     SpecError,
     Upstream,

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from .endpoints import Endpoint, EndpointSet
+from chalicelib.domain.endpoints import Endpoint, EndpointSet
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 

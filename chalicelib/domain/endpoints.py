@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .filters import Matcher, TagIndex
-from .spec import Upstream
+from chalicelib.domain.filters import Matcher, TagIndex
+from chalicelib.domain.spec import Upstream
 
 HEALTHY = "HEALTHY"
 DRAINING = "DRAINING"

@@ -16,10 +16,16 @@ from typing import Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
-from .aws import ClientFactory
-from .credentials import CredentialResolver, CredentialsError, aws_message, error_code, transport_problem
-from .endpoints import Instance
-from .spec import Credentials
+from chalicelib.domain.endpoints import Instance
+from chalicelib.domain.spec import Credentials
+from chalicelib.edges.clients import ClientFactory
+from chalicelib.edges.credentials import (
+    CredentialResolver,
+    CredentialsError,
+    aws_message,
+    error_code,
+    transport_problem,
+)
 
 
 class DiscoveryError(Exception):

@@ -18,29 +18,20 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import autodiscovery, aws
-from .accounts import Account, resolve
-from .config import settings
-from .credentials import error_code
-from .endpoints import DRAINING as DRAINING_HEALTH
-from .endpoints import UNHEALTHY, Derived, EndpointSet, Instance, reconcile_one
-from .filters import TagIndex
-from .inventory import DiscoveryError, InstanceHealth, InstanceLister, instance_health
-from .observability import count, count_with, distribution, log_unexpected, logger, record_aws_calls
-from .spec import GroupKey, SpecError, Upstream
-from .store import (
-    ACCEPTED,
-    DRAINING,
-    ERROR,
-    Guard,
-    Observations,
-    Outcome,
-    Status,
-    Store,
-    StoredUpstream,
-    active_draining,
-)
-from .times import iso, stamp
+from chalicelib.config import settings
+from chalicelib.domain.accounts import Account
+from chalicelib.domain.endpoints import UNHEALTHY, Derived, EndpointSet, Instance, reconcile_one
+from chalicelib.domain.filters import TagIndex
+from chalicelib.domain.spec import GroupKey, Upstream
+from chalicelib.domain.status import ACCEPTED, DRAINING, ERROR, Status, StoredUpstream, active_draining, health_counts
+from chalicelib.domain.times import iso, stamp
+from chalicelib.edges import clients
+from chalicelib.edges.credentials import error_code
+from chalicelib.edges.inventory import DiscoveryError, InstanceHealth, InstanceLister, instance_health
+from chalicelib.edges.store import Guard, Observations, Outcome, Store
+from chalicelib.observability import count, count_with, distribution, log_unexpected, logger, record_aws_calls
+from chalicelib.usecases import tag_discovery
+from chalicelib.usecases.upstreams import resolve_entries
 
 REPORTED_CALLS = (
     "ec2:DescribeInstances",
@@ -79,38 +70,6 @@ class ScanSummary:
             **({"discovered": self.discovered} if self.discovered is not None else {}),
             "aws_calls": calls,
         }
-
-
-def last_scan(entry: StoredUpstream, marks: dict[str, str]) -> str | None:
-    """When the upstream's group was last listed successfully, if after the upstream was stored."""
-    if entry.upstream is None:
-        return None
-    mark = marks.get(str(entry.upstream.group))
-    return mark if mark and mark >= entry.updated_at else None
-
-
-def resolve_entries(
-    store: Store, stored_entries: list[StoredUpstream], known: list[Account] | None = None
-) -> tuple[dict[str, StoredUpstream], list[tuple[StoredUpstream, SpecError]]]:
-    """Upstreams with their named accounts resolved to roles; those that cannot be, apart.
-
-    Accounts are read (unless given) only when some upstream names one.
-    """
-    needs = any(entry.upstream is not None and entry.upstream.ec2.account for entry in stored_entries)
-    if known is None:
-        known = store.list_accounts() if needs else []
-    accounts = {account.name: account for account in known}
-    entries: dict[str, StoredUpstream] = {}
-    unresolved: list[tuple[StoredUpstream, SpecError]] = []
-    for entry in stored_entries:
-        if entry.upstream is None:
-            entries[entry.key] = entry
-            continue
-        try:
-            entries[entry.key] = replace(entry, upstream=resolve(entry.upstream, accounts))
-        except SpecError as err:
-            unresolved.append((entry, err))
-    return entries, unresolved
 
 
 def group_upstreams(upstreams: list[Upstream]) -> dict[GroupKey, list[Upstream]]:
@@ -270,12 +229,6 @@ def last_known_unhealthy(store: Store, members: list[Upstream]) -> frozenset[str
     return frozenset(found)
 
 
-def health_counts(endpoint_set: EndpointSet) -> tuple[int, int]:
-    """The status counts of a set's UNHEALTHY and DRAINING endpoints."""
-    healths = [endpoint.health for endpoint in endpoint_set.endpoints]
-    return healths.count(UNHEALTHY), healths.count(DRAINING_HEALTH)
-
-
 def due_drains(health: dict[GroupKey, InstanceHealth | None], now: datetime) -> dict[str, datetime]:
     """Instances whose scheduled event starts within DRAIN_LEAD_SECONDS (or has started), with
     when their drain may end: the event's NotAfter, else NotBefore plus DRAINING_TTL_SECONDS."""
@@ -374,7 +327,7 @@ def full_scan(
     so that its change is served at once; it discovers and deletes nothing.
     """
     summary = ScanSummary()
-    with aws.counting() as counter:
+    with clients.counting() as counter:
         started = clock()
         discovering = settings().discovery_enabled and only is None
         accounts = store.list_accounts() if discovering else None
@@ -393,7 +346,7 @@ def full_scan(
         digests = store.endpoint_digests()
         draining_marks = store.get_marks(DRAINING)
         draining = active_draining(draining_marks, iso(started))
-        discovery_groups = autodiscovery.account_groups(accounts or [])
+        discovery_groups = tag_discovery.account_groups(accounts or [])
         order = sorted(set(groups) | set(discovery_groups), key=lambda group: marks.get(str(group), ""))
         if only is not None:
             order = [group for group in order if any(member.key in only for member in groups.get(group, []))]
@@ -468,13 +421,13 @@ def _discover(
     listings: dict[GroupKey, list[Instance] | DiscoveryError | Deferred],
     discovery_groups: dict[GroupKey, Account],
     now: datetime,
-) -> autodiscovery.DiscoveryChanges:
+) -> tag_discovery.DiscoveryChanges:
     listed = {group: listing for group, listing in listings.items() if isinstance(listing, list)}
     accounts = {group: account for group, account in discovery_groups.items() if group in listed}
-    holders = {key: autodiscovery.holder(entry) for key, entry in entries.items() if autodiscovery.is_discovered(entry)}
-    desired = autodiscovery.wanted(listed, accounts, holders)
+    holders = {key: tag_discovery.holder(entry) for key, entry in entries.items() if tag_discovery.is_discovered(entry)}
+    desired = tag_discovery.wanted(listed, accounts, holders)
     done = {(account.name, group.region) for group, account in accounts.items()}
-    return autodiscovery.apply(store, entries, desired, done, now, iso)
+    return tag_discovery.apply(store, entries, desired, done, now)
 
 
 def _delete_orphans(store: Store, keys: set[str]) -> None:

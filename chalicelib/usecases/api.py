@@ -12,15 +12,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from . import cds, eds, prometheus, tables
-from .accounts import parse_account
-from .config import settings
-from .discovery import full_scan, iso, last_scan
-from .endpoints import EndpointSet
-from .inventory import InstanceLister
-from .observability import logger
-from .spec import SpecError, check_label, load_one, parse_cluster_name, parse_upstream
-from .store import ERROR, DocumentTooLarge, Store, StoredUpstream
+from chalicelib.config import settings
+from chalicelib.domain.accounts import parse_account
+from chalicelib.domain.endpoints import EndpointSet
+from chalicelib.domain.spec import SpecError, check_label, load_one, parse_cluster_name, parse_upstream
+from chalicelib.domain.status import ERROR, StoredUpstream, last_scan
+from chalicelib.domain.times import iso
+from chalicelib.edges import tables
+from chalicelib.edges.store import DocumentTooLarge, Store
+from chalicelib.observability import logger
+from chalicelib.render import cds, eds, prometheus
 
 JSON = "application/json"
 
@@ -65,11 +66,11 @@ def framework_error(
     return {"error": message, "field": None}
 
 
-def missing_table(err: BaseException) -> Reply | None:
-    """503 naming the missing DynamoDB table and the `bootstrap` command, if that is what `err` is."""
+def missing_table(err: BaseException, explain: Callable[[], str]) -> Reply | None:
+    """503 naming the missing DynamoDB table and the `bootstrap` command (`explain`), if that is what `err` is."""
     if not tables.is_missing_table(err):
         return None
-    message = tables.missing_table_message(missing=tables.missing_tables())
+    message = explain()
     logger.error("table missing", extra={"reason": message})
     return error(503, message)
 
@@ -216,12 +217,6 @@ def _why_no_set(entry: StoredUpstream) -> str:
     hint = _ERROR_HINTS.get(status.code or "", "fix the cause named above, then POST /scan (or wait for the next scan)")
     code = f" [{status.code}]" if status.code else ""
     return f"upstream {key} has no endpoint set yet: it is in Error{code}: {status.reason}; {hint}"
-
-
-def scan(
-    store: Store, lister: InstanceLister, clock: Callable[[], datetime], time_left: Callable[[], float] | None = None
-) -> Reply:
-    return ok(full_scan(store, lister, clock, time_left).as_dict())
 
 
 # --- one answer's size ------------------------------------------------------------------------------

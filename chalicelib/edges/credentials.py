@@ -22,9 +22,9 @@ from typing import Any
 from aws_lambda_powertools.utilities import parameters
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .aws import ClientFactory, credentials_key
-from .config import settings
-from .spec import Credentials
+from chalicelib.config import settings
+from chalicelib.domain.spec import Credentials
+from chalicelib.edges.clients import ClientFactory, credentials_key
 
 SECRET_KEYS = ("access_key", "secret_key")
 SESSION_NAME = "ec2-eds"
@@ -215,3 +215,20 @@ class CredentialResolver:
         if previous is not None:
             self._factory.forget(previous.keys)
         return keys
+
+
+class AccountResolver:
+    """The account an upstream's credentials look into: its role's, else who the keys are (cached)."""
+
+    def __init__(self, resolver: CredentialResolver, factory: ClientFactory) -> None:
+        self._resolver = resolver
+        self._factory = factory
+        self._accounts: dict[Credentials, str] = {}
+
+    def account(self, credentials: Credentials) -> str:
+        if credentials.account:
+            return credentials.account
+        if credentials not in self._accounts:
+            sts = self._factory.client("sts", credentials=self._resolver.client_args(credentials))
+            self._accounts[credentials] = str(sts.get_caller_identity()["Account"])
+        return self._accounts[credentials]

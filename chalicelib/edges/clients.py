@@ -20,7 +20,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from .config import settings
+from chalicelib.config import Settings
 
 _current: contextvars.ContextVar[CallCounter | None] = contextvars.ContextVar("aws_calls", default=None)
 
@@ -69,13 +69,14 @@ def _counter_hook(prefix: str) -> Any:
 class ClientFactory:
     """One boto3 client per (service, region, access key), made on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, conf: Settings) -> None:
+        self._conf = conf
         self._lock = threading.Lock()
         self._session: boto3.session.Session | None = None
         self._clients: dict[tuple[str, str, str | None], Any] = {}  # (service, region, credentials_key)
 
     def client(self, service: str, region: str | None = None, credentials: dict[str, str] | None = None) -> Any:
-        region = region or settings().home_region
+        region = region or self._conf.home_region
         credentials = credentials or {}
         key = (service, region, credentials_key(credentials))
         client = self._clients.get(key)
@@ -89,7 +90,7 @@ class ClientFactory:
         return client
 
     def _new_client(self, service: str, region: str, credentials: dict[str, str]) -> Any:
-        conf = settings()
+        conf = self._conf
         if self._session is None:
             self._session = boto3.session.Session()
         config = Config(
@@ -119,20 +120,3 @@ def credentials_key(credentials: dict[str, str]) -> str | None:
         return None
     canonical = "\0".join(f"{name}={credentials[name]}" for name in sorted(credentials))
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-_factory: ClientFactory | None = None
-
-
-def clients() -> ClientFactory:
-    """The process-wide factory, so warm Lambda invocations reuse connections."""
-    global _factory
-    if _factory is None:
-        _factory = ClientFactory()
-    return _factory
-
-
-def reset() -> None:
-    """Forget every client (tests that switch the emulator call this)."""
-    global _factory
-    _factory = None

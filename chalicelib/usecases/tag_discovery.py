@@ -12,17 +12,19 @@ marked missing and removed once `DISCOVERY_GRACE_SECONDS` have passed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .accounts import Account
-from .config import settings
-from .endpoints import Instance, tag_value
-from .observability import logger
-from .spec import DNS1123_LABEL, Credentials, GroupKey, Upstream, parse_upstream
-from .store import MISSING, Conflict, Store, StoredUpstream
+from chalicelib.config import settings
+from chalicelib.domain.accounts import Account
+from chalicelib.domain.endpoints import Instance, tag_value
+from chalicelib.domain.spec import DNS1123_LABEL, Credentials, GroupKey, Upstream, parse_upstream
+from chalicelib.domain.status import MISSING, StoredUpstream
+from chalicelib.domain.times import iso
+from chalicelib.edges.store import Conflict, Store
+from chalicelib.observability import logger
 
 DISCOVERED_LABEL = "ec2-eds/discovered"
 
@@ -130,7 +132,6 @@ def apply(
     desired: dict[str, Upstream],
     listed: set[tuple[str, str]],
     now: datetime,
-    iso: Callable[[datetime], str],
 ) -> DiscoveryChanges:
     """Create, update and (after the grace period) remove discovered upstreams.
 

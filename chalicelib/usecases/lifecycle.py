@@ -1,6 +1,6 @@
 """ASG terminate lifecycle hooks, completed by ec2-eds once the gateways have moved away.
 
-On `EC2 Instance-terminate Lifecycle Action` the event handler (chalicelib/events.py) marks the
+On `EC2 Instance-terminate Lifecycle Action` the event handler (chalicelib/usecases/events.py) marks the
 instance DRAINING; `deliver` then schedules the hook's completion: one message on an SQS delay
 queue, due after the drain period. The queue's consumer (`complete`, an `on_sqs_message` handler)
 calls `CompleteLifecycleAction` with `CONTINUE` for that hook and token, and the group terminates
@@ -32,8 +32,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .config import settings
-from .observability import count, logger
+from chalicelib.config import settings
+from chalicelib.observability import count, logger
 
 MAX_DELAY = 900  # SQS's limit on DelaySeconds
 HEARTBEAT_MARGIN = 10.0  # seconds kept between the completion and the hook's heartbeat timeout
@@ -198,37 +198,3 @@ class Lifecycle:
         delay = 5.0 * 2 ** (attempt - 1)
         self._send(replace(pending, attempt=attempt, due=self._clock() + delay), delay)
         return "retrying"
-
-
-_lifecycle: Lifecycle | None = None
-
-
-def lifecycle() -> Lifecycle:
-    """The process-wide instance, with the runtime's clients."""
-    global _lifecycle
-    if _lifecycle is None:
-        from . import aws
-
-        factory = aws.clients()
-        _lifecycle = Lifecycle(factory.client("sqs"), lambda region: factory.client("autoscaling", region))
-    return _lifecycle
-
-
-def reset() -> None:
-    global _lifecycle
-    _lifecycle = None
-
-
-def deliver(raw: Any) -> dict[str, Any]:
-    """The terminate lifecycle handler: drain the instance (as every event does), then schedule the completion."""
-    from . import events
-
-    summary = events.deliver(raw)
-    # A rejected event (malformed) drained nothing: nothing is completed early; the hook's timeout decides.
-    summary["completion"] = lifecycle().schedule(raw) if summary.get("kind") else None
-    return summary
-
-
-def complete_messages(bodies: list[str]) -> list[str]:
-    """The drain queue's handler (and the local poller's): one outcome per message."""
-    return [lifecycle().complete(body) for body in bodies]

@@ -1,437 +1,43 @@
-"""Where upstreams, their status and their endpoint sets live.
+"""The store over two DynamoDB tables, through the low-level client: one class per kind of data.
 
-`Store` is the interface the logic sees, with two implementations: in
-memory (tests, benchmarks) and DynamoDB. Endpoint sets are written with a
-condition on the digest the writer last read, so two writers (a scan and
-an event) never overwrite each other's newer result unnoticed.
-
-Tables (partition key `id`, a string):
-- upstreams: `namespace/name` -> document (zlib-compressed JSON), status, updatedAt; plus
-  `~scan` (the last successful listing time of each group), `~draining`
-  (instances under an interruption warning, until when), `~missing`
-  (discovered upstreams whose instances are gone, since when) and
-  `~account/NAME` (named accounts).
-- endpoints: `namespace/name` -> namespace, name, region, version and digest
-  (see EndpointSet), count and `body`, the endpoint
-  records as zlib-compressed JSON, continued in chunk items past 350 KB.
+A set's records are compressed into `body`. Past CHUNK_BYTES (DynamoDB items hold 400 KB at
+most) the rest goes into chunk items `{id}#{write}#{n}` (`write` unique to each write), written
+before the head item that names them, so a reader never sees a set whose chunks are missing;
+the previous set's chunks are deleted after the switch.
 """
 
 from __future__ import annotations
 
-import copy
-import enum
 import json
-import threading
 import uuid
-import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .accounts import Account
-from .endpoints import Endpoint, EndpointSet
-from .spec import SpecError, Upstream, parse_upstream
-
-SCAN_MARKS_ID = "~scan"
-OBSERVATIONS_PREFIX = "~seen/"  # + a group's id: the group's observation log
-SEEN_PREFIX = "seen:"  # + an instance id: an attribute of an observation log
-CHUNK_READ_ATTEMPTS = 5
-DRAINING, MISSING = "draining", "missing"  # kinds of marks
-ACCOUNT_PREFIX = "~account/"
-CHUNK_BYTES = 350_000  # of compressed endpoint records per item, under DynamoDB's 400 KB item limit
-ACCEPTED, REJECTED, ERROR = "Accepted", "Rejected", "Error"
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    state: str
-    reason: str
-    endpoints: int = 0
-    skipped: int = 0
-    code: str | None = None
-    port_fallbacks: int = 0
-    weight_fallbacks: int = 0
-    unhealthy: int = 0  # endpoints served UNHEALTHY (EC2 reports their instance or system status impaired)
-    draining: int = 0  # endpoints served DRAINING
-
-    def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "state": self.state,
-            "reason": self.reason,
-            "endpoints": self.endpoints,
-            "skipped": self.skipped,
-        }
-        if self.code:
-            data["code"] = self.code
-        if self.port_fallbacks:
-            data["portFallbacks"] = self.port_fallbacks
-        if self.weight_fallbacks:
-            data["weightFallbacks"] = self.weight_fallbacks
-        if self.unhealthy:
-            data["unhealthy"] = self.unhealthy
-        if self.draining:
-            data["draining"] = self.draining
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> Status:
-        if not data:
-            return PENDING
-        return cls(
-            state=str(data["state"]),
-            reason=str(data.get("reason", "")),
-            endpoints=int(data.get("endpoints", 0)),
-            skipped=int(data.get("skipped", 0)),
-            code=data.get("code"),
-            port_fallbacks=int(data.get("portFallbacks", 0)),
-            weight_fallbacks=int(data.get("weightFallbacks", 0)),
-            unhealthy=int(data.get("unhealthy", 0)),
-            draining=int(data.get("draining", 0)),
-        )
-
-
-PENDING = Status(ACCEPTED, "waiting for the first scan")
-
-
-@dataclass(frozen=True, slots=True)
-class StoredUpstream:
-    """An upstream as stored: its document, the parsed upstream (None if it no longer parses), status."""
-
-    namespace: str
-    name: str
-    document: dict[str, Any]
-    status: Status
-    updated_at: str
-    upstream: Upstream | None = None
-    problem: SpecError | None = field(default=None)
-    recorded: Status | None = None  # the status in the store, when `status` differs from it
-    generation: str = ""  # changes with every write of the document: writes derived from it are conditional on it
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-def stored(
-    namespace: str, name: str, document: dict[str, Any], status: Status, updated_at: str, generation: str = ""
-) -> StoredUpstream:
-    """Re-validate a stored document, so a document that no longer parses is `Rejected`, not a crash."""
-    generation = generation or updated_at  # items written before generations existed
-    try:
-        upstream = parse_upstream(document, namespace, name)
-        return StoredUpstream(namespace, name, document, status, updated_at, upstream, generation=generation)
-    except SpecError as err:
-        rejected = Status(REJECTED, err.message)
-        return StoredUpstream(namespace, name, document, rejected, updated_at, None, err, status, generation)
-
-
-class Conflict(Exception):
-    """A conditional write found the item changed by another writer since it was read."""
-
-
-@dataclass(frozen=True, slots=True)
-class Guard:
-    """What must still hold for an endpoint set to be written (all of it, atomically).
-
-    - `generation`: the upstream is still the one the set was computed from (not deleted, not
-      replaced), so a scan or an event never writes a set for a document that is gone;
-    - `group` with `version`: no instance of the group was observed by an event since the scan
-      read the group's observation log (a scan's listing is older than such an observation);
-    - `group` with `instance` = (instance id, time): this writer's observation of that instance is
-      still the newest one recorded (an older observation never overrides a newer one).
-    """
-
-    generation: str | None = None
-    group: str | None = None
-    version: int | None = None
-    instance: tuple[str, str] | None = None
-
-
-class Outcome(enum.Enum):
-    WRITTEN = "written"
-    SET_CHANGED = "set changed"  # another writer changed the set since it was read
-    UPSTREAM_CHANGED = "upstream changed"  # the upstream was deleted or replaced
-    OBSERVED = "observed"  # a newer observation of the group (or instance) was recorded
-
-
-@dataclass(frozen=True, slots=True)
-class Observations:
-    """A group's observation log: when each instance was last observed by an event, and a version
-    that every recorded observation increments."""
-
-    version: int = 0
-    seen: dict[str, str] = field(default_factory=dict)
-
-
-ANY = "*"  # `expect` of an unconditional write
-
-
-class Store(Protocol):
-    def put_upstream(self, upstream: Upstream, now: str, expect: str | None = ANY) -> str:
-        """Store the document; its new generation. `expect`: ANY, None (must not exist) or the
-        generation it must still have; `Conflict` otherwise."""
-        ...
-
-    def get_upstream(self, namespace: str, name: str) -> StoredUpstream | None: ...
-
-    def list_upstreams(self) -> list[StoredUpstream]: ...
-
-    def delete_upstream(self, namespace: str, name: str, expect: str = ANY) -> bool: ...
-
-    def put_status(self, namespace: str, name: str, status: Status, generation: str | None = None) -> None: ...
-
-    def get_endpoint_set(self, namespace: str, name: str) -> EndpointSet | None: ...
-
-    def list_endpoint_sets(self) -> list[EndpointSet]: ...
-
-    def endpoint_digests(self) -> dict[str, str]: ...
-
-    def put_endpoint_set(self, endpoint_set: EndpointSet, expected_digest: str | None) -> bool: ...
-
-    def write_set(self, endpoint_set: EndpointSet, expected_digest: str | None, guard: Guard) -> Outcome: ...
-
-    def delete_endpoint_set(self, namespace: str, name: str) -> None: ...
-
-    def delete_orphan_set(self, namespace: str, name: str) -> bool:
-        """Delete the set only if its upstream does not exist (atomically checked)."""
-        ...
-
-    def observe(self, group: str, instance_id: str, at: str) -> bool:
-        """Record an observation of an instance; False when a newer (or equal) one is recorded."""
-        ...
-
-    def observations(self, group: str) -> Observations: ...
-
-    def prune_observations(self, group: str, before: str) -> None: ...
-
-    def get_scan_marks(self) -> dict[str, str]: ...
-
-    def put_scan_marks(self, marks: dict[str, str]) -> None: ...
-
-    def set_mark(self, kind: str, key: str, value: str) -> None: ...
-
-    def get_marks(self, kind: str) -> dict[str, str]: ...
-
-    def forget_marks(self, kind: str, keys: Iterable[str]) -> None: ...
-
-    def put_account(self, account: Account) -> None: ...
-
-    def get_account(self, name: str) -> Account | None: ...
-
-    def list_accounts(self) -> list[Account]: ...
-
-    def delete_account(self, name: str) -> bool: ...
-
-
-def active_draining(marks: dict[str, str], now: str) -> frozenset[str]:
-    """The instances whose draining mark has not expired."""
-    return frozenset(instance for instance, until in marks.items() if until > now)
-
-
-class DocumentTooLarge(ValueError):
-    """A document that validates but cannot be stored in one DynamoDB item, even compressed."""
-
-
-MAX_DOCUMENT_BYTES = 350_000  # compressed, under DynamoDB's 400 KB item limit
-
-
-def encode_document(document: dict[str, Any]) -> bytes:
-    """A Gloo document, compressed for storage; DocumentTooLarge past one item."""
-    body = zlib.compress(json.dumps(document, separators=(",", ":")).encode(), 6)
-    if len(body) > MAX_DOCUMENT_BYTES:
-        raise DocumentTooLarge(
-            f"the document compresses to {len(body)} bytes; at most {MAX_DOCUMENT_BYTES} can be stored"
-        )
-    return body
-
-
-def decode_document(attribute: dict[str, Any]) -> Any:
-    if "B" in attribute:
-        return json.loads(zlib.decompress(attribute["B"]))
-    return json.loads(attribute["S"])  # written before documents were compressed
-
-
-def encode_endpoints(endpoints: Iterable[Endpoint]) -> bytes:
-    records = [endpoint.record() for endpoint in endpoints]
-    return zlib.compress(json.dumps(records, separators=(",", ":")).encode(), 6)
-
-
-def decode_endpoints(body: bytes) -> tuple[Endpoint, ...]:
-    return tuple(Endpoint.from_record(record) for record in json.loads(zlib.decompress(body)))
-
-
-class MemoryStore:
-    """The in-memory twin of `DynamoStore`, for the pure tests and benchmarks."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.upstreams: dict[str, dict[str, Any]] = {}
-        self.sets: dict[str, EndpointSet] = {}
-        self.marks: dict[str, str] = {}
-        self.marks_by_kind: dict[str, dict[str, str]] = {}
-        self.accounts: dict[str, Account] = {}
-        self.logs: dict[str, Observations] = {}
-        self.writes = 0
-
-    def put_upstream(self, upstream: Upstream, now: str, expect: str | None = ANY) -> str:
-        with self._lock:
-            current = self.upstreams.get(upstream.key)
-            if expect != ANY and (current.get("generation") if current else None) != expect:
-                raise Conflict(upstream.key)
-            self.writes += 1
-            encode_document(upstream.document)  # the same limit as DynamoDB
-            generation = uuid.uuid4().hex
-            self.upstreams[upstream.key] = {
-                "namespace": upstream.namespace,
-                "name": upstream.name,
-                "document": json.dumps(upstream.document),
-                "status": PENDING.as_dict(),
-                "updatedAt": now,
-                "generation": generation,
-            }
-            return generation
-
-    def _load(self, item: dict[str, Any]) -> StoredUpstream:
-        return stored(
-            item["namespace"],
-            item["name"],
-            json.loads(item["document"]),
-            Status.from_dict(copy.deepcopy(item["status"])),
-            item["updatedAt"],
-            item.get("generation", ""),
-        )
-
-    def get_upstream(self, namespace: str, name: str) -> StoredUpstream | None:
-        item = self.upstreams.get(f"{namespace}/{name}")
-        return self._load(item) if item else None
-
-    def list_upstreams(self) -> list[StoredUpstream]:
-        return [self._load(item) for _, item in sorted(self.upstreams.items())]
-
-    def delete_upstream(self, namespace: str, name: str, expect: str = ANY) -> bool:
-        key = f"{namespace}/{name}"
-        with self._lock:
-            current = self.upstreams.get(key)
-            if expect != ANY and (current is None or current["generation"] != expect):
-                raise Conflict(key)
-            existed = self.upstreams.pop(key, None) is not None
-            self.sets.pop(key, None)
-            self.writes += 2
-        return existed
-
-    def put_status(self, namespace: str, name: str, status: Status, generation: str | None = None) -> None:
-        with self._lock:
-            item = self.upstreams.get(f"{namespace}/{name}")
-            if item is not None and generation in (None, item["generation"]):
-                self.writes += 1
-                item["status"] = status.as_dict()
-
-    def get_endpoint_set(self, namespace: str, name: str) -> EndpointSet | None:
-        return self.sets.get(f"{namespace}/{name}")
-
-    def list_endpoint_sets(self) -> list[EndpointSet]:
-        return [self.sets[key] for key in sorted(self.sets)]
-
-    def endpoint_digests(self) -> dict[str, str]:
-        return {key: endpoint_set.digest for key, endpoint_set in self.sets.items()}
-
-    def put_endpoint_set(self, endpoint_set: EndpointSet, expected_digest: str | None) -> bool:
-        return self.write_set(endpoint_set, expected_digest, Guard()) is Outcome.WRITTEN
-
-    def write_set(self, endpoint_set: EndpointSet, expected_digest: str | None, guard: Guard) -> Outcome:
-        with self._lock:
-            upstream = self.upstreams.get(endpoint_set.key)
-            if guard.generation is not None and (upstream is None or upstream["generation"] != guard.generation):
-                return Outcome.UPSTREAM_CHANGED
-            if guard.group is not None:
-                log = self.logs.get(guard.group, Observations())
-                if guard.version is not None and log.version != guard.version:
-                    return Outcome.OBSERVED
-                if guard.instance is not None and log.seen.get(guard.instance[0]) != guard.instance[1]:
-                    return Outcome.OBSERVED
-            current = self.sets.get(endpoint_set.key)
-            if (current.digest if current else None) != expected_digest:
-                return Outcome.SET_CHANGED
-            self.writes += 1
-            self.sets[endpoint_set.key] = endpoint_set
-            return Outcome.WRITTEN
-
-    def delete_endpoint_set(self, namespace: str, name: str) -> None:
-        with self._lock:
-            self.writes += 1
-            self.sets.pop(f"{namespace}/{name}", None)
-
-    def delete_orphan_set(self, namespace: str, name: str) -> bool:
-        key = f"{namespace}/{name}"
-        with self._lock:
-            if key in self.upstreams or key not in self.sets:
-                return False
-            self.writes += 1
-            del self.sets[key]
-            return True
-
-    def observe(self, group: str, instance_id: str, at: str) -> bool:
-        with self._lock:
-            log = self.logs.get(group, Observations())
-            if log.seen.get(instance_id, "") >= at:
-                return False
-            self.writes += 1
-            self.logs[group] = Observations(log.version + 1, {**log.seen, instance_id: at})
-            return True
-
-    def observations(self, group: str) -> Observations:
-        log = self.logs.get(group, Observations())
-        return Observations(log.version, dict(log.seen))
-
-    def prune_observations(self, group: str, before: str) -> None:
-        with self._lock:
-            log = self.logs.get(group)
-            if log is None:
-                return
-            kept = {instance: at for instance, at in log.seen.items() if at >= before}
-            if kept != log.seen:
-                self.writes += 1
-                self.logs[group] = Observations(log.version, kept)
-
-    def get_scan_marks(self) -> dict[str, str]:
-        return dict(self.marks)
-
-    def put_scan_marks(self, marks: dict[str, str]) -> None:
-        with self._lock:
-            self.writes += 1
-            self.marks = dict(marks)
-
-    def set_mark(self, kind: str, key: str, value: str) -> None:
-        with self._lock:
-            self.writes += 1
-            self.marks_by_kind.setdefault(kind, {})[key] = value
-
-    def get_marks(self, kind: str) -> dict[str, str]:
-        return dict(self.marks_by_kind.get(kind, {}))
-
-    def forget_marks(self, kind: str, keys: Iterable[str]) -> None:
-        with self._lock:
-            self.writes += 1
-            for key in keys:
-                self.marks_by_kind.get(kind, {}).pop(key, None)
-
-    def put_account(self, account: Account) -> None:
-        with self._lock:
-            self.writes += 1
-            self.accounts[account.name] = account
-
-    def get_account(self, name: str) -> Account | None:
-        return self.accounts.get(name)
-
-    def list_accounts(self) -> list[Account]:
-        return [self.accounts[name] for name in sorted(self.accounts)]
-
-    def delete_account(self, name: str) -> bool:
-        with self._lock:
-            self.writes += 1
-            return self.accounts.pop(name, None) is not None
+from chalicelib.domain.accounts import Account
+from chalicelib.domain.endpoints import EndpointSet
+from chalicelib.domain.spec import Upstream
+from chalicelib.domain.status import PENDING, Status, StoredUpstream, stored
+from chalicelib.edges.store.base import (
+    ACCOUNT_PREFIX,
+    ANY,
+    OBSERVATIONS_PREFIX,
+    SCAN_MARKS_ID,
+    SEEN_PREFIX,
+    Conflict,
+    Guard,
+    Observations,
+    Outcome,
+)
+from chalicelib.edges.store.chunks import (
+    CHUNK_READ_ATTEMPTS,
+    decode_document,
+    decode_endpoints,
+    encode_document,
+    encode_endpoints,
+    split,
+)
 
 
 def _conditional_failed(err: ClientError) -> bool:
@@ -638,7 +244,7 @@ class DynamoStore:
                 "ExpressionAttributeValues": {":expected": {"S": expected_digest}},
             }
         body = encode_endpoints(endpoint_set.endpoints)
-        parts = [body[start : start + CHUNK_BYTES] for start in range(0, len(body), CHUNK_BYTES)] or [b""]
+        parts = split(body)
         item = {
             "id": {"S": endpoint_set.key},
             "namespace": {"S": endpoint_set.namespace},

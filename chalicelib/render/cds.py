@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from . import gloo_options
-from .eds import _field
-from .spec import Upstream
+from chalicelib.domain import gloo_options
+from chalicelib.domain.spec import Upstream
+from chalicelib.render.eds import _field
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 # A name Envoy can give a static cluster: what it sends as Host, so what the EDS config must name.

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .spec import REGION, SpecError, Upstream, check_label
+from chalicelib.domain.spec import REGION, SpecError, Upstream, check_label
 
 ACCOUNT_ID = re.compile(r"\d{12}")
 ROLE_PATH = re.compile(r"(role/)?([\w+=,.@/-]{1,512})")

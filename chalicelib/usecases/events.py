@@ -33,18 +33,19 @@ from aws_lambda_powertools.utilities.parser import ValidationError, parse
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from . import autodiscovery, aws
-from .accounts import Account
-from .config import settings
-from .credentials import CredentialResolver
-from .discovery import health_counts, resolve_entries
-from .endpoints import UNHEALTHY, Endpoint, EndpointSet, Instance, endpoint_of
-from .filters import Matcher
-from .inventory import DiscoveryError, InstanceLister
-from .observability import count, count_with, log_unexpected, logger
-from .spec import Credentials, GroupKey, Upstream, parse_upstream
-from .store import DRAINING, Conflict, Guard, Outcome, Store, StoredUpstream, active_draining
-from .times import iso, stamp
+from chalicelib.config import settings
+from chalicelib.domain.accounts import Account
+from chalicelib.domain.endpoints import UNHEALTHY, Endpoint, EndpointSet, Instance, endpoint_of
+from chalicelib.domain.filters import Matcher
+from chalicelib.domain.spec import Credentials, GroupKey, Upstream, parse_upstream
+from chalicelib.domain.status import DRAINING, StoredUpstream, active_draining, health_counts
+from chalicelib.domain.times import iso, stamp
+from chalicelib.edges import clients
+from chalicelib.edges.inventory import DiscoveryError, InstanceLister
+from chalicelib.edges.store import Conflict, Guard, Outcome, Store
+from chalicelib.observability import count, count_with, log_unexpected, logger
+from chalicelib.usecases import tag_discovery
+from chalicelib.usecases.upstreams import resolve_entries
 
 INSTANCE_ARN = re.compile(r"^arn:aws[a-z-]*:ec2:[a-z0-9-]*:\d*:instance/(i-[0-9a-f]+)$")
 WRITE_ATTEMPTS = 5
@@ -215,23 +216,6 @@ class EventSummary:
         return {key: value for key, value in self.__dict__.items() if value is not None}
 
 
-class AccountResolver:
-    """The account an upstream's credentials look into: its role's, else who the keys are (cached)."""
-
-    def __init__(self, resolver: CredentialResolver, factory: aws.ClientFactory) -> None:
-        self._resolver = resolver
-        self._factory = factory
-        self._accounts: dict[Credentials, str] = {}
-
-    def account(self, credentials: Credentials) -> str:
-        if credentials.account:
-            return credentials.account
-        if credentials not in self._accounts:
-            sts = self._factory.client("sts", credentials=self._resolver.client_args(credentials))
-            self._accounts[credentials] = str(sts.get_caller_identity()["Account"])
-        return self._accounts[credentials]
-
-
 def affected_groups(
     entries: list[StoredUpstream], trigger: Trigger, accounts: Callable[[Credentials], str]
 ) -> dict[GroupKey, list[StoredUpstream]]:
@@ -382,7 +366,7 @@ def handle(
 
     `given`: the trigger already parsed from `raw` (one of an AWS Health event's instances)."""
     summary = EventSummary()
-    with aws.counting() as counter:
+    with clients.counting() as counter:
         try:
             trigger = given or parse_event(raw)
         except UnsupportedEvent as err:
@@ -451,14 +435,14 @@ def _discover_from(
     """A tag change that asks for an upstream no one has yet creates it, with an empty set to fill."""
     existing = {entry.key for entry in stored}
     created = []
-    for group, account in autodiscovery.account_groups(known).items():
+    for group, account in tag_discovery.account_groups(known).items():
         if account.accountId != trigger.account or group.region != trigger.region:
             continue
         instance = describe(group)
-        names = autodiscovery.requested_name(instance) if isinstance(instance, Instance) else None
+        names = tag_discovery.requested_name(instance) if isinstance(instance, Instance) else None
         if names is None or f"{names[0]}/{names[1]}" in existing:
             continue
-        upstream = parse_upstream(autodiscovery.document(*names, account.name, group.region))
+        upstream = parse_upstream(tag_discovery.document(*names, account.name, group.region))
         try:
             store.put_upstream(upstream, iso(now), None)  # only if no one (a user, a scan) made it meanwhile
         except Conflict:
@@ -530,13 +514,3 @@ def handle_health(
         trigger = Trigger(HealthEvent.__name__, event.account, region, instance_id, True, event.id)
         summaries.append(handle(raw, store, lister, accounts, clock, given=trigger))
     return summaries
-
-
-def deliver(raw: Any) -> dict[str, Any]:
-    """The Lambda entry point (and `cli event`): handle with the process-wide dependencies."""
-    from . import runtime
-
-    if isinstance(raw, dict) and raw.get("source") == "aws.health":
-        summaries = handle_health(raw, runtime.store(), runtime.inventory(), runtime.accounts().account, runtime.now)
-        return {"kind": HealthEvent.__name__, "instances": [summary.as_dict() for summary in summaries]}
-    return handle(raw, runtime.store(), runtime.inventory(), runtime.accounts().account, runtime.now).as_dict()

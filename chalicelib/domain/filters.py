@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from .spec import TagFilter
+from chalicelib.domain.spec import TagFilter
 
 
 class Tagged(Protocol):
