@@ -81,7 +81,7 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from chalicelib import runtime
-from chalicelib.cli import stage_environment
+from chalicelib.config import stage_environment
 from chalicelib.domain.accounts import parse_account
 from chalicelib.domain.endpoints import Endpoint, EndpointSet
 from chalicelib.domain.spec import parse_upstream
@@ -501,7 +501,7 @@ def api_work(moto: IamMoto) -> None:
     request = {"resource_names": ["web-secret_gloo-system"], "type_url": eds.CLA_TYPE}
     reply(api.discovery_endpoints(store, json.dumps(request).encode()), 200, "POST /v3/discovery:endpoints")
     reply(api.prometheus_targets(store, NS, "web-role"), 200, "GET /prometheus/targets")
-    summary = reply(api.scan(store, runtime.inventory(), runtime.now), 200, "POST /scan")
+    summary = api.ok(scan.full_scan(store, runtime.inventory(), runtime.now).as_dict()).body
     expect(  # extra's set is new too
         summary["errors"] == 0
         and "health_errors" not in summary
