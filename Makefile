@@ -40,11 +40,13 @@ bench: venv
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 ## package: CloudFormation (SAM) of STAGE with its tables and failure queue, into build/package/
+##          (deployment.zip without boto3/botocore; tracing-layer.zip, X-Ray's SDK, for a stage with tracing)
 .PHONY: package cfn-lint
 package: venv
 	rm -rf build/package
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-$${AWS_REGION:-us-east-1}} \
 	  $(VENV)/bin/chalice package --stage $(STAGE) --merge-template deploy/merge/$(STAGE).json build/package/
+	$(PY) -m devtools.tracing_layer --stage $(STAGE) build/package/
 
 ## cfn-lint: the packaged template and every template in deploy/ (no errors, no warnings)
 cfn-lint: package

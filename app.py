@@ -9,7 +9,10 @@ from chalice.app import Request
 
 from chalicelib import local_gateway, runtime
 from chalicelib.observability import flush, logger, start_tracing
-from chalicelib.usecases import api, scan
+from chalicelib.usecases import api
+
+# The scan use case is imported by the two handlers that scan (POST /scan, the schedule), on their
+# first invocation: a poll's cold start does not load it (bench/coldstart.py).
 
 # configure_logs=False: Chalice would set the `ec2-eds` logger, Powertools' own, to ERROR.
 app = Chalice(app_name="ec2-eds", configure_logs=False)
@@ -149,6 +152,8 @@ def delete_account(name):
 
 @app.route("/scan", methods=["POST"], authorizer=ADMIN)
 def start_scan():
+    from chalicelib.usecases import scan
+
     summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(app.lambda_context))
     return respond(api.ok(summary.as_dict()))
 
@@ -228,6 +233,8 @@ def ec2_scheduled_change(event):
 # The rate is a deployment setting: Chalice loads the app with the stage's variables.
 @app.schedule(Rate(int(os.environ.get("SCAN_RATE_MINUTES", "5")), unit=Rate.MINUTES))
 def scheduled_scan(event):
+    from chalicelib.usecases import scan
+
     return scan.full_scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(event.context)).as_dict()
 
 

@@ -447,3 +447,120 @@ def reads_per_poll(emulator: Emulator, sizes: tuple[int, ...]) -> dict[str, Any]
                 "proxy_agrees": dict(traffic.calls) == counter.as_dict(),
             }
     return results
+
+
+# --- what a poll costs on DynamoDB: 200 and 304, JSON, EDS and CDS ---------------------------------
+
+POLL_ROUTES = ("json", "eds", "cds")
+TYPE_URLS = {
+    "eds": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+    "cds": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+}
+
+
+def _legacy_head(endpoint_set: Any) -> dict[str, Any]:
+    """A head as every version before small heads wrote it: the first 350 KB of records inline."""
+    from chalicelib.edges.store.chunks import encode_endpoints, split
+
+    parts = split(encode_endpoints(endpoint_set.endpoints))
+    assert len(parts) == 1, "the legacy layout is measured on sets that fit one item"
+    return {
+        "id": {"S": endpoint_set.key},
+        "namespace": {"S": endpoint_set.namespace},
+        "name": {"S": endpoint_set.name},
+        "region": {"S": endpoint_set.region},
+        "version": {"S": endpoint_set.version},
+        "digest": {"S": endpoint_set.digest},
+        "count": {"N": str(len(endpoint_set.endpoints))},
+        "chunks": {"N": "1"},
+        "write": {"S": "legacy"},
+        "body": {"B": parts[0]},
+    }
+
+
+def _poll(route: str, store: Any, endpoint_set: Any, version: str | None) -> Callable[[], Any]:
+    from chalicelib.usecases import api
+
+    if route == "json":
+        etag = f'"{version}"' if version else None
+        return lambda: api.get_endpoints(store, endpoint_set.namespace, endpoint_set.name, etag)
+    body: dict[str, Any] = {"type_url": TYPE_URLS[route]}
+    if route == "eds":
+        body["resource_names"] = [endpoint_set.cluster_name]
+    if version:
+        body["version_info"] = version
+    raw = json.dumps(body).encode()
+    if route == "eds":
+        return lambda: api.discovery_endpoints(store, raw)
+    return lambda: api.discovery_clusters(store, raw, "ec2-eds")
+
+
+def _measure(emulator: Emulator, meter: Any, poll: Callable[[], Any], repeat: int) -> dict[str, Any]:
+    """Median thread CPU and wall time of `repeat` polls; requests, items and read units of the last."""
+    cpu, wall = [], []
+    for _ in range(repeat):
+        meter.reset()
+        emulator.proxy.reset()
+        started_cpu, started = time.thread_time(), time.perf_counter()
+        reply = poll()
+        cpu.append(time.thread_time() - started_cpu)  # this thread only: botocore, decoding, rendering
+        wall.append(time.perf_counter() - started)
+    traffic = emulator.proxy.reset()
+    reads = meter.reset()
+    return {
+        "status": reply.status,
+        **reads.as_dict(),
+        "bytes_read": sum(traffic.response_bytes.values()),
+        "cpu_ms": round(sorted(cpu)[len(cpu) // 2] * 1000, 2),
+        "wall_ms": round(sorted(wall)[len(wall) // 2] * 1000, 2),
+        "samples": repeat,
+    }
+
+
+def polls_on_dynamodb(emulator: Emulator, sizes: tuple[int, ...], repeat: int = 5) -> list[dict[str, Any]]:
+    """Scenario 5 (conditional reads): one poll of each route at each set size, answered 200 (no
+    version) and 304 (the current version), with DynamoStore over moto's server: read units charged
+    by DynamoDB's rules (bench/read_units.py), requests, bytes, and the CPU this process spends.
+    `layout: legacy` is a set as earlier versions stored it (records inline in the head)."""
+    from chalicelib.config import settings
+    from chalicelib.domain.endpoints import EndpointSet
+    from chalicelib.domain.spec import parse_upstream
+    from chalicelib.edges import clients
+    from chalicelib.edges.store import DynamoStore, Guard
+
+    from .read_units import ReadMeter
+
+    tables = create_tables(emulator, "polls")
+    direct = DynamoStore(emulator.client("dynamodb"), *tables)
+    fleet = workload.instances(max(sizes))
+    client = clients.ClientFactory(settings()).client("dynamodb")
+    meter = ReadMeter(client, emulator.client("dynamodb"))
+    store = DynamoStore(client, *tables)
+    rows: list[dict[str, Any]] = []
+    for size in sizes:
+        name = f"poll-{size}"
+        document = workload.upstream_document(name, [{"key": "gloo-id"}])
+        upstream = parse_upstream(document)
+        direct.put_upstream(upstream, "2026-01-01T00:00:00Z")
+        endpoint_set = EndpointSet.build(
+            workload.NAMESPACE, name, "us-east-1", workload.endpoints(upstream, fleet[:size])
+        )
+        layouts: list[tuple[str, dict[str, Any] | None]] = [("current", None)]
+        if size <= 1000:
+            layouts.append(("legacy", _legacy_head(endpoint_set)))
+        for layout, legacy in layouts:
+            direct.delete_endpoint_set(endpoint_set.namespace, endpoint_set.name)
+            if legacy:
+                emulator.client("dynamodb").put_item(TableName=tables[1], Item=legacy)
+            else:
+                direct.write_set(endpoint_set, None, Guard())
+            for route in POLL_ROUTES:
+                if route == "cds" and layout == "legacy":
+                    continue
+                current = json.loads(_poll(route, store, endpoint_set, None)().text()).get("version_info")
+                current = current or endpoint_set.version
+                for answer, version in (("200", None), ("304", current)):
+                    row = _measure(emulator, meter, _poll(route, store, endpoint_set, version), repeat)
+                    rows.append({"route": route, "endpoints": size, "answer": answer, "layout": layout, **row})
+        direct.delete_upstream(workload.NAMESPACE, name)  # CDS of the next size serves one cluster too
+    return rows

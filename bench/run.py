@@ -34,6 +34,7 @@ UPSTREAM_COUNTS = (1, 10, 100, 1000)
 CREDENTIAL_GROUPS = (1, 3)
 FLEET_RUNNING, FLEET_STOPPED = 1020, 30  # two pages of 1000
 SERVING_SIZES = (10, 1000, 20_000)
+POLL_SIZES = (1000, 20_000)  # what a 200 and a 304 cost on DynamoDB, per route
 STEADY_AT = (max(UPSTREAM_COUNTS), max(CREDENTIAL_GROUPS))  # the second scan: the most upstreams, every credential kind
 
 
@@ -121,8 +122,39 @@ def aws_scenarios(args: argparse.Namespace, results: dict[str, Any], seconds: di
         results["serving_reads"] = timed(
             "5 reads per poll", seconds, lambda: aws_bench.reads_per_poll(emulator, SERVING_SIZES)
         )
+        results["polls"] = timed(
+            "5 polls on DynamoDB", seconds, lambda: aws_bench.polls_on_dynamodb(emulator, POLL_SIZES)
+        )
     finally:
         emulator.stop()
+
+
+def polls_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """`--polls`: only what a poll costs on DynamoDB (no fleet), merged into the results file."""
+    os.environ.update(stack.aws_environment("http://127.0.0.1:9"))
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
+    from chalicelib import config, runtime
+
+    from . import aws_bench
+
+    logs = Path(tempfile.mkdtemp(prefix="ec2-eds-bench-"))
+    emulator = aws_bench.start_emulator(logs, args.plain_moto)
+    try:
+        os.environ["AWS_ENDPOINT_URL"] = emulator.proxy.endpoint
+        config.reset()
+        runtime.reset()
+        with contextlib.redirect_stdout(io.StringIO()):
+            rows = aws_bench.polls_on_dynamodb(emulator, POLL_SIZES)
+            reads = aws_bench.reads_per_poll(emulator, SERVING_SIZES)
+    finally:
+        emulator.stop()
+        shutil.rmtree(logs, ignore_errors=True)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results["polls"], results["serving_reads"] = rows, reads
+    results["polls_generated"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with contextlib.suppress(KeyError):  # a results file of a full run: its goals again, these figures in
+        results["goals"] = goals(results)
+    return results
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,7 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         (logs / "stdout.log").write_text(stray.getvalue())
     results["reconcile"] = timed("4 pure reconcile", seconds, lambda: core("reconcile"))
     results["serving_latency"] = timed("5 serving latency", seconds, lambda: core("serving"))
-    results["cold_start"] = timed("6 import time", seconds, coldstart.import_times)
+    results["cold_start"] = timed("6 cold starts", seconds, lambda: coldstart.import_times(logs=logs))
     results["package"] = (
         {"skipped": "--skip-package"} if args.skip_package else timed("6 package size", seconds, coldstart.package_size)
     )
@@ -293,8 +325,9 @@ def _goals_events(results: dict[str, Any], goal: Goal) -> None:
 def _goals_reconcile(results: dict[str, Any], goal: Goal) -> None:
     """4: the pure reconcile's CPU, and how it grows."""
     rec = results["reconcile"]
-    small = rec["small"]["cpu_seconds"]
+    paused = rec.get("paused")  # as the scan runs it: collector_paused(); absent from older results
     top = ", ".join(f"{k} {v:.0%}" for k, v in list(rec["profile_small"]["share_of_reconcile"].items())[:3])
+    small = rec["small"]["cpu_seconds"]
     goal(
         "4 reconcile 10k x 1k CPU",
         "< 1 s",
@@ -302,51 +335,75 @@ def _goals_reconcile(results: dict[str, Any], goal: Goal) -> None:
         small < 1.0,
         "" if small < 1.0 else f"missed by {small:.1f}x; where the time goes: {top}",
     )
-    gc_off = rec["without_gc"]
-    about = rec["ratio"] <= 12.5
-    goal(
-        "4 reconcile 100k x 1k / 10k x 1k: about 10x",
-        "<= 12.5x (10x +25%)",
-        f"{rec['ratio']:.1f}x (without GC time: {gc_off['ratio']:.1f}x)",
-        about,
-        ""
-        if about
-        else f"missed by {rec['ratio'] / 12.5:.1f}x: the garbage collector takes {gc_off['gc_share_large']:.0%} of the "
-        f"100k run ({gc_off['gc_share_small']:.0%} at 10k), its full passes walking a heap ten times larger; "
-        f"the reconcile's own work grows {gc_off['ratio']:.1f}x",
-    )
+    if paused is None:
+        goal("4 reconcile 100k x 1k CPU (collector paused, as the scan)", "<= 5 s", "not measured", None)
+        goal("4 reconcile 100k x 1k / 10k x 1k (collector paused)", "<= 11x", "not measured", None)
+    else:
+        large_met = paused["large_cpu_seconds"] <= 5.0
+        goal(
+            "4 reconcile 100k x 1k CPU (collector paused, as the scan)",
+            "<= 5 s",
+            f"{paused['large_cpu_seconds']:.2f} s (collector running: {rec['large']['cpu_seconds']:.2f} s)",
+            large_met,
+            "" if large_met else f"missed by {paused['large_cpu_seconds'] / 5.0:.2f}x; where the time goes: {top}",
+        )
+        ratio_met = paused["ratio"] <= 11.0
+        goal(
+            "4 reconcile 100k x 1k / 10k x 1k (collector paused)",
+            "<= 11x",
+            f"{paused['ratio']:.1f}x (collector running: {rec['ratio']:.1f}x)",
+            ratio_met,
+            "" if ratio_met else f"missed by {paused['ratio'] / 11.0:.2f}x",
+        )
     goal("4 reconcile 100k x 1k / 10k x 1k: never 100x", "< 100x", f"{rec['ratio']:.1f}x", rec["ratio"] < 100)
 
 
 def _goals_serving_and_cold_start(results: dict[str, Any], goal: Goal) -> None:
     """5: one read per poll; 6: cold start and the package's size."""
     reads = results["serving_reads"]
-    one_read = {key: value["dynamodb_requests"] for key, value in reads.items()}
+    requests = {key: value["dynamodb_requests"] for key, value in reads.items()}
+    held = all(v == 1 for k, v in requests.items() if k.endswith("/304")) and all(v <= 2 for v in requests.values())
     goal(
-        "5 (README) one DynamoDB read per EDS poll and cluster",
-        "1",
-        ", ".join(f"{k}: {v}" for k, v in one_read.items()),
-        all(v == 1 for v in one_read.values()),
-        ""
-        if all(v == 1 for v in one_read.values())
-        else "sets past 350 KB compressed are chunked: GetItem + BatchGetItem",
+        "5 (README) an EDS poll: 304 one DynamoDB request; 200 the head, then its chunks",
+        "304: 1, 200: <= 2",
+        ", ".join(f"{k}: {v}" for k, v in requests.items()),
+        held,
+        "" if held else "see the serving table",
     )
+    _poll_goal(results, goal)
     cold = results["cold_start"]
     heavy = ", ".join(f"{p['package']} {p['ms']:.0f} ms" for p in cold["app_self_time_by_package"][:4])
+    worst = cold["first_invocation"][cold["worst_case"]]
+    limit = cold["goal_ratio"]
+    over = [case for case, figure in cold["first_invocation"].items() if figure["ratio"] > limit]
     goal(
-        "6 import app / import boto3",
-        "<= 1.5x",
-        f"{cold['app_ms']:.0f} / {cold['boto3_ms']:.0f} ms = {cold['ratio']:.2f}x",
-        cold["ratio"] <= 1.5,
-        "" if cold["ratio"] <= 1.5 else f"missed by {cold['ratio'] / 1.5:.1f}x; heaviest: {heavy}",
+        "6 cold start: import app + first invocation / import boto3, every function",
+        f"<= {limit}x",
+        f"worst {cold['worst_case']}: {worst['total_ms']:.0f} / {cold['boto3_ms']:.0f} ms = {worst['ratio']:.2f}x "
+        f"(import app alone {cold['ratio']:.2f}x)",
+        cold["met"] and not cold["functions_not_measured"],
+        ""
+        if cold["met"] and not cold["functions_not_measured"]
+        else f"missed by {worst['ratio'] / limit:.1f}x in {len(over)} of {len(cold['first_invocation'])} cases; "
+        f"heaviest imports: {heavy}"
+        + (f"; not measured: {', '.join(cold['functions_not_measured'])}" if cold["functions_not_measured"] else ""),
+    )
+    polls = {case: figure for case, figure in cold["first_invocation"].items() if case.startswith("api ")}
+    heavy_on_polls = sorted({name for figure in polls.values() for name in figure["loaded"]})
+    goal(
+        "6 a poll's cold start loads no pydantic, yaml or X-Ray SDK",
+        "none",
+        ", ".join(heavy_on_polls) or "none",
+        not heavy_on_polls,
     )
     package = results["package"]
     if "zip_bytes" in package:
         goal(
-            "6 package within Lambda's limits (50 MB zip, 250 MB unzipped)",
-            "within limits",
-            f"{package['zip_bytes'] / 1e6:.1f} MB zip, {package['unzipped_bytes'] / 1e6:.1f} MB unzipped",
-            package["zip_bytes"] < 50e6 and package["unzipped_bytes"] < 250e6,
+            "6 deployment zip without boto3/botocore",
+            f"<= {package['goal_zip_bytes'] / 1e6:g} MB, none inside",
+            f"{package['zip_bytes'] / 1e6:.1f} MB zip ({package['unzipped_bytes'] / 1e6:.1f} MB unzipped), "
+            f"inside: {', '.join(package['runtime_packages_inside']) or 'none'}",
+            package["met"] and not package["runtime_packages_inside"],
         )
 
 
@@ -376,6 +433,68 @@ def _goals_through_envoy(results: dict[str, Any], goal: Goal) -> None:
 
 
 # --- the table ---------------------------------------------------------------------------------
+
+
+def _poll_goal(results: dict[str, Any], goal: Callable[..., None]) -> None:
+    """Issue 14 goal 3: a 304 reads at most one item under 1 KB per set, decompresses nothing, and
+    costs the same read units at every set size (JSON ETag, EDS version; CDS reads no set)."""
+    rows = [r for r in results.get("polls", []) if r["answer"] == "304" and r["layout"] == "current"]
+    if not rows:
+        return
+    sets = [r for r in rows if r["route"] in ("json", "eds")]
+    units = {(r["route"], r["endpoints"]): r["read_units"] for r in rows}
+    flat = all(len({u for (route, _), u in units.items() if route == name}) == 1 for name in ("json", "eds", "cds"))
+    small = all(r["items"] <= 1 and r["largest_item_bytes"] < 1024 for r in sets)
+    measured = ", ".join(f"{route} {size}: {u:g} RU" for (route, size), u in sorted(units.items()))
+    largest = max(r["largest_item_bytes"] for r in sets)
+    goal(
+        "3 (issue 14) a 304 reads one item under 1 KB; read units independent of set size",
+        "<= 1 item < 1 KB, flat",
+        f"{measured}; largest item {largest} B",
+        flat and small and all(r["status"] == 304 for r in rows),
+        "" if flat and small else "see the polls table",
+    )
+
+
+def _poll_table(results: dict[str, Any]) -> list[str]:
+    rows = results.get("polls")
+    if not rows:
+        return []
+    return [
+        "\n5b. Polls on DynamoDB (moto server): read units as DynamoDB charges them, CPU of this process per poll"
+        " (median); legacy = a set stored before heads were small",
+        _table(
+            [
+                "route",
+                "endpoints",
+                "layout",
+                "answer",
+                "requests",
+                "items",
+                "largest item B",
+                "read units",
+                "bytes read",
+                "CPU ms",
+                "wall ms",
+            ],
+            [
+                [
+                    r["route"],
+                    r["endpoints"],
+                    r["layout"],
+                    r["status"],
+                    " + ".join(f"{n} {op}" for op, n in r["requests"].items()) or "-",
+                    r["items"],
+                    r["largest_item_bytes"],
+                    r["read_units"],
+                    r["bytes_read"],
+                    r["cpu_ms"],
+                    r["wall_ms"],
+                ]
+                for r in rows
+            ],
+        ),
+    ]
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -629,6 +748,7 @@ def _render_serving(results: dict[str, Any]) -> list[str]:
             ],
         )
     )
+    out.extend(_poll_table(results))
     return out
 
 
@@ -637,14 +757,40 @@ def _render_cold_start(results: dict[str, Any]) -> list[str]:
     out: list[str] = []
     cold, package = results["cold_start"], results["package"]
     out.append(
-        f"\n6. Cold start: import app {cold['app_ms']} ms vs import boto3 {cold['boto3_ms']} ms "
-        f"= {cold['ratio']}x (median of {cold['repetitions']}); app's import time by package: "
+        f"\n6. Cold start (goal 7): import app + each function's first invocation, fresh interpreters against "
+        f"moto, median of {cold['repetitions']}; import boto3 {cold['boto3_ms']} ms, import app {cold['app_ms']} ms "
+        f"= {cold['ratio']}x"
+    )
+    out.append(
+        _table(
+            ["case", "import app ms", "first invocation ms", "total ms", "x boto3", "loaded"],
+            [
+                [
+                    case,
+                    figure["import_ms"],
+                    figure["first_invocation_ms"],
+                    figure["total_ms"],
+                    figure["ratio"],
+                    ", ".join(figure["loaded"]) or "-",
+                ]
+                for case, figure in cold["first_invocation"].items()
+            ],
+        )
+    )
+    if "traced_first_poll" in cold:
+        traced = cold["traced_first_poll"]
+        out.append(
+            f"   with tracing on (the tracing layer's X-Ray SDK), {traced['case']}: {traced['total_ms']} ms "
+            f"= {traced['ratio']}x"
+        )
+    out.append(
+        "   app's import time by package: "
         + ", ".join(f"{p['package']} {p['ms']} ms" for p in cold["app_self_time_by_package"][:6])
     )
     if "zip_bytes" in package:
         out.append(
             f"   chalice package: {package['zip_bytes'] / 1e6:.1f} MB zip ({package['unzipped_bytes'] / 1e6:.1f} MB "
-            f"unzipped, {package['files']} files); largest: "
+            f"unzipped, {package['files']} files; goal <= {package['goal_zip_bytes'] / 1e6:g} MB); largest: "
             + ", ".join(f"{e['entry']} {e['share']:.0%}" for e in package["largest"][:4])
         )
     else:
@@ -767,7 +913,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--show", metavar="FILE", help="print the table of an earlier run's results (goals evaluated again) and exit"
     )
+    parser.add_argument(
+        "--polls",
+        action="store_true",
+        help="only what a 200 and a 304 cost on DynamoDB (about a minute): merged into --out, its table printed",
+    )
     args = parser.parse_args(argv)
+    if args.polls:
+        results = polls_only(args, Path(args.out))
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print("\n".join(_poll_table(results)))
+        found: list[tuple[Any, ...]] = []
+        _poll_goal(results, lambda *values: found.append(values))
+        for name, target, measured, met, *_ in found:
+            print(f"{name}: {measured} (goal {target}): {'met' if met else 'MISSED'}")
+        return 0
     if args.show:
         earlier = json.loads(Path(args.show).read_text())
         earlier["goals"] = goals(earlier)

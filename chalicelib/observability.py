@@ -8,6 +8,7 @@ Lambda invocation.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import traceback
@@ -15,25 +16,42 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+from aws_lambda_powertools.shared.functions import resolve_truthy_env_var_choice
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "ec2-eds")
 NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ec2-eds")
 
 logger = Logger(service=SERVICE, stream=sys.stderr)  # stdout stays free for the CLI's JSON
-_tracer: Tracer | None = None
+_tracer: Any = None  # Powertools' Tracer, once tracing has started
+
+
+def tracing_available() -> bool:
+    """Whether this process traces: in Lambda, with X-Ray's SDK there, and not turned off.
+
+    The SDK is not in the deployment package (it pulls botocore in, which the runtime already
+    has): the stages with tracing get it as the tracing layer (devtools/tracing_layer.py), so
+    its presence is the stage's choice. Off Lambda (tests, the CLI, `chalice local`) Powertools
+    would disable the tracer anyway.
+    """
+    if not os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        return False
+    if resolve_truthy_env_var_choice(env=os.environ.get("POWERTOOLS_TRACE_DISABLED", "false")):
+        return False
+    return importlib.util.find_spec("aws_xray_sdk") is not None
 
 
 def start_tracing() -> None:
-    """X-Ray subsegments for every AWS call, in Lambda only (created on the first invocation).
+    """X-Ray subsegments for every AWS call, where tracing is on (built on the first invocation).
 
-    Built lazily: the X-Ray SDK costs a cold start ~0.2 s of imports, and off
-    Lambda (tests, the CLI, `chalice local`) Powertools would disable it anyway.
+    Built lazily and only there: the X-Ray SDK costs a cold start about 0.2 s of imports.
     """
     global _tracer
-    if _tracer is None and os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+    if _tracer is None and tracing_available():
+        from aws_lambda_powertools import Tracer
+
         _tracer = Tracer(service=SERVICE)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -21,7 +21,11 @@ from chalicelib.edges.inventory import Ec2Inventory
 from chalicelib.edges.store import DynamoStore
 from chalicelib.edges.tables import Tables
 from chalicelib.observability import logger
-from chalicelib.usecases import events, lifecycle
+
+if TYPE_CHECKING:
+    from chalicelib.usecases import lifecycle
+# The event and lifecycle use cases (pydantic event models) are imported by the handlers that use
+# them, on their first invocation: a poll's cold start never loads them (bench/coldstart.py).
 
 _factory: ClientFactory | None = None
 _store: DynamoStore | None = None
@@ -109,6 +113,8 @@ def drains() -> lifecycle.Lifecycle:
     """ASG terminate lifecycle completions, over the drain queue."""
     global _lifecycle
     if _lifecycle is None:
+        from chalicelib.usecases import lifecycle
+
         factory = clients()
         _lifecycle = lifecycle.Lifecycle(factory.client("sqs"), lambda region: factory.client("autoscaling", region))
     return _lifecycle
@@ -116,6 +122,8 @@ def drains() -> lifecycle.Lifecycle:
 
 def deliver(raw: Any) -> dict[str, Any]:
     """An EventBridge event, handled with the process-wide dependencies (the Lambda handlers and `cli event`)."""
+    from chalicelib.usecases import events
+
     if isinstance(raw, dict) and raw.get("source") == "aws.health":
         summaries = events.handle_health(raw, store(), inventory(), accounts().account, now)
         return {"kind": events.HealthEvent.__name__, "instances": [summary.as_dict() for summary in summaries]}

@@ -36,7 +36,9 @@ from typing import Any
 
 from chalice.utils import to_cfn_resource_name
 
-from chalicelib.cli import stage_environment
+from chalicelib.config import stage_environment
+
+from . import tracing_layer
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 POLICIES_DIR = PROJECT_DIR / "policies"
@@ -45,6 +47,9 @@ DEPLOY_DIR = PROJECT_DIR / "deploy"
 APP = "ec2-eds"
 STAGES = ("dev", "prod")
 XRAY_STAGES = frozenset({"prod"})  # "xray": true in .chalice/config.json
+TRACING_LAYER = "TracingLayer"  # the stages of XRAY_STAGES get X-Ray's SDK as this layer
+TRACING_LAYER_ZIP = tracing_layer.LAYER_ZIP
+TRACING_LAYER_RUNTIME = tracing_layer.RUNTIME
 API_HANDLER = "api_handler"
 FUNCTIONS = (
     API_HANDLER,
@@ -411,9 +416,23 @@ def merge_template(stage: str) -> dict[str, Any]:
             "SqsManagedSseEnabled": True,
         },
     }
+    traced = stage in XRAY_STAGES
+    if traced:  # X-Ray's SDK, beside the deployment zip (devtools/tracing_layer.py, run by `make package`)
+        resources[TRACING_LAYER] = {
+            "Type": "AWS::Serverless::LayerVersion",
+            "Properties": {
+                "LayerName": f"{APP}-{stage}-tracing",
+                "Description": "aws-xray-sdk and wrapt for Powertools' Tracer (botocore comes with the runtime)",
+                "ContentUri": f"./{TRACING_LAYER_ZIP}",
+                "CompatibleRuntimes": [TRACING_LAYER_RUNTIME],
+                "RetentionPolicy": "Delete",
+            },
+        }
     for function in FUNCTIONS:
         logical = cfn_name(function)
         resources[logical] = {"Properties": {"FunctionName": function_name(stage, function)}}
+        if traced:
+            resources[logical]["Properties"]["Layers"] = [{"Ref": TRACING_LAYER}]
         if function == DRAIN_FUNCTION:  # its SQS trigger names the queue: create the queue first
             resources[logical]["DependsOn"] = ["DrainQueue"]
         resources[cfn_role_name(function)] = {"Properties": {"RoleName": role_name(stage, function)}}

@@ -7,12 +7,18 @@ store can skip writes that would change nothing.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import ipaddress
 import json
+import operator
 import re
-from collections.abc import Iterable, Sequence
+import socket
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _quote  # what json.dumps writes for a str
 from typing import Any
 
 from chalicelib.domain.filters import Matcher, TagIndex
@@ -60,11 +66,10 @@ class Endpoint:
     metadata: tuple[tuple[str, str], ...] = ()  # subset metadata from `metadataTags`
 
     def sort_key(self) -> tuple[Any, ...]:
-        try:
-            ip: Any = ipaddress.ip_address(self.address)
-            return (ip.version, ip, self.port, self.instance_id)
-        except ValueError:
-            return (9, self.address, self.port, self.instance_id)
+        """IPv4 before IPv6, each by numeric address; then port and instance. What else is
+        in the address field sorts last, as text."""
+        version, number = address_order(self.address)
+        return (version, number, self.port, self.instance_id)
 
     def public(self) -> dict[str, Any]:
         """The entry of `GET /endpoints/{namespace}/{name}`, as the README documents it."""
@@ -119,8 +124,21 @@ class EndpointSet:
 
     @classmethod
     def build(cls, namespace: str, name: str, region: str, endpoints: Iterable[Endpoint]) -> EndpointSet:
-        ordered = tuple(sorted(endpoints, key=Endpoint.sort_key))
+        ordered = tuple(_ordered(list(endpoints), Endpoint.sort_key, lambda endpoint: endpoint))
         return cls(namespace, name, region, ordered, content_version(region, ordered), content_digest(region, ordered))
+
+    @classmethod
+    def _assemble(cls, namespace: str, name: str, region: str, entries: list[_Entry]) -> EndpointSet:
+        """`build` from entries whose sort key and JSON were made once per listing."""
+        entries = _ordered(entries, _ORDER, _ENDPOINT)
+        return cls(
+            namespace,
+            name,
+            region,
+            tuple(map(_ENDPOINT, entries)),
+            _hash(region, list(map(_PUBLIC, entries))),
+            _hash(region, list(map(_RECORD, entries))),
+        )
 
     @property
     def key(self) -> str:
@@ -142,19 +160,70 @@ class EndpointSet:
         }
 
 
-def _digest(region: str, records: list[dict[str, Any]]) -> str:
-    canonical = json.dumps({"region": region, "endpoints": records}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+# json.dumps(value, sort_keys=True, separators=(",", ":")) without building an encoder per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
+def _canonical(value: Any) -> str:
+    return _CANONICAL.encode(value)
+
+
+def _hash(region: str, items: list[bytes]) -> str:
+    """The digest of `{"endpoints": [...], "region": region}` in canonical JSON (sorted keys, no
+    blanks, ASCII) from the canonical JSON of each entry: the same bytes as encoding it at once,
+    since JSON's encoding of a list is its items' encodings joined by commas."""
+    digest = hashlib.sha256(b'{"endpoints":[')
+    digest.update(b",".join(items))
+    digest.update(b'],"region":' + _canonical(region).encode() + b"}")
+    return digest.hexdigest()[:20]
 
 
 def content_version(region: str, endpoints: Sequence[Endpoint]) -> str:
     """The served content's digest: it changes exactly when what Envoy and sidecars see changes."""
-    return _digest(region, [endpoint.public() for endpoint in endpoints])
+    return _hash(region, [_canonical(endpoint.public()).encode() for endpoint in endpoints])
 
 
 def content_digest(region: str, endpoints: Sequence[Endpoint]) -> str:
     """Every stored field's digest, Prometheus labels included."""
-    return _digest(region, [endpoint.record() for endpoint in endpoints])
+    return _hash(region, [_canonical(endpoint.record()).encode() for endpoint in endpoints])
+
+
+def address_order(address: str) -> tuple[int, Any]:
+    """(4 or 6, the address as an integer) for an IP address, else (9, the text).
+
+    An integer orders as `ipaddress` orders addresses of one family. A scoped IPv6 address
+    (`fe80::1%eth0`, which EC2 never reports) keeps its `ipaddress` object, whose comparison
+    also weighs the scope; `ordered` sorts a set that mixes both kinds as objects.
+    """
+    if _IPV4.fullmatch(address):  # most are: read it without `ipaddress`' parser
+        return (4, int.from_bytes(socket.inet_aton(address), "big"))
+    try:
+        ip: Any = ipaddress.ip_address(address)
+    except ValueError:
+        return (9, address)
+    return (ip.version, ip if "%" in address else int(ip))
+
+
+# Dotted-quad IPv4 exactly as `ipaddress` reads it (ASCII digits, no leading zero, at most 255).
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
+def _ordered(items: list[Any], key: Any, endpoint: Any) -> list[Any]:
+    """`items` in the endpoints' order: by `key`, or (when scoped and unscoped IPv6 addresses
+    meet, which `key` cannot compare) as `ipaddress` objects throughout."""
+    try:
+        return sorted(items, key=key)
+    except TypeError:
+        return sorted(items, key=lambda item: _exact_key(endpoint(item)))
+
+
+def _exact_key(endpoint: Endpoint) -> tuple[Any, ...]:
+    try:
+        ip: Any = ipaddress.ip_address(endpoint.address)
+        return (ip.version, ip, endpoint.port, endpoint.instance_id)
+    except ValueError:
+        return (9, endpoint.address, endpoint.port, endpoint.instance_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +353,216 @@ def reconcile(
 def reconcile_one(
     index: TagIndex, upstream: Upstream, draining: frozenset[str], unhealthy: frozenset[str] = frozenset()
 ) -> tuple[EndpointSet, Derived]:
-    """One upstream against a group's indexed listing."""
-    derived = derive(upstream, index.select(Matcher.compile(upstream.ec2.filters)), draining, unhealthy)
-    return EndpointSet.build(upstream.namespace, upstream.name, upstream.ec2.region, derived.endpoints), derived
+    """One upstream against a group's indexed listing.
+
+    The same as `derive` then `EndpointSet.build` (tests/unit/test_reconcile_identity.py holds
+    it to the very bytes), with what depends only on an instance (its stored fields' JSON,
+    tags included) computed once per listing, and its endpoint (with sort key and JSON) once
+    per address/port/weight/metadata options and health: every other upstream that matches
+    the instance with the same options reuses it. The per-match work is a lookup.
+    """
+    spec = upstream.ec2
+    shared: _Shared = index.memo.get(_Shared.KEY) or index.memo.setdefault(_Shared.KEY, _Shared())
+    profile = (spec.publicIp, spec.ipv6, spec.port, spec.portTag, spec.weightTag, tuple(spec.metadataTags))
+    made, no_address = shared.entries.get(profile) or shared.entries.setdefault(profile, ({}, set()))
+    instances = index.instances
+    entries: list[_Entry] = []
+    skipped: list[str] = []
+    made_get = made.get
+    everyone_healthy = not draining and not unhealthy
+    for position in index.positions(Matcher.compile(spec.filters)):
+        entry = made_get(position)  # made only for running instances with the address
+        if entry is not None and everyone_healthy and entry.health == HEALTHY:
+            entries.append(entry)
+            continue
+        instance = instances[position]
+        if instance.state != RUNNING:
+            continue
+        instance_id = instance.instance_id
+        health = UNHEALTHY if instance_id in unhealthy else DRAINING if instance_id in draining else HEALTHY
+        if entry is None or entry.health != health:
+            entry = (
+                None if position in no_address else _entry(upstream, instance, health, shared.facts(position, instance))
+            )
+            if entry is None:  # without the address the upstream asks for
+                no_address.add(position)
+                skipped.append(instance_id)
+                continue
+            made[position] = entry
+        entries.append(entry)
+    port_fallbacks = sum(entry.port_fell_back for entry in entries) if spec.portTag is not None else 0
+    weight_fallbacks = sum(entry.weight_fell_back for entry in entries) if spec.weightTag is not None else 0
+    endpoint_set = EndpointSet._assemble(upstream.namespace, upstream.name, spec.region, entries)
+    derived = Derived(
+        tuple(map(_ENDPOINT, entries)),
+        tuple(skipped),
+        port_fallbacks,
+        weight_fallbacks,
+    )
+    return endpoint_set, derived
+
+
+class _Facts:
+    """What one listed instance contributes to any endpoint of it: the canonical JSON of its
+    instance-fixed fields, split where the upstream-dependent ones go (keys sort in JSON)."""
+
+    __slots__ = ("before_metadata", "after_port", "zone", "tags")
+
+    def __init__(self, instance: Instance) -> None:
+        self.tags = tuple(sorted(instance.tags))  # EC2 tags have no order: equal tags, equal version
+        # record() keys in sorted order: address health instance_id instance_type ipv6 metadata
+        # port private_ip public_ip subnet_id tags vpc_id weight zone.
+        self.before_metadata = (
+            '"instance_id":'
+            + _json(instance.instance_id)
+            + _member(',"instance_type":', instance.instance_type)
+            + _member(',"ipv6":', instance.ipv6)
+        )
+        self.after_port = (  # starts with its comma, or is empty
+            _member(',"private_ip":', instance.private_ip)
+            + _member(',"public_ip":', instance.public_ip)
+            + _member(',"subnet_id":', instance.subnet_id)
+            + (',"tags":' + _tag_list(self.tags) if self.tags else "")
+            + _member(',"vpc_id":', instance.vpc_id)
+        )
+        self.zone = _json(instance.zone)
+
+
+def _json(value: Any) -> str:
+    return _quote(value) if type(value) is str else _canonical(value)
+
+
+def _member(prefix: str, value: Any) -> str:
+    """`prefix` (`,"name":`) and the value's JSON, or nothing for None (`record()` leaves it out)."""
+    return "" if value is None else prefix + _json(value)
+
+
+def _tag_list(tags: tuple[tuple[str, str], ...]) -> str:
+    """`[[key, value], ...]` in canonical JSON (json.dumps builds an encoder per call: 3x slower)."""
+    try:
+        return "[[" + "],[".join([_quote(key) + "," + _quote(value) for key, value in tags]) + "]]"
+    except TypeError:  # not strings after all
+        return _canonical(tags)
+
+
+class _Shared:
+    """Per-listing memo of `reconcile_one`, kept on the listing's TagIndex."""
+
+    KEY = "endpoints.reconcile_one"
+    __slots__ = ("entries", "_facts")
+
+    def __init__(self) -> None:
+        # By the upstream's address/port/weight/metadata options: each instance's entry, and
+        # the positions of the instances without the address those options choose.
+        self.entries: dict[tuple[Any, ...], tuple[dict[int, _Entry], set[int]]] = {}
+        self._facts: dict[int, _Facts] = {}
+
+    def facts(self, position: int, instance: Instance) -> _Facts:
+        found = self._facts.get(position)
+        if found is None:
+            found = self._facts[position] = _Facts(instance)
+        return found
+
+
+class _Entry:
+    """One endpoint with its sort key and the canonical JSON of its `public()` and `record()`."""
+
+    __slots__ = ("endpoint", "health", "order", "public", "record", "port_fell_back", "weight_fell_back")
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        health: str,
+        order: tuple[Any, ...],
+        public: bytes,
+        record: bytes,
+        port_fell_back: bool,
+        weight_fell_back: bool,
+    ) -> None:
+        self.endpoint = endpoint
+        self.health = health
+        self.order = order
+        self.public = public
+        self.record = record
+        self.port_fell_back = port_fell_back
+        self.weight_fell_back = weight_fell_back
+
+
+_ORDER = operator.attrgetter("order")
+_ENDPOINT = operator.attrgetter("endpoint")
+_PUBLIC = operator.attrgetter("public")
+_RECORD = operator.attrgetter("record")
+
+
+def _entry(upstream: Upstream, instance: Instance, health: str, facts: _Facts) -> _Entry | None:
+    """What `_endpoint` makes, with the endpoint's JSON spliced from the instance's facts."""
+    spec = upstream.ec2
+    address = address_of(upstream, instance)
+    if not address:
+        return None
+    tags = instance.tags  # as listed: of two equal keys, the first listed wins (`tag_value`)
+    port = _number_from_tag(tags, spec.portTag, 1, 65535)
+    weight = _number_from_tag(tags, spec.weightTag, 1, MAX_WEIGHT)
+    metadata: tuple[tuple[str, str], ...] = ()
+    if spec.metadataTags:
+        found = [(key, tag_value(tags, key)) for key in spec.metadataTags]
+        metadata = tuple(sorted((key, value) for key, value in found if value is not None))
+    endpoint = Endpoint(  # in the fields' order (keywords cost a third more; the identity test checks it)
+        address,
+        port or spec.port,
+        instance.instance_id,
+        instance.zone,
+        health,
+        instance.private_ip,
+        instance.public_ip,
+        instance.instance_type,
+        instance.vpc_id,
+        instance.subnet_id,
+        facts.tags,
+        weight or 1,
+        instance.ipv6,
+        metadata,
+    )
+    # public() keys in sorted order: address health instance_id metadata port weight zone.
+    head = '{"address":' + _json(address) + ',"health":' + _json(health)
+    metadata_json = ',"metadata":' + _canonical(dict(metadata)) if metadata else ""
+    port_json = ',"port":' + int.__repr__(endpoint.port)
+    tail = (
+        (',"weight":' + int.__repr__(endpoint.weight) if endpoint.weight != 1 else "") + ',"zone":' + facts.zone + "}"
+    )
+    public = head + ',"instance_id":' + _json(instance.instance_id) + metadata_json + port_json + tail
+    record = head + "," + facts.before_metadata + metadata_json + port_json + facts.after_port + tail
+    version, number = address_order(address)
+    return _Entry(
+        endpoint,
+        health,
+        (version, number, endpoint.port, instance.instance_id),
+        public.encode(),
+        record.encode(),
+        spec.portTag is not None and port is None,
+        spec.weightTag is not None and weight is None,
+    )
+
+
+_pause_lock = threading.Lock()
+_pauses = [0, False]  # scans running with the collector paused; whether it was enabled before the first
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the duration (a scan's): its full passes walk the
+    whole listing again and again while it grows, and a scan frees its listing as it ends,
+    cycles or not. Nestable and thread-safe: it comes back on when the last pause ends, if it
+    was on before the first began."""
+    with _pause_lock:
+        if _pauses[0] == 0:
+            _pauses[1] = gc.isenabled()
+            gc.disable()
+        _pauses[0] += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pauses[0] -= 1
+            if _pauses[0] == 0 and _pauses[1]:
+                gc.enable()

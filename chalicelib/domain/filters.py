@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from chalicelib.domain.spec import TagFilter
 
@@ -59,20 +59,68 @@ class TagIndex(Generic[T]):
 
     def __init__(self, instances: Sequence[T]) -> None:
         self.instances = list(instances)
-        self._by_key: dict[str, set[int]] = {}
-        self._by_pair: dict[tuple[str, str], set[int]] = {}
+        # By lower-cased key: the positions of the instances that carry it, ascending, and each
+        # one's value. Pairs are grouped by value when a filter first names the key (few keys
+        # are ever filtered on); postings become sets when a filter first names them.
+        keyed: dict[str, tuple[list[int], list[str]]] = {}
+        get = keyed.get
         for position, instance in enumerate(self.instances):
             for key, value in instance.tags:
                 low = key.lower()
-                self._by_key.setdefault(low, set()).add(position)
-                self._by_pair.setdefault((low, value), set()).add(position)
+                found = get(low)
+                if found is None:
+                    keyed[low] = ([position], [value])
+                else:
+                    found[0].append(position)
+                    found[1].append(value)
+        self._keyed = keyed
+        self._by_value: dict[str, dict[str, list[int]]] = {}
+        self._sets: dict[str | tuple[str, str], set[int]] = {}
+        # What callers derive once per instance of this listing and share between upstreams
+        # (see endpoints.reconcile_one): the index lives exactly as long as the listing.
+        self.memo: dict[str, Any] = {}
+
+    def _listed(self, term: str | tuple[str, str]) -> list[int]:
+        """The positions of a key or (key, value) pair, ascending, once per tag that has it."""
+        if isinstance(term, str):
+            return self._keyed.get(term, ([], []))[0]
+        key, value = term
+        groups = self._by_value.get(key)
+        if groups is None:
+            groups = self._by_value[key] = {}
+            for position, tag_value in zip(*self._keyed.get(key, ([], [])), strict=True):
+                found = groups.get(tag_value)
+                if found is None:
+                    groups[tag_value] = [position]
+                else:
+                    found.append(position)
+        return groups.get(value, [])
+
+    def _posting(self, term: str | tuple[str, str]) -> set[int]:
+        posting = self._sets.get(term)
+        if posting is None:
+            posting = self._sets[term] = set(self._listed(term))
+        return posting
+
+    def _ascending(self, term: str | tuple[str, str]) -> list[int]:
+        """The term's positions, ascending, each once (an instance tagged `Env` and `env` is listed twice)."""
+        listed = self._listed(term)
+        unique = self._posting(term)
+        return listed if len(listed) == len(unique) else sorted(unique)
+
+    def positions(self, matcher: Matcher) -> list[int]:
+        """The positions in `instances` of those that satisfy `matcher`, ascending (listing order)."""
+        if not matcher.keys and not matcher.pairs:
+            return list(range(len(self.instances)))
+        terms: list[str | tuple[str, str]] = [*matcher.keys, *matcher.pairs]
+        terms.sort(key=lambda term: len(self._posting(term)))
+        # The smallest posting, in order, filtered by membership in the others: no sort.
+        found: Iterable[int] = self._ascending(terms[0])
+        for term in terms[1:]:
+            found = filter(self._posting(term).__contains__, found)
+        return list(found)
 
     def select(self, matcher: Matcher) -> list[T]:
         """The instances that satisfy `matcher`, in listing order."""
-        if not matcher.keys and not matcher.pairs:
-            return list(self.instances)
-        postings = [self._by_key.get(key, set()) for key in matcher.keys]
-        postings += [self._by_pair.get(pair, set()) for pair in matcher.pairs]
-        postings.sort(key=len)
-        chosen = set(postings[0]).intersection(*postings[1:])
-        return [self.instances[position] for position in sorted(chosen)]
+        instances = self.instances
+        return [instances[position] for position in self.positions(matcher)]

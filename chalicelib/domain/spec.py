@@ -7,18 +7,21 @@ answer 400 `{"error", "field"}` and store nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from chalicelib.domain import gloo_options
+
+if TYPE_CHECKING:
+    import yaml
 
 DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # all patterns: fullmatch
 DNS1123_SUBDOMAIN = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -352,50 +355,6 @@ def _ec2_block(spec: dict[str, Any]) -> AwsEc2Spec:
 # --- loading YAML and JSON bodies safely ------------------------------------
 
 
-class _SafeLoader(yaml.SafeLoader):
-    """SafeLoader without aliases (no alias bombs), timestamps or deep nesting."""
-
-    yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "YAML aliases are not accepted", event.start_mark)
-        nested = self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent)
-        self._depth += nested
-        if self._depth > MAX_DEPTH:
-            raise yaml.composer.ComposerError(
-                None, None, f"nesting deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
-            )
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= nested
-
-
-def _no_duplicate_keys(loader: _SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    """A key given twice is a typo waiting to happen (which `port:` wins?): refuse it."""
-    seen: set[str] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, str):
-            continue
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_SafeLoader.add_constructor("tag:yaml.org,2002:map", _no_duplicate_keys)
-
-
 def _check_depth(value: Any, depth: int = 0) -> None:
     if depth > MAX_DEPTH:
         raise SpecError(f"the document nests deeper than {MAX_DEPTH} levels")
@@ -464,16 +423,6 @@ def _json_constant(text: str) -> _Refused:
     return _Refused(f"{text} is not JSON: numbers must be finite")
 
 
-def _yaml_int(loader: _SafeLoader, node: yaml.ScalarNode) -> int | _Refused:
-    text = str(node.value).replace("_", "")
-    if len(text) > _MAX_INT_LITERAL:
-        return _Refused(f"the integer of {len(text)} characters is out of range ({INT_MIN} to {INT_MAX})")
-    return int(yaml.SafeLoader.construct_yaml_int(loader, node))
-
-
-_SafeLoader.add_constructor("tag:yaml.org,2002:int", _yaml_int)
-
-
 def load_json(text: str | bytes) -> Any:
     """Strict JSON: duplicate keys, NaN/Infinity and integers past 64 bits are a SpecError naming their path."""
     try:
@@ -493,6 +442,67 @@ def load_json(text: str | bytes) -> Any:
     return doc
 
 
+def _no_duplicate_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """A key given twice is a typo waiting to happen (which `port:` wins?): refuse it."""
+    import yaml
+
+    seen: set[str] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            continue
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+def _yaml_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | _Refused:
+    import yaml
+
+    text = str(node.value).replace("_", "")
+    if len(text) > _MAX_INT_LITERAL:
+        return _Refused(f"the integer of {len(text)} characters is out of range ({INT_MIN} to {INT_MAX})")
+    return int(yaml.SafeLoader.construct_yaml_int(loader, node))
+
+
+@functools.cache
+def _yaml_loader() -> type[yaml.SafeLoader]:
+    """The YAML loader, built on the first YAML body: a poll (JSON only) never loads PyYAML."""
+    import yaml
+
+    class _SafeLoader(yaml.SafeLoader):
+        """SafeLoader without aliases (no alias bombs), timestamps or deep nesting."""
+
+        yaml_implicit_resolvers = {
+            first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+        }
+
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self._depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, "YAML aliases are not accepted", event.start_mark)
+            nested = self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent)
+            self._depth += nested
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nesting deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+                )
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= nested
+
+    _SafeLoader.add_constructor("tag:yaml.org,2002:map", _no_duplicate_keys)
+    _SafeLoader.add_constructor("tag:yaml.org,2002:int", _yaml_int)
+    return _SafeLoader
+
+
 def load_documents(body: bytes | str, content_type: str | None, max_bytes: int) -> list[Any]:
     """Every document in a JSON or (multi-document) YAML body."""
     raw = body.encode() if isinstance(body, str) else body
@@ -505,8 +515,10 @@ def load_documents(body: bytes | str, content_type: str | None, max_bytes: int) 
     media = _media_type(content_type)
     if media in JSON_TYPES:
         return [load_json(text)]
+    import yaml
+
     try:
-        docs = [doc for doc in yaml.load_all(text, Loader=_SafeLoader) if doc is not None]
+        docs = [doc for doc in yaml.load_all(text, Loader=_yaml_loader()) if doc is not None]
     except yaml.YAMLError as err:
         raise SpecError(f"the body is not valid YAML: {_yaml_message(err)}") from None
     except RecursionError:

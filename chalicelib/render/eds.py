@@ -11,7 +11,7 @@ current the server answers 304 with no body.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,9 +75,15 @@ def cluster_version(endpoint_set: EndpointSet | None) -> str:
 
 def response_version(clusters: Sequence[str], sets: dict[str, EndpointSet | None]) -> str:
     """One cluster: its set's version. Several: a digest of theirs, so it changes exactly with them."""
+    return version_of(clusters, {name: cluster_version(sets.get(name)) for name in clusters})
+
+
+def version_of(clusters: Sequence[str], versions: Mapping[str, str]) -> str:
+    """`response_version` from the sets' versions alone (a cluster without one: absent), so a poll
+    whose version is current is answered without reading any set's records."""
     if len(clusters) == 1:
-        return cluster_version(sets.get(clusters[0]))
-    joined = "\n".join(f"{name}={cluster_version(sets.get(name))}" for name in clusters)
+        return versions.get(clusters[0], ABSENT_VERSION)
+    joined = "\n".join(f"{name}={versions.get(name, ABSENT_VERSION)}" for name in clusters)
     return hashlib.sha256(joined.encode()).hexdigest()[:20]
 
 

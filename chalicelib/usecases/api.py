@@ -166,10 +166,51 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
+# --- conditional reads: a poll whose version is current reads the sets' heads, never their records ---
+
+
+def _endpoints_not_modified(store: Store, namespace: str, name: str, if_none_match: str | None) -> Reply | None:
+    """304 when the client's ETag is the set's version, decided from the set's head alone (one read
+    of under 1 KB, no records, no decompression); None when the set must be read."""
+    if not if_none_match:
+        return None
+    key = f"{namespace}/{name}"
+    version = store.endpoint_versions([key]).get(key)
+    if version is None:
+        return None
+    etag = f'"{version}"'
+    if not _etag_matches(if_none_match, etag):
+        return None
+    return Reply(304, None, {"ETag": etag, "Cache-Control": "no-cache"})
+
+
+def _cluster_keys(clusters: tuple[str, ...]) -> dict[str, str | None]:
+    """Each requested cluster's set (`namespace/name`), None for a name no upstream can have."""
+    keys: dict[str, str | None] = {}
+    for cluster in clusters:
+        names = parse_cluster_name(cluster)
+        keys[cluster] = f"{names[0]}/{names[1]}" if names else None
+    return keys
+
+
+def _eds_current(store: Store, request: eds.EdsRequest) -> bool:
+    """Envoy's version is the current one, decided from the sets' heads alone (one BatchGetItem of
+    items under 1 KB for up to 100 clusters)."""
+    if request.version_info is None:
+        return False
+    keys = _cluster_keys(request.clusters)
+    versions = store.endpoint_versions(key for key in keys.values() if key)
+    current = {cluster: versions[key] for cluster, key in keys.items() if key and key in versions}
+    return request.version_info == eds.version_of(request.clusters, current)
+
+
 def get_endpoints(store: Store, namespace: str, name: str, if_none_match: str | None) -> Reply:
     bad = _path_names(namespace, name)
     if bad:
         return bad
+    unchanged = _endpoints_not_modified(store, namespace, name, if_none_match)
+    if unchanged is not None:
+        return unchanged
     endpoint_set = store.get_endpoint_set(namespace, name)
     if endpoint_set is None:
         entry = store.get_upstream(namespace, name)
@@ -300,6 +341,8 @@ def discovery_endpoints(store: Store, raw_body: bytes | None) -> Reply:
         request = eds.parse_request(raw_body)
     except eds.EdsRequestError as err:
         return error(400, str(err), err.field)
+    if _eds_current(store, request):
+        return Reply(304)
     sets = {}
     for cluster in request.clusters:
         names = parse_cluster_name(cluster)

@@ -20,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.config import settings
 from chalicelib.domain.accounts import Account
-from chalicelib.domain.endpoints import UNHEALTHY, Derived, EndpointSet, Instance, reconcile_one
+from chalicelib.domain.endpoints import UNHEALTHY, Derived, EndpointSet, Instance, collector_paused, reconcile_one
 from chalicelib.domain.filters import TagIndex
 from chalicelib.domain.spec import GroupKey, Upstream
 from chalicelib.domain.status import ACCEPTED, DRAINING, ERROR, Status, StoredUpstream, active_draining, health_counts
@@ -327,7 +327,7 @@ def full_scan(
     so that its change is served at once; it discovers and deletes nothing.
     """
     summary = ScanSummary()
-    with clients.counting() as counter:
+    with clients.counting() as counter, collector_paused():  # its passes would walk the listing again and again
         started = clock()
         discovering = settings().discovery_enabled and only is None
         accounts = store.list_accounts() if discovering else None

@@ -91,3 +91,25 @@ def test_freshness_runs_end_to_end_through_a_real_envoy() -> None:
     assert figures["refresh_delay_s"] == 0.5 and results["envoy"].count(".") == 2
     for key in ("stop_to_unrouted_by_event", "stop_to_unrouted_by_scan", "put_to_first_routed_request"):
         assert len(figures[key]["samples_s"]) == 1 and figures[key]["samples_s"][0] > 0
+
+
+def test_a_304_costs_the_same_small_read_at_every_set_size_on_moto_server(
+    emulator: aws_bench.Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenario 5b at a small scale: polls through moto's server, read units charged by DynamoDB's rules."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", emulator.proxy.endpoint)
+    config.reset()
+    rows = aws_bench.polls_on_dynamodb(emulator, (3, 400), repeat=1)
+
+    current = [r for r in rows if r["layout"] == "current"]
+    assert {(r["answer"], r["status"]) for r in current} == {("200", 200), ("304", 304)}
+    not_modified = {(r["route"], r["endpoints"]): r for r in current if r["answer"] == "304"}
+    for route in ("json", "eds", "cds"):
+        small, large = not_modified[(route, 3)], not_modified[(route, 400)]
+        assert small["read_units"] == large["read_units"], (small, large)
+        assert small["requests"] == large["requests"]
+    for route in ("json", "eds"):
+        row = not_modified[(route, 400)]
+        assert row["requests"] == {"BatchGetItem": 1} and row["items"] == 1 and row["largest_item_bytes"] < 1024
+    legacy = [r for r in rows if r["layout"] == "legacy"]
+    assert legacy and all(r["status"] == int(r["answer"]) for r in legacy)  # sets stored before still serve

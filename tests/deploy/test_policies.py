@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.cli import stage_environment
+from chalicelib.config import stage_environment
 from chalicelib.edges.store import table_definitions
 from devtools import policies as gen
 

@@ -153,6 +153,9 @@ BLOCKS: dict[tuple[str, str], Use] = {
     ),
     (DEPLOY, "make package STAGE=$STAGE"): Use(OFFLINE, REAL_AWS + ": S3, CloudFormation"),
     (DEPLOY, "python -m chalicelib.cli --stage $STAGE bootstrap"): Use(OFFLINE, REAL_AWS + ": chalice deploy, SQS"),
+    (DEPLOY, "python -m devtools.tracing_layer --stage prod build/layer/"): Use(
+        OFFLINE, REAL_AWS + ": lambda publish-layer-version"
+    ),
     (DEPLOY, "python -m chalicelib.cli --stage $STAGE apply -f examples/upstreams/seed"): Use(
         OFFLINE, "the deployed stage's tables and Secrets Manager"
     ),
@@ -722,6 +725,14 @@ def check_policies(c: Offline) -> None:
     policies.parser().parse_args(c.argv[3:])
 
 
+def check_tracing_layer(c: Offline) -> None:
+    """Builds the layer as written, into a temporary folder (publishing it needs AWS)."""
+    from devtools import tracing_layer
+
+    assert tracing_layer.main([*c.argv[3:-1], str(c.tmp / "layer")]) == 0
+    assert (c.tmp / "layer" / tracing_layer.LAYER_ZIP).exists()
+
+
 def check_sidecar(c: Offline) -> None:
     """Flags parse; a `--once` against a real deployment runs against the local API instead."""
     from sidecar import agent
@@ -780,6 +791,7 @@ def check_nothing(c: Offline) -> None:
 OFFLINE_MODULES: dict[str, Callable[[Offline], None]] = {
     "chalicelib.cli": check_cli,
     "devtools.policies": check_policies,
+    "devtools.tracing_layer": check_tracing_layer,
     "sidecar": check_sidecar,
     "devtools.fleet": check_fleet,
 }

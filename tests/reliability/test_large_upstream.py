@@ -145,8 +145,9 @@ def test_a_20000_endpoint_set_is_stored_in_chunks_and_read_back_equal(stored: Dy
     items = raw_items(stored)
     [main] = [item for item in items if item["id"]["S"] == KEY]
     chunks = int(main["chunks"]["N"])
-    assert chunks == 3  # past one item: the set's item and two chunk items
+    assert chunks == 4  # the set's item (its head: no records) and three chunk items of records
     assert len(items) == chunks  # the main item and its chunk items, nothing else
+    assert main["body"] == {"B": b""} and item_bytes(main) < 1024  # what a 304 reads
     assert main["count"] == {"N": str(SIZE)}
     assert len([item for item in items if item["id"]["S"].startswith(f"{KEY}#")]) == chunks - 1
     assert all(item_bytes(item) < ITEM_LIMIT for item in items)

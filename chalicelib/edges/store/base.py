@@ -2,8 +2,8 @@
 
 Kinds (all in two DynamoDB tables, partition key `id`):
 - upstreams: `namespace/name` -> the Gloo document (compressed), status, updatedAt, generation;
-- endpoint sets: `namespace/name` -> the set's head (version, digest, count) and its records,
-  compressed and continued in chunk items (see `chunks`);
+- endpoint sets: `namespace/name` -> the set's head (version, digest, count; under 1 KB, so a
+  304 reads it alone) and its records, compressed, in chunk items past that (see `chunks`);
 - observation logs: `~seen/<group id>` -> when an event last observed each instance of a group;
 - marks: `~scan` (last listing per group), `~draining`, `~missing` (small maps of key -> time);
 - named accounts.
@@ -85,6 +85,11 @@ class Upstreams(Protocol):
 
 class EndpointSets(Protocol):
     def get_endpoint_set(self, namespace: str, name: str) -> EndpointSet | None: ...
+
+    def endpoint_versions(self, keys: Iterable[str]) -> dict[str, str]:
+        """The served version of each of these sets (`namespace/name`) that exists, without reading
+        its records: a poll whose version is current (304) costs this and nothing more."""
+        ...
 
     def list_endpoint_sets(self) -> list[EndpointSet]: ...
 

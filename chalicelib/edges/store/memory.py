@@ -86,6 +86,11 @@ class MemoryStore:
     def get_endpoint_set(self, namespace: str, name: str) -> EndpointSet | None:
         return self.sets.get(f"{namespace}/{name}")
 
+    def endpoint_versions(self, keys: Iterable[str]) -> dict[str, str]:
+        """The served version of each set that exists (DynamoDB: the heads alone, one small read each)."""
+        sets = self.sets
+        return {key: sets[key].version for key in keys if key in sets}
+
     def list_endpoint_sets(self) -> list[EndpointSet]:
         return [self.sets[key] for key in sorted(self.sets)]
 
