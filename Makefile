@@ -14,9 +14,21 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-## test: the whole suite (unit, moto, end-to-end with real processes)
+# pytest-xdist workers: one per core. Tests that share a fixed loopback resource run in one
+# worker (`xdist_group`, scheduled by `--dist loadgroup`).
+TEST_WORKERS ?= auto
+XDIST := -n $(TEST_WORKERS) --dist loadgroup
+# The inner loop: pure units, the model, and the AWS code against moto in-process.
+FAST_TESTS := tests/unit tests/model tests/aws
+
+## test: the whole suite (unit, moto, end-to-end with real processes), in parallel
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+
+## test-fast: unit and in-process moto tests only (no real processes), in parallel
+.PHONY: test-fast
+test-fast: venv
+	$(PY) -m pytest $(XDIST) -m "not e2e and not deploy" $(FAST_TESTS) $(PYTEST_ARGS)
 
 ## run: the service on the embedded default (moto server + chalice local) on 127.0.0.1:8000
 run: venv

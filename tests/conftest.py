@@ -13,10 +13,27 @@ import pytest
 from chalicelib import runtime
 from chalicelib.config import settings
 from chalicelib.edges.store import DynamoStore, table_definitions
+from tests import profiles
+
+profiles.load()  # HYPOTHESIS_PROFILE, else CI=true: ci; else dev (tests/profiles.py)
+
+# Tests that serve the demo fleet's instances on their loopback addresses (devtools.fleet.InstanceServers on
+# port 8080): moto draws those addresses at random, so two such tests at once could draw the same one. They
+# share one pytest-xdist group: one worker runs them, one after another (`make test`: --dist loadgroup).
+LOOPBACK_FLEET = pytest.mark.xdist_group("loopback-fleet")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "upstreams"
 EVENTS = Path(__file__).resolve().parent / "fixtures" / "events"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test module without an explicit group is its own group: under `--dist loadgroup` its tests stay in
+    one worker, so its module-scoped fixtures (a moto server, a `chalice local`) start once."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
 @pytest.fixture(autouse=True)
@@ -64,14 +81,3 @@ def dynamo_store(aws: None) -> DynamoStore:
 
 def load_event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / name).read_text())
-
-
-def launch(ec2: Any, tags: dict[str, str]) -> str:
-    """One running instance with these tags; its id."""
-    answer = ec2.run_instances(
-        ImageId="ami-12c6146b",
-        MinCount=1,
-        MaxCount=1,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
-    )
-    return str(answer["Instances"][0]["InstanceId"])

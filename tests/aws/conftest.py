@@ -12,8 +12,7 @@ import pytest
 
 from chalicelib import runtime
 from chalicelib.usecases.scan import ScanSummary, full_scan
-
-AMI = "ami-12345678"
+from tests import factories
 
 
 @pytest.fixture
@@ -28,15 +27,7 @@ def launch(aws: None) -> Callable[..., list[str]]:
     def start(
         tags: dict[str, str] | None = None, count: int = 1, region: str = "us-east-1", subnet_id: str | None = None
     ) -> list[str]:
-        request: dict[str, Any] = {"ImageId": AMI, "MinCount": count, "MaxCount": count, "InstanceType": "t3.micro"}
-        if tags:
-            request["TagSpecifications"] = [
-                {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
-            ]
-        if subnet_id:
-            request["SubnetId"] = subnet_id
-        answer = boto3.client("ec2", region_name=region).run_instances(**request)
-        return [instance["InstanceId"] for instance in answer["Instances"]]
+        return factories.launch(boto3.client("ec2", region_name=region), tags, count, subnet_id)
 
     return start
 

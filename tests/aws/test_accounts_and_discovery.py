@@ -15,7 +15,8 @@ from chalicelib import cli, runtime
 from chalicelib.domain.accounts import Account
 from chalicelib.domain.spec import parse_upstream
 from chalicelib.usecases.scan import full_scan
-from tests.conftest import launch, load_event
+from tests.conftest import load_event
+from tests.factories import launch_one
 
 MEMBER = "111111111111"
 ROLE = f"arn:aws:iam::{MEMBER}:role/ec2-eds-member"
@@ -91,7 +92,7 @@ def test_bad_accounts_are_refused_naming_the_field(client: Any, change: dict[str
 
 
 def test_an_upstream_naming_an_account_works_like_one_with_its_role(client: Any) -> None:
-    theirs = launch(member_ec2(), {"app": "web"})
+    theirs = launch_one(member_ec2(), {"app": "web"})
     put(client, "/accounts/member", ACCOUNT)
     by_name = {
         "metadata": {"name": "by-name", "namespace": "shop"},
@@ -111,7 +112,7 @@ def test_an_upstream_naming_an_account_works_like_one_with_its_role(client: Any)
 
 
 def test_an_unknown_account_or_region_is_an_error_for_that_upstream_only(client: Any) -> None:
-    launch(boto3.client("ec2", region_name="us-east-1"), {"app": "web"})
+    launch_one(boto3.client("ec2", region_name="us-east-1"), {"app": "web"})
     put(client, "/accounts/member", ACCOUNT)
     for name, block in {
         "ghost": {"region": "us-east-1", "account": "ghost"},
@@ -181,9 +182,9 @@ class Clock:
 
 
 def test_a_tag_makes_an_upstream_that_serves_its_instances_on_the_tagged_port(discovering: Any) -> None:
-    web = launch(discovering, {"ec2-eds/upstream": "shop/web", "ec2-eds/port": "8081"})
-    plain = launch(discovering, {"ec2-eds/upstream": "shop/web"})
-    launch(discovering, {"ec2-eds/upstream": "not a name"})
+    web = launch_one(discovering, {"ec2-eds/upstream": "shop/web", "ec2-eds/port": "8081"})
+    plain = launch_one(discovering, {"ec2-eds/upstream": "shop/web"})
+    launch_one(discovering, {"ec2-eds/upstream": "not a name"})
     summary = scan()
     assert summary["discovered"]["created"] == 1
     assert served("shop", "web") == {web: 8081, plain: 80}
@@ -197,7 +198,7 @@ def test_a_tag_makes_an_upstream_that_serves_its_instances_on_the_tagged_port(di
 
 
 def test_a_user_defined_upstream_of_the_same_name_is_never_overwritten(discovering: Any) -> None:
-    launch(discovering, {"ec2-eds/upstream": "shop/api"})
+    launch_one(discovering, {"ec2-eds/upstream": "shop/api"})
     mine = parse_upstream(
         {"metadata": {"name": "api", "namespace": "shop"}, "spec": {"awsEc2": {"region": "us-east-1", "port": 9999}}}
     )
@@ -210,7 +211,7 @@ def test_a_user_defined_upstream_of_the_same_name_is_never_overwritten(discoveri
 
 def test_an_upstream_whose_instances_are_gone_is_removed_after_the_grace_period(discovering: Any) -> None:
     clock = Clock()
-    instance = launch(discovering, {"ec2-eds/upstream": "shop/web"})
+    instance = launch_one(discovering, {"ec2-eds/upstream": "shop/web"})
     scan(clock)
     discovering.delete_tags(Resources=[instance], Tags=[{"Key": "ec2-eds/upstream"}])
     clock.now += timedelta(seconds=10)
@@ -229,7 +230,7 @@ def test_an_upstream_whose_instances_are_gone_is_removed_after_the_grace_period(
 
 def test_a_returning_tag_cancels_the_removal(discovering: Any) -> None:
     clock = Clock()
-    instance = launch(discovering, {"ec2-eds/upstream": "shop/web"})
+    instance = launch_one(discovering, {"ec2-eds/upstream": "shop/web"})
     scan(clock)
     discovering.delete_tags(Resources=[instance], Tags=[{"Key": "ec2-eds/upstream"}])
     scan(clock)
@@ -241,7 +242,7 @@ def test_a_returning_tag_cancels_the_removal(discovering: Any) -> None:
 
 
 def test_a_tag_change_event_creates_the_upstream_without_a_scan(discovering: Any) -> None:
-    instance = launch(discovering, {"ec2-eds/upstream": "shop/web", "ec2-eds/port": "8443"})
+    instance = launch_one(discovering, {"ec2-eds/upstream": "shop/web", "ec2-eds/port": "8443"})
     raw = copy.deepcopy(load_event("tag-change.json"))
     raw["account"] = MEMBER
     raw["resources"] = [f"arn:aws:ec2:us-east-1:{MEMBER}:instance/{instance}"]
@@ -253,7 +254,7 @@ def test_a_tag_change_event_creates_the_upstream_without_a_scan(discovering: Any
 
 def test_discovery_is_off_unless_enabled(aws: None) -> None:
     runtime.store().put_account(Account.model_validate({**ACCOUNT, "name": "member"}))
-    launch(member_ec2(), {"ec2-eds/upstream": "shop/web"})
+    launch_one(member_ec2(), {"ec2-eds/upstream": "shop/web"})
     summary = scan()
     assert "discovered" not in summary
     assert runtime.store().get_upstream("shop", "web") is None

@@ -12,7 +12,7 @@ from chalice.test import Client
 from app import app
 from chalicelib import runtime
 from chalicelib.edges.clients import counting
-from tests.conftest import launch
+from tests.factories import launch_one
 
 
 def document(port: int, **ec2: Any) -> str:
@@ -25,7 +25,7 @@ def put(client: Any, body: str, path: str = "/upstreams/shop/web") -> Any:
 
 
 def test_a_changed_port_is_served_when_the_put_returns_and_a_reapply_writes_nothing(aws: None) -> None:
-    instance = launch(boto3.client("ec2", region_name="us-east-1"), {"app": "web"})
+    instance = launch_one(boto3.client("ec2", region_name="us-east-1"), {"app": "web"})
     with Client(app) as client:
         created = put(client, document(8443))
         assert created.status_code == 201
@@ -62,7 +62,7 @@ def test_cli_apply_serves_a_change_at_once_and_an_unchanged_file_writes_nothing(
 ) -> None:
     from chalicelib.cli import main
 
-    instance = launch(boto3.client("ec2", region_name="us-east-1"), {"app": "web"})
+    instance = launch_one(boto3.client("ec2", region_name="us-east-1"), {"app": "web"})
     path = tmp_path / "web.json"
     path.write_text(document(8443))
     assert main(["apply", "-f", str(path)]) == 0

@@ -11,12 +11,10 @@ import pytest
 from chalice.test import Client
 
 from chalicelib import runtime
-from chalicelib.domain.endpoints import Instance
-from chalicelib.domain.spec import Credentials, parse_upstream
-from chalicelib.edges.inventory import Ec2Inventory
 from chalicelib.usecases import events
 from chalicelib.usecases.scan import full_scan
-from tests.conftest import launch, load_event
+from tests.conftest import load_event
+from tests.factories import ActingLister, launch_one, upstream
 
 OTHER_ACCOUNT = "111111111111"
 ROLE_IN_OTHER = f"arn:aws:iam::{OTHER_ACCOUNT}:role/ec2-eds-member"
@@ -29,14 +27,6 @@ def writes_beyond_observations(result: dict[str, Any]) -> dict[str, int]:
     calls = {name: count for name, count in result["aws_calls"].items() if name in WRITES}
     calls["dynamodb:UpdateItem"] = calls.get("dynamodb:UpdateItem", 0) - result["groups"]
     return {name: count for name, count in calls.items() if count}
-
-
-def upstream(name: str, filters: list[dict[str, Any]], **ec2: Any) -> Any:
-    document = {
-        "metadata": {"name": name, "namespace": "shop"},
-        "spec": {"awsEc2": {"region": "us-east-1", "filters": filters, **ec2}},
-    }
-    return parse_upstream(document)
 
 
 def event(name: str, instance_id: str, **changes: Any) -> dict[str, Any]:
@@ -70,13 +60,15 @@ def fleet(aws: None) -> dict[str, str]:
     """Two web instances, one api instance; upstreams `web` (app=web) and `all` (any), scanned once."""
     ec2 = boto3.client("ec2", region_name="us-east-1")
     ids = {
-        "web-1": launch(ec2, {"app": "web", "version": "v1"}),
-        "web-2": launch(ec2, {"app": "web", "version": "v1"}),
-        "api-1": launch(ec2, {"app": "api"}),
+        "web-1": launch_one(ec2, {"app": "web", "version": "v1"}),
+        "web-2": launch_one(ec2, {"app": "web", "version": "v1"}),
+        "api-1": launch_one(ec2, {"app": "api"}),
     }
     store = runtime.store()
-    store.put_upstream(upstream("web", [{"kvPair": {"key": "app", "value": "web"}}]), "2026-01-01T00:00:00Z")
-    store.put_upstream(upstream("all", []), "2026-01-01T00:00:00Z")
+    store.put_upstream(
+        upstream("web", "shop", filters=[{"kvPair": {"key": "app", "value": "web"}}]), "2026-01-01T00:00:00Z"
+    )
+    store.put_upstream(upstream("all", "shop", filters=[]), "2026-01-01T00:00:00Z")
     scan()
     return ids
 
@@ -210,10 +202,12 @@ def test_interruption_warnings_drain_until_the_instance_stops(fleet: dict[str, s
 
 def test_events_from_another_account_use_that_accounts_upstreams(aws: None) -> None:
     member_ec2 = boto3.client("ec2", region_name="us-east-1", **_assumed(ROLE_IN_OTHER))
-    theirs = launch(member_ec2, {"app": "web"})
+    theirs = launch_one(member_ec2, {"app": "web"})
     store = runtime.store()
-    store.put_upstream(upstream("member-web", [{"key": "app"}], roleArn=ROLE_IN_OTHER), "2026-01-01T00:00:00Z")
-    store.put_upstream(upstream("local-web", [{"key": "app"}]), "2026-01-01T00:00:00Z")
+    store.put_upstream(
+        upstream("member-web", "shop", filters=[{"key": "app"}], roleArn=ROLE_IN_OTHER), "2026-01-01T00:00:00Z"
+    )
+    store.put_upstream(upstream("local-web", "shop", filters=[{"key": "app"}]), "2026-01-01T00:00:00Z")
     scan()
     assert theirs in members("member-web")
     assert theirs not in members("local-web")
@@ -241,8 +235,10 @@ def _assumed(role_arn: str) -> dict[str, str]:
 
 def test_assumed_credentials_are_reused_across_events(aws: None) -> None:
     member_ec2 = boto3.client("ec2", region_name="us-east-1", **_assumed(ROLE_IN_OTHER))
-    theirs = launch(member_ec2, {"app": "web"})
-    runtime.store().put_upstream(upstream("member-web", [], roleArn=ROLE_IN_OTHER), "2026-01-01T00:00:00Z")
+    theirs = launch_one(member_ec2, {"app": "web"})
+    runtime.store().put_upstream(
+        upstream("member-web", "shop", filters=[], roleArn=ROLE_IN_OTHER), "2026-01-01T00:00:00Z"
+    )
     scan()
     first = deliver(event("ec2-state-change.json", theirs, account=OTHER_ACCOUNT))
     assert first["aws_calls"].get("sts:AssumeRole", 0) == 0  # the scan assumed it already
@@ -253,22 +249,6 @@ def test_assumed_credentials_are_reused_across_events(aws: None) -> None:
 # --- no lost update ------------------------------------------------------------------------------
 
 
-class EventDuringListing:
-    """A lister whose listing is taken, then the fleet changes and an event lands before the scan writes."""
-
-    def __init__(self, inner: Ec2Inventory, on_listed: Any) -> None:
-        self.inner = inner
-        self.on_listed = on_listed
-
-    def list_running(self, credentials: Credentials, region: str) -> list[Instance]:
-        listing = self.inner.list_running(credentials, region)
-        self.on_listed()
-        return listing
-
-    def describe(self, credentials: Credentials, region: str, ids: Any) -> list[Instance]:
-        return self.inner.describe(credentials, region, ids)
-
-
 def test_a_scan_never_overwrites_a_newer_event_result(fleet: dict[str, str]) -> None:
     ec2 = boto3.client("ec2", region_name="us-east-1")
     ec2.create_tags(Resources=[fleet["api-1"]], Tags=[{"Key": "app", "Value": "web"}])  # the scan will see it join
@@ -277,7 +257,7 @@ def test_a_scan_never_overwrites_a_newer_event_result(fleet: dict[str, str]) -> 
         ec2.stop_instances(InstanceIds=[fleet["web-1"]])
         deliver(event("ec2-state-change.json", fleet["web-1"], detail={"state": "stopped"}))
 
-    summary = full_scan(runtime.store(), EventDuringListing(runtime.inventory(), stop_and_deliver), runtime.now)
+    summary = full_scan(runtime.store(), ActingLister(runtime.inventory(), stop_and_deliver, once=False), runtime.now)
     # The event observed web-1 after the listing began: its word on web-1 stands, and the rest
     # of the listing (api-1 joining) is written at once.
     assert summary.changed >= 1

@@ -21,6 +21,7 @@ from moto.ec2.models.instances import Instance as MotoInstance
 from app import app
 from chalicelib import runtime
 from chalicelib.edges.inventory import DiscoveryError, Ec2Inventory
+from tests.factories import launch
 
 ROOT = Path(__file__).resolve().parents[2]
 JSON = {"Content-Type": "application/json"}
@@ -45,13 +46,6 @@ def client(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setattr(MotoInstance, "system_status", _status("system"))
     with Client(app, project_dir=str(ROOT)) as test_client:
         yield test_client.http
-
-
-def launch(count: int) -> list[str]:
-    ec2 = boto3.client("ec2", region_name="us-east-1")
-    tags = [{"ResourceType": "instance", "Tags": [{"Key": "app", "Value": "web"}]}]
-    answer = ec2.run_instances(ImageId="ami-12345678", MinCount=count, MaxCount=count, TagSpecifications=tags)
-    return sorted(instance["InstanceId"] for instance in answer["Instances"])
 
 
 def moto_instance(instance_id: str) -> Any:
@@ -93,7 +87,7 @@ def eds_health(http: Any, cluster: str = "web_ns") -> dict[str, str]:
 
 
 def test_an_impaired_instance_is_served_unhealthy_and_counted_until_its_checks_pass(client: Any) -> None:
-    first, second, third = launch(3)
+    first, second, third = sorted(launch(boto3.client("ec2", region_name="us-east-1"), {"app": "web"}, 3))
     put(client)
     summary = scan(client)
     assert summary["aws_calls"]["ec2:DescribeInstanceStatus"] == 1  # one per group, shown with the listing
@@ -116,7 +110,7 @@ def test_an_impaired_instance_is_served_unhealthy_and_counted_until_its_checks_p
 def test_a_failed_status_call_keeps_the_last_known_health_and_every_endpoint(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first, second = launch(2)
+    first, second = sorted(launch(boto3.client("ec2", region_name="us-east-1"), {"app": "web"}, 2))
     put(client)
     IMPAIRED[first] = "system"
     scan(client)
@@ -127,7 +121,9 @@ def test_a_failed_status_call_keeps_the_last_known_health_and_every_endpoint(
 
     monkeypatch.setattr(Ec2Inventory, "instance_health", fails)
     IMPAIRED.clear()  # EC2 would say it passes now, but the answer is lost: nothing may change on a guess
-    third = launch(1)[0]  # the listing itself still works and is applied
+    third = sorted(launch(boto3.client("ec2", region_name="us-east-1"), {"app": "web"}, 1))[
+        0
+    ]  # the listing itself still works and is applied
     summary = scan(client)
     assert summary["errors"] == 0
     assert health(client) == {first: "UNHEALTHY", second: "HEALTHY", third: "HEALTHY"}
@@ -142,7 +138,7 @@ def test_a_failed_status_call_keeps_the_last_known_health_and_every_endpoint(
 
 @pytest.mark.parametrize("code", ["instance-retirement", "instance-stop", "system-reboot", "system-maintenance"])
 def test_scheduled_maintenance_drains_from_not_before_minus_the_lead_time(client: Any, code: str) -> None:
-    soon, later, other = launch(3)
+    soon, later, other = sorted(launch(boto3.client("ec2", region_name="us-east-1"), {"app": "web"}, 3))
     now = datetime.now(UTC)
     moto_instance(soon).events = [
         {"Code": code, "Description": f"The instance is scheduled for {code}", "NotBefore": now + timedelta(minutes=9)}
@@ -162,7 +158,7 @@ def test_scheduled_maintenance_drains_from_not_before_minus_the_lead_time(client
 def test_the_lead_time_is_configurable(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from chalicelib import config
 
-    (instance,) = launch(1)
+    (instance,) = sorted(launch(boto3.client("ec2", region_name="us-east-1"), {"app": "web"}, 1))
     moto_instance(instance).events = [
         {"Code": "system-reboot", "Description": "reboot", "NotBefore": datetime.now(UTC) + timedelta(minutes=50)}
     ]
@@ -179,7 +175,7 @@ def test_an_event_keeps_an_unhealthy_instance_unhealthy(client: Any) -> None:
     """An event describes the instance but does not ask for its status: the scan's UNHEALTHY holds."""
     from tests.conftest import load_event
 
-    first, second = launch(2)
+    first, second = sorted(launch(boto3.client("ec2", region_name="us-east-1"), {"app": "web"}, 2))
     put(client)
     IMPAIRED[first] = "instance"
     scan(client)

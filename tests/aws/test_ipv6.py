@@ -14,6 +14,7 @@ from chalice.test import Client
 
 from app import app
 from chalicelib.edges.inventory import primary_ipv6
+from tests.factories import upstream_body
 
 ROOT = Path(__file__).resolve().parents[2]
 AMI = "ami-12345678"
@@ -45,16 +46,14 @@ def run(ec2: Any, subnet: str, tags: dict[str, str], **extra: Any) -> str:
     return str(answer["Instances"][0]["InstanceId"])
 
 
-def upstream(**ec2: Any) -> bytes:
-    block = {"region": "us-east-1", "port": 8080, "filters": [{"kvPair": {"key": "app", "value": "v6"}}], **ec2}
-    return json.dumps({"spec": {"awsEc2": block}}).encode()
+V6 = {"port": 8080, "filters": [{"kvPair": {"key": "app", "value": "v6"}}]}  # the upstream of these tests
 
 
 JSON = {"Content-Type": "application/json"}
 
 
 def test_ipv6_and_public_ip_together_are_refused_with_the_field(client: Any) -> None:
-    answer = client.put("/upstreams/ns/both", headers=JSON, body=upstream(ipv6=True, publicIp=True))
+    answer = client.put("/upstreams/ns/both", headers=JSON, body=upstream_body(**V6, ipv6=True, publicIp=True))
     assert answer.status_code == 400
     body = json.loads(answer.body)
     assert body["field"] == "spec.awsEc2.ipv6"
@@ -70,8 +69,8 @@ def test_an_ipv6_upstream_serves_primary_ipv6_addresses_everywhere(client: Any) 
     address = primary_ipv6(info)
     assert address is not None and ipaddress.ip_address(address).version == 6
 
-    assert client.put("/upstreams/ns/six", headers=JSON, body=upstream(ipv6=True)).status_code in (200, 201)
-    assert client.put("/upstreams/ns/four", headers=JSON, body=upstream()).status_code in (200, 201)
+    assert client.put("/upstreams/ns/six", headers=JSON, body=upstream_body(**V6, ipv6=True)).status_code in (200, 201)
+    assert client.put("/upstreams/ns/four", headers=JSON, body=upstream_body(**V6)).status_code in (200, 201)
     assert client.post("/scan").status_code == 200
 
     served = json.loads(client.get("/endpoints/ns/six").body)

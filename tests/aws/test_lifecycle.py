@@ -20,6 +20,7 @@ from chalicelib.config import Settings
 from chalicelib.usecases import lifecycle
 from devtools.asg import LifecycleActions
 from tests.aws.test_events import fleet, members  # noqa: F401 - the fixture
+from tests.profiles import examples
 
 GROUP, HOOK = "web-asg", "drain-before-terminate"
 
@@ -282,7 +283,7 @@ class Hooks:
         return self.actions.complete_lifecycle_action(**request)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     drain=st.integers(0, 7200),
     heartbeat=st.integers(30, 7200),

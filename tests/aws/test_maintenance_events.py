@@ -22,7 +22,8 @@ from chalicelib import runtime
 from chalicelib.domain.spec import parse_upstream
 from chalicelib.usecases import events
 from chalicelib.usecases.scan import full_scan
-from tests.conftest import launch, load_event
+from tests.conftest import load_event
+from tests.factories import launch_one
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,7 @@ def client(aws: None) -> Iterator[Any]:
 @pytest.fixture
 def fleet(aws: None) -> list[str]:
     ec2 = boto3.client("ec2", region_name="us-east-1")
-    ids = [launch(ec2, {"app": "web"}) for _ in range(3)]
+    ids = [launch_one(ec2, {"app": "web"}) for _ in range(3)]
     document = {"spec": {"awsEc2": {"region": "us-east-1", "filters": [{"kvPair": {"key": "app", "value": "web"}}]}}}
     runtime.store().put_upstream(parse_upstream(document, "shop", "web"), "2026-01-01T00:00:00Z")
     full_scan(runtime.store(), runtime.inventory(), runtime.now)

@@ -18,15 +18,15 @@ from chalice.test import Client
 
 from app import app
 from chalicelib import runtime
-from chalicelib.domain.endpoints import Endpoint, EndpointSet, Instance
-from chalicelib.domain.spec import Credentials, parse_upstream
+from chalicelib.domain.endpoints import Endpoint, EndpointSet
+from chalicelib.domain.spec import parse_upstream
 from chalicelib.edges.clients import fixed_identity
 from chalicelib.edges.store import Conflict, DynamoStore
 from chalicelib.edges.store.chunks import CHUNK_BYTES
 from chalicelib.usecases import api
 from chalicelib.usecases.scan import full_scan
-from tests.aws.test_events import deliver, event, fleet, members, upstream  # noqa: F401 - fleet: a fixture
-from tests.conftest import launch
+from tests.aws.test_events import deliver, event, fleet, members  # noqa: F401 - fleet: a fixture
+from tests.factories import ActingLister, launch_one, upstream
 
 
 def scan() -> Any:
@@ -34,31 +34,7 @@ def scan() -> Any:
 
 
 def put(name: str, filters: list[dict[str, Any]] | None = None, **ec2: Any) -> None:
-    runtime.store().put_upstream(upstream(name, filters or [], **ec2), "2026-01-01T00:00:00Z")
-
-
-class During:
-    """A lister that runs `action` once, right after the first listing or describe of a scan or
-    event, before that caller writes: the competing writer of a race."""
-
-    def __init__(self, action: Any, on: str = "list_running") -> None:
-        self.inner = runtime.inventory()
-        self.action, self.on, self.done = action, on, False
-
-    def _after(self, name: str) -> None:
-        if name == self.on and not self.done:
-            self.done = True
-            self.action()
-
-    def list_running(self, credentials: Credentials, region: str) -> list[Instance]:
-        listing = self.inner.list_running(credentials, region)
-        self._after("list_running")
-        return listing
-
-    def describe(self, credentials: Credentials, region: str, ids: Any) -> list[Instance]:
-        found = self.inner.describe(credentials, region, ids)
-        self._after("describe")
-        return found
+    runtime.store().put_upstream(upstream(name, "shop", filters=filters or [], **ec2), "2026-01-01T00:00:00Z")
 
 
 # --- 1. one bad value or one failing upstream stops nothing ----------------------------------------
@@ -67,8 +43,8 @@ class During:
 @pytest.mark.parametrize("value", ["²", "٣", "8 080", "+80", "0x50", "9" * 5000, "80.0", " ", "-1", "65536"])
 def test_a_tag_value_that_is_not_an_ascii_port_falls_back_and_is_counted(aws: None, value: str) -> None:
     ec2 = boto3.client("ec2", region_name="us-east-1")
-    odd = launch(ec2, {"app": "web", "app-port": value})
-    fine = launch(ec2, {"app": "web", "app-port": "8443"})
+    odd = launch_one(ec2, {"app": "web", "app-port": value})
+    fine = launch_one(ec2, {"app": "web", "app-port": "8443"})
     put("web", [{"key": "app"}], portTag="app-port", port=81)
     put("later", [{"key": "app"}], secretRef={"name": "missing", "namespace": "shop"})  # another group after
     summary = scan()
@@ -86,7 +62,7 @@ def test_an_exception_in_one_upstream_or_one_status_write_stops_no_other(
     aws: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ec2 = boto3.client("ec2", region_name="us-east-1")
-    web = launch(ec2, {"app": "web"})
+    web = launch_one(ec2, {"app": "web"})
     for name in ("a", "b", "c"):
         put(name, [{"key": "app"}])
     put("d", [{"key": "app"}], secretRef={"name": "gone", "namespace": "shop"})
@@ -162,7 +138,7 @@ def test_an_unresolved_upstream_keeps_its_last_set_and_a_stranding_edit_is_refus
         aws_secret_access_key=keys["Credentials"]["SecretAccessKey"],
         aws_session_token=keys["Credentials"]["SessionToken"],
     )
-    web = launch(member, {"app": "web"})
+    web = launch_one(member, {"app": "web"})
     assert put_account("prod", ACCOUNT).status == 201
     put("web", [{"key": "app"}], account="prod")
     scan()
@@ -232,7 +208,7 @@ def test_a_tag_event_described_before_a_stop_never_brings_the_instance_back(flee
     late = events.handle(
         event("tag-change.json", web1),
         runtime.store(),
-        During(stop_and_deliver, on="describe"),
+        ActingLister(runtime.inventory(), stop_and_deliver, on="describe"),
         runtime.accounts().account,
         runtime.now,
     )
@@ -254,7 +230,7 @@ def test_an_older_positive_event_never_lands_after_a_newer_no_op_negative(fleet:
     stale = events.handle(
         event("tag-change.json", api1),
         runtime.store(),
-        During(retag_back_and_deliver, on="describe"),
+        ActingLister(runtime.inventory(), retag_back_and_deliver, on="describe"),
         runtime.accounts().account,
         runtime.now,
     )
@@ -285,22 +261,26 @@ def test_a_discovered_upstream_write_never_overwrites_a_users_put(aws: None) -> 
 
 
 def test_an_upstream_deleted_during_a_scan_is_not_served_after_it(aws: None) -> None:
-    launch(boto3.client("ec2", region_name="us-east-1"), {"app": "web"})
+    launch_one(boto3.client("ec2", region_name="us-east-1"), {"app": "web"})
     put("web", [{"key": "app"}])
-    summary = full_scan(runtime.store(), During(lambda: runtime.store().delete_upstream("shop", "web")), runtime.now)
+    summary = full_scan(
+        runtime.store(),
+        ActingLister(runtime.inventory(), lambda: runtime.store().delete_upstream("shop", "web")),
+        runtime.now,
+    )
     assert summary.changed == 0
     assert runtime.store().get_endpoint_set("shop", "web") is None
 
 
 def test_an_upstream_recreated_with_another_port_during_a_scan_keeps_its_new_port(aws: None) -> None:
-    launch(boto3.client("ec2", region_name="us-east-1"), {"app": "web"})
+    launch_one(boto3.client("ec2", region_name="us-east-1"), {"app": "web"})
     put("web", [{"key": "app"}], port=8443)
 
     def recreate() -> None:
         runtime.store().delete_upstream("shop", "web")
         put("web", [{"key": "app"}], port=9443)
 
-    full_scan(runtime.store(), During(recreate), runtime.now)
+    full_scan(runtime.store(), ActingLister(runtime.inventory(), recreate), runtime.now)
     assert runtime.store().get_endpoint_set("shop", "web") is None  # the 8443 set was not written
     scan()
     served = runtime.store().get_endpoint_set("shop", "web")
@@ -309,14 +289,16 @@ def test_an_upstream_recreated_with_another_port_during_a_scan_keeps_its_new_por
 
 
 def test_an_overlapping_scan_never_deletes_the_set_another_wrote_for_a_new_upstream(aws: None) -> None:
-    launch(boto3.client("ec2", region_name="us-east-1"), {"app": "web"})
+    launch_one(boto3.client("ec2", region_name="us-east-1"), {"app": "web"})
     put("old", [{"key": "app"}])
 
     def newer_scan_with_a_new_upstream() -> None:
         put("new", [{"key": "app"}])
         scan()  # scan B writes `new`
 
-    full_scan(runtime.store(), During(newer_scan_with_a_new_upstream), runtime.now)  # scan A never saw `new`
+    full_scan(
+        runtime.store(), ActingLister(runtime.inventory(), newer_scan_with_a_new_upstream), runtime.now
+    )  # scan A never saw `new`
     assert runtime.store().get_endpoint_set("shop", "new") is not None
 
 
@@ -351,7 +333,7 @@ def test_an_event_described_before_a_whole_scan_never_undoes_the_scan(fleet: dic
     late = events.handle(
         event("tag-change.json", web1),
         runtime.store(),
-        During(stop_and_scan, on="describe"),
+        ActingLister(runtime.inventory(), stop_and_scan, on="describe"),
         runtime.accounts().account,
         runtime.now,
     )

@@ -9,18 +9,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from chalicelib import runtime
-from chalicelib.domain.spec import parse_upstream
 from chalicelib.usecases.scan import full_scan
+from tests.factories import upstream
 
 SECRET_GROUPS = 4
-
-
-def upstream(name: str, **ec2: Any) -> Any:
-    document = {
-        "metadata": {"name": name, "namespace": "shop"},
-        "spec": {"awsEc2": {"region": "us-east-1", "filters": [{"key": "app"}], **ec2}},
-    }
-    return parse_upstream(document)
 
 
 @pytest.fixture
@@ -41,7 +33,8 @@ def groups(aws: None) -> list[str]:
             Name=f"ec2-eds/shop/key-{number}", SecretString='{"access_key": "AKIAEXAMPLE", "secret_key": "s"}'
         )
         runtime.store().put_upstream(
-            upstream(name, secretRef={"name": f"key-{number}", "namespace": "shop"}), "2026-01-01T00:00:00Z"
+            upstream(name, "shop", filters=[{"key": "app"}], secretRef={"name": f"key-{number}", "namespace": "shop"}),
+            "2026-01-01T00:00:00Z",
         )
         names.append(name)
     return names

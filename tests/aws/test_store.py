@@ -12,25 +12,12 @@ import boto3
 import pytest
 
 from chalicelib.domain.endpoints import Endpoint, EndpointSet
-from chalicelib.domain.spec import Upstream, parse_upstream
 from chalicelib.domain.status import ACCEPTED, ERROR, REJECTED, Status
 from chalicelib.edges.store import DynamoStore, MemoryStore
+from tests.factories import upstream, upstream_document
 
 NOW = "2026-01-02T03:04:05.000000Z"
 LATER = "2026-01-02T04:00:00.000000Z"
-
-
-def document(name: str, namespace: str = "gloo-system", **ec2: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "gloo.solo.io/v1",
-        "kind": "Upstream",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"awsEc2": {"region": "us-east-1", **ec2}},
-    }
-
-
-def upstream(name: str, namespace: str = "gloo-system", **ec2: Any) -> Upstream:
-    return parse_upstream(document(name, namespace, **ec2))
 
 
 def endpoint_set(name: str, addresses: list[str], namespace: str = "gloo-system", port: int = 80) -> EndpointSet:
@@ -81,7 +68,7 @@ class TestStore:
 
         assert entry is not None
         assert (entry.namespace, entry.name, entry.key) == ("gloo-system", "web", "gloo-system/web")
-        assert entry.document == document("web", port=8080, filters=[{"key": "gloo-id"}])
+        assert entry.document == upstream_document("web", port=8080, filters=[{"key": "gloo-id"}])
         assert entry.upstream is not None and entry.upstream.ec2.port == 8080
         assert entry.status.state == ACCEPTED
         assert entry.updated_at == NOW
@@ -270,7 +257,7 @@ class TestStore:
         assert store.get_scan_marks() == {"us-east-1|-|-": LATER}
 
     def test_a_stored_document_that_no_longer_validates_is_rejected_with_a_reason(self, store: Any) -> None:
-        bad = document("old", region="mars-central")
+        bad = upstream_document("old", region="mars-central")
         write_raw_upstream(store, "gloo-system", "old", bad)
         store.put_upstream(upstream("web"), NOW)
 

@@ -30,10 +30,20 @@ at moto, `runtime.reset()`), from the same seeded state every time:
   trigger's ReceiveMessage, DeleteMessage and GetQueueAttributes).
 
 Each must succeed completely (no exception, no error in its summary, every
-upstream updated). Then every action the code calls is removed in turn from
-the function's policy, and the same work must fail: an AccessDenied
-exception, errors in the summary, a 4xx/5xx reply, or an upstream left
-unchanged. So no action in a policy is spare.
+upstream updated), with no request denied. Every request of the run is
+recorded as the IAM actions AWS authorises it by (botocore's
+`_make_api_call`, which every client's call passes, botocore's own AssumeRole
+of refreshable credentials included): the run must call every action the
+policy grants the code, and none it does not grant. So no action in a
+policy is spare, in one run per function.
+
+That a called action is a needed one rests on two facts, both shown by
+real runs (`test_without_a_used_action_the_work_fails`): moto denies a call
+whose action is not granted, and a denied call fails the work (an
+AccessDenied exception, errors in the summary, a 4xx/5xx reply, or an
+upstream left unchanged). One removal per service and path stands for the
+rest: every recorded call goes through the same clients and the same error
+handling as the one removed.
 
 Known limits of moto 5.2.5, verified here (see `test_moto_enforces_what_this_test_relies_on`):
 - It enforces actions for EC2, STS, DynamoDB and Secrets Manager, and the
@@ -55,17 +65,19 @@ Known limits of moto 5.2.5, verified here (see `test_moto_enforces_what_this_tes
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
 import boto3
 import pytest
+from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from chalicelib import config, runtime
@@ -74,7 +86,6 @@ from chalicelib.domain.accounts import parse_account
 from chalicelib.domain.endpoints import Endpoint, EndpointSet
 from chalicelib.domain.spec import parse_upstream
 from chalicelib.domain.status import MISSING
-from chalicelib.edges import clients
 from chalicelib.edges.store import DynamoStore, table_definitions
 from chalicelib.edges.store import chunks as store_chunks
 from chalicelib.edges.store.chunks import encode_endpoints
@@ -84,6 +95,7 @@ from devtools import policies as gen
 from devtools import stack
 from devtools.asg import LifecycleActions
 from tests.conftest import load_event
+from tests.factories import upstream_document
 
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(900)]
 
@@ -203,12 +215,10 @@ class IamMoto:
 
 
 def upstream(name: str, **credentials: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "gloo.solo.io/v1",
-        "kind": "Upstream",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"awsEc2": {"region": REGION, "filters": [{"kvPair": {"key": "team", "value": "web"}}], **credentials}},
-    }
+    """A `team=web` upstream document in NS; `credentials` are its secretRef or roleArn and externalId."""
+    return upstream_document(
+        name, NS, region=REGION, filters=[{"kvPair": {"key": "team", "value": "web"}}], **credentials
+    )
 
 
 UPSTREAMS = {
@@ -531,58 +541,113 @@ def test_every_function_has_work_and_policy() -> None:
         assert code_actions(function), function
 
 
-def record_dynamodb_calls(monkeypatch: pytest.MonkeyPatch) -> set[tuple[str, str]]:
-    """(action, table variable) of every DynamoDB request the code's clients make from now on."""
-    calls: set[tuple[str, str]] = set()
-    tables = {value: key for key, value in gen.table_names(STAGE).items()}
-    original = clients.ClientFactory._new_client
+@dataclass
+class Recorded:
+    """What the code asked of AWS during a run, as IAM authorises it."""
 
-    def new_client(self: clients.ClientFactory, service: str, region: str, credentials: dict[str, str]) -> Any:
-        client = original(self, service, region, credentials)
-        if service == "dynamodb":
+    actions: set[str] = field(default_factory=set)  # e.g. "ec2:DescribeInstances"
+    tables: set[tuple[str, str]] = field(default_factory=set)  # (DynamoDB action, table variable)
+    denied: list[str] = field(default_factory=list)  # "action: code" of every call refused for want of a grant
 
-            def record(params: dict[str, Any], model: Any, **_: Any) -> None:
-                if model.name == "TransactWriteItems":  # authorised by AWS item by item
-                    for item in params["TransactItems"]:
-                        (kind, request), *_ = item.items()
-                        action = "ConditionCheckItem" if kind == "ConditionCheck" else f"{kind}Item"
-                        calls.add((f"dynamodb:{action}", tables[request["TableName"]]))
-                    return
-                names = [params["TableName"]] if "TableName" in params else list(params.get("RequestItems", {}))
-                for name in names:
-                    calls.add((f"dynamodb:{model.name}", tables[name]))
 
-            client.meta.events.register("before-parameter-build.dynamodb", record)
-        return client
+# AWS authorises no action for these: "No permissions are required to perform this operation" (STS API
+# reference, GetCallerIdentity); a policy never grants them.
+NEEDS_NO_GRANT = {"sts:GetCallerIdentity"}
+DENIED_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthorizationError"}
 
-    monkeypatch.setattr(clients.ClientFactory, "_new_client", new_client)
-    return calls
+
+def iam_actions(service: str, operation: str, params: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """The IAM actions AWS checks for one request, each with the tables it names (DynamoDB)."""
+    if operation == "TransactWriteItems":  # authorised by AWS item by item
+        actions = []
+        for item in params.get("TransactItems", []):
+            (kind, request), *_ = item.items()
+            action = "ConditionCheckItem" if kind == "ConditionCheck" else f"{kind}Item"
+            actions.append((f"dynamodb:{action}", [request["TableName"]]))
+        return actions
+    tables = [params["TableName"]] if "TableName" in params else list(params.get("RequestItems", {}))
+    return [(f"{service}:{operation}", tables)]
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[Recorded]:
+    """Every request any botocore client of this process makes meanwhile (the code's, and botocore's own
+    AssumeRole of refreshable credentials), recorded at the one place each passes: `_make_api_call`."""
+    recorded = Recorded()
+    names = {value: key for key, value in gen.table_names(STAGE).items()}
+    original = BaseClient._make_api_call
+
+    def call(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        service = client.meta.service_model.signing_name
+        actions = iam_actions(service, operation, params)
+        for action, tables in actions:
+            recorded.actions.add(action)
+            if service == "dynamodb":
+                recorded.tables.update((action, names[table]) for table in tables)
+        try:
+            return original(client, operation, params)
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            if code in DENIED_CODES:
+                recorded.denied.extend(f"{action}: {code}" for action, _ in actions)
+            raise
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BaseClient, "_make_api_call", call)
+        yield recorded
 
 
 @pytest.mark.parametrize("function", gen.FUNCTIONS)
-def test_policy_is_enough(
-    function: str,
-    iam_moto: IamMoto,
-    as_function: Callable[[dict[str, Any]], None],
-    monkeypatch: pytest.MonkeyPatch,
+def test_policy_is_enough_and_no_action_is_spare(
+    function: str, iam_moto: IamMoto, as_function: Callable[[dict[str, Any]], None]
 ) -> None:
-    """The work succeeds, and uses on each table exactly the actions the policy grants on that table.
+    """The work succeeds under its policy, no request of it is denied, and it calls every action the
+    policy grants the code: none is spare. On each table it uses exactly the actions granted there.
 
     moto cannot tell tables apart (see above); the requests themselves can: every (action, table) the
     policy names is made by the work, and every one made is named.
     """
-    as_function(for_moto(policy_document(function)))
-    calls = record_dynamodb_calls(monkeypatch)
-    assert attempt(WORK[function], iam_moto) is None
+    document = policy_document(function)
+    as_function(for_moto(document))
+    with recording() as recorded:
+        failure = attempt(WORK[function], iam_moto)
+    assert failure is None, failure
+    assert not recorded.denied, f"denied: {recorded.denied}"
+    code = {action for action in recorded.actions if action.startswith(CODE_SERVICES)} - NEEDS_NO_GRANT
+    assert code, "no request was recorded: the recorder is blind"
+    assert code <= set(actions_of(document)), f"used but not granted: {sorted(code - set(actions_of(document)))}"
+    assert set(code_actions(function)) <= code, (
+        f"spare (granted, never used): {sorted(set(code_actions(function)) - code)}"
+    )
     granted = {(action, table) for table, actions in gen.DYNAMODB.get(function, {}).items() for action in actions}
-    assert calls == granted, f"used but not granted: {calls - granted}; granted but not used: {granted - calls}"
+    assert recorded.tables == granted, (
+        f"used but not granted: {recorded.tables - granted}; granted but not used: {granted - recorded.tables}"
+    )
 
 
-@pytest.mark.parametrize(
-    ("function", "action"),
-    [(function, action) for function in gen.FUNCTIONS for action in code_actions(function)],
-)
-def test_no_action_is_spare(
+# A recorded call is a needed one only if moto refuses it without its grant and the work then fails.
+# These runs show both, once for each service and path the policies grant: the action removed, the
+# same work fails on the very call that needs it.
+REMOVALS = [
+    ("scheduled_scan", "ec2:DescribeInstances"),
+    ("scheduled_scan", "ec2:DescribeInstanceStatus"),
+    ("scheduled_scan", "sts:AssumeRole"),
+    ("scheduled_scan", "secretsmanager:GetSecretValue"),
+    ("ec2_state_change", "dynamodb:ConditionCheckItem"),
+    ("api_handler", "dynamodb:BatchGetItem"),
+    ("asg_terminate_lifecycle", "autoscaling:DescribeLifecycleHooks"),
+    ("asg_drain_complete", "sqs:SendMessage"),
+]
+
+
+def test_removals_cover_every_service() -> None:
+    assert {action.split(":")[0] + ":" for _, action in REMOVALS} == set(CODE_SERVICES)
+    for function, action in REMOVALS:
+        assert action in code_actions(function), (function, action)
+
+
+@pytest.mark.parametrize(("function", "action"), REMOVALS)
+def test_without_a_used_action_the_work_fails(
     function: str, action: str, iam_moto: IamMoto, as_function: Callable[[dict[str, Any]], None]
 ) -> None:
     as_function(for_moto(without(policy_document(function), action)))

@@ -38,9 +38,10 @@ import pytest
 import requests
 
 from devtools import stack
+from tests.conftest import LOOPBACK_FLEET
 from tests.e2e.conftest import LocalStack, seeded_stack
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, LOOPBACK_FLEET]
 ROOT = stack.PROJECT_DIR
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "sidecar" / "README.md"]
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -430,7 +431,8 @@ def run_make_run(command: str, tmp: Path) -> None:
     settings = dict(word.split("=", 1) for word in shlex.split(command) if "=" in word)
     env = stack.aws_environment("http://127.0.0.1:1")  # replaced by make run's own moto
     env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
-    env.update(settings, PORT=str(stack.free_port()), AWS_PORT=str(stack.free_port()), NO_PROXY="127.0.0.1,localhost")
+    ports = ("PORT", "AWS_PORT", "GATEWAY_PORT", "ENVOY_ADMIN_PORT")  # never the fixed defaults: tests run in parallel
+    env.update(settings, **{name: str(stack.free_port()) for name in ports}, NO_PROXY="127.0.0.1,localhost")
     log = open(tmp / "make-run.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "devtools.run"],
@@ -551,8 +553,8 @@ def test_service_block_starts_serves_and_stops(block: Block, demo: LocalStack, t
         run_envoy_block(block, demo, tmp_path)
         return
     for command in block.commands:
-        if command == "make test":
-            assert "pytest" in make_recipe("test")
+        if command in ("make test", "make test-fast"):
+            assert "pytest" in make_recipe(command.split()[1])
         elif re.fullmatch(r"(\w+=\S+ )*make run", command):
             run_make_run(command, tmp_path)
         elif command.startswith("python -m sidecar") and "--once" not in command:

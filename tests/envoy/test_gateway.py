@@ -12,9 +12,10 @@ import requests
 import yaml
 
 from devtools import envoy_local, stack
+from tests.conftest import LOOPBACK_FLEET
 from tests.envoy.conftest import REFRESH, Gateway
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, LOOPBACK_FLEET]
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 

@@ -25,9 +25,10 @@ from chalicelib.domain.spec import Credentials
 from chalicelib.edges.inventory import Ec2Inventory, InstanceHealth, ScheduledEvent
 from chalicelib.usecases.scan import full_scan
 from devtools import envoy_local, fleet
+from tests.conftest import LOOPBACK_FLEET
 from tests.envoy.conftest import REFRESH, Gateway
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, LOOPBACK_FLEET]
 
 
 @dataclass

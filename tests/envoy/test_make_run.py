@@ -12,8 +12,9 @@ import pytest
 import requests
 
 from devtools import envoy_local, run, stack
+from tests.conftest import LOOPBACK_FLEET
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, LOOPBACK_FLEET]
 ROUTED = ("ec2-legacy-private_gloo-system", "web_shop")  # the gateway's routes: loopback upstreams only
 
 
@@ -28,7 +29,7 @@ def answers(session: requests.Session, admin: envoy_local.Admin, url: str, count
 
 def test_make_run_routes_requests_to_the_demo_instances_and_follows_the_fleet(tmp_path: Path) -> None:
     ports = {name: stack.free_port() for name in ("port", "aws-port", "gateway-port", "admin-port")}
-    args = [sys.executable, "-m", "devtools.run", "--logs", str(tmp_path), "--interval", "2"]
+    args = [sys.executable, "-m", "devtools.run", "--logs", str(tmp_path), "--interval", "1"]
     args += [arg for name, port in ports.items() for arg in (f"--{name}", str(port))]
     env = envoy_local.no_proxy_environment()
     for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "CDS_EDS_CLUSTER"):

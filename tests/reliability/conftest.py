@@ -25,11 +25,10 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from chalicelib import observability, runtime
-from chalicelib.domain.spec import parse_upstream
 from chalicelib.edges import clients
 from chalicelib.usecases.scan import ScanSummary, full_scan
+from tests import factories
 
-AMI = "ami-12c6146b"
 NOW = "2026-01-01T00:00:00Z"
 ACCOUNT = "123456789012"
 
@@ -283,11 +282,6 @@ def never_shrinks(aws: None) -> Iterator[ShrinkGuard]:
 # --- a fleet and its upstreams ---------------------------------------------------------------------
 
 
-def upstream(namespace: str, name: str, **ec2: Any) -> Any:
-    block = {"region": "us-east-1", "filters": [{"kvPair": {"key": "app", "value": "web"}}], **ec2}
-    return parse_upstream({"metadata": {"name": name, "namespace": namespace}, "spec": {"awsEc2": block}})
-
-
 @dataclass
 class World:
     """Upstreams over a fleet of `app=web` instances, in as many regions as needed."""
@@ -296,19 +290,12 @@ class World:
 
     def launch(self, count: int = 1, region: str = "us-east-1", **tags: str) -> list[str]:
         tags = tags or {"app": "web"}
-        answer = boto3.client("ec2", region_name=region).run_instances(
-            ImageId=AMI,
-            MinCount=count,
-            MaxCount=count,
-            InstanceType="t3.micro",
-            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
-        )
-        launched = [instance["InstanceId"] for instance in answer["Instances"]]
+        launched = factories.launch(boto3.client("ec2", region_name=region), tags, count)
         self.ids.setdefault(region, []).extend(launched)
         return launched
 
     def put(self, name: str, namespace: str = "shop", **ec2: Any) -> str:
-        runtime.store().put_upstream(upstream(namespace, name, **ec2), NOW)
+        runtime.store().put_upstream(factories.upstream(name, namespace, **{"filters": factories.WEB, **ec2}), NOW)
         return f"{namespace}/{name}"
 
     def secret(self, name: str, value: Any, namespace: str = "shop") -> str:

@@ -29,6 +29,7 @@ from chalicelib.domain.status import ERROR, Status
 from chalicelib.edges.store import MemoryStore
 from chalicelib.render import eds
 from chalicelib.usecases import api
+from tests.profiles import examples
 
 from .conftest import Output
 
@@ -176,7 +177,7 @@ UPSTREAMISH = st.builds(
 )
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=DOCUMENTS | UPSTREAMISH, as_yaml=st.booleans(), route=st.sampled_from(["put-upstream", "put-account"]))
 def test_any_document_with_hostile_values_is_refused_or_stored_as_strict_json(
     http: Any, text: str, as_yaml: bool, route: str
@@ -198,7 +199,7 @@ def test_any_document_with_hostile_values_is_refused_or_stored_as_strict_json(
         assert "NaN" not in raw_tables() and "Infinity" not in raw_tables()
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(extra=DOCUMENTS)
 def test_any_discovery_request_with_hostile_values_is_never_a_server_error(http: Any, extra: str) -> None:
     text = '{"resource_names":["web_shop"],"node":' + extra + "}"
@@ -210,7 +211,7 @@ def test_any_discovery_request_with_hostile_values_is_never_a_server_error(http:
         assert set(body) == {"error", "field"}
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(text=DOCUMENTS | UPSTREAMISH, as_yaml=st.booleans())
 def test_the_loader_returns_strict_json_or_a_spec_error_and_nothing_else(text: str, as_yaml: bool) -> None:
     """The mechanism itself, fast: whatever the loader returns survives a strict JSON round trip unchanged."""

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from app import app
 from chalicelib.edges.store import DynamoStore
+from tests.profiles import examples
 
 MIB = 1024 * 1024
 GOOD = {"spec": {"awsEc2": {"region": "us-east-1", "filters": [{"key": "app"}], "port": 8080}}}
@@ -242,7 +243,7 @@ NEAR_UPSTREAMS = st.builds(
 PATHS = st.sampled_from(["shop/web", "gloo-system/ec2-demo-upstream", "Shop/web", "shop/we_b", "a/" + "b" * 64])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=JSON_VALUES | NEAR_UPSTREAMS, path=PATHS, as_yaml=st.booleans())
 def test_any_json_document_put_as_an_upstream_is_never_a_server_error(
     http: Any, document: Any, path: str, as_yaml: bool
@@ -261,7 +262,7 @@ def test_any_json_document_put_as_an_upstream_is_never_a_server_error(
         assert f"{body['metadata']['namespace']}/{body['metadata']['name']}" == path
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=JSON_VALUES | st.fixed_dictionaries({"resource_names": JSON_VALUES, "version_info": JSON_VALUES}))
 def test_any_json_document_posted_to_eds_is_never_a_server_error(http: Any, document: Any) -> None:
     response = http.post(
@@ -273,7 +274,7 @@ def test_any_json_document_posted_to_eds_is_never_a_server_error(http: Any, docu
         assert set(json.loads(response.body)) == {"error", "field"}
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     params=st.dictionaries(
         st.sampled_from(["namespace", "name", "shard", "shards", "x"]), st.text(max_size=10) | st.integers().map(str)

@@ -25,7 +25,8 @@ from app import app
 from chalicelib import runtime
 from chalicelib.config import settings
 from tests.conftest import ROOT, load_event
-from tests.reliability.conftest import Faults, Output, ShrinkGuard, World, upstream
+from tests.factories import WEB, upstream
+from tests.reliability.conftest import Faults, Output, ShrinkGuard, World
 
 VICTIM_ROLE = "arn:aws:iam::123456789012:role/victim-describe"
 OTHER_ROLE = "arn:aws:iam::123456789012:role/other-describe"
@@ -223,7 +224,7 @@ def test_one_broken_group_errors_alone_keeps_its_sets_and_every_other_group_upda
         world.put("victim-a", **case.victim),
         world.put("victim-b", **case.victim, filters=[{"key": "app"}], port=8080),
     ]
-    group = upstream("shop", "victim-a", **case.victim).group
+    group = upstream("victim-a", "shop", **{"filters": WEB, **case.victim}).group
     world.launch(2)
     if case.region != "us-east-1":
         world.launch(2, region=case.region)
@@ -423,7 +424,7 @@ def test_an_event_whose_group_cannot_get_credentials_changes_nothing_and_is_coun
     never_shrinks.check()
     [line] = [line for line in logs.logs if line["message"].startswith("describing the event's instance failed")]
     assert (line["level"], line["error_code"]) == ("WARNING", "AccessDenied")
-    group = str(upstream("shop", "victim", roleArn=VICTIM_ROLE).group)
+    group = str(upstream("victim", "shop", filters=WEB, roleArn=VICTIM_ROLE).group)
     assert {"group": group, "code": "AccessDenied"}.items() <= discovery_errors(logs)[0].items()
 
 

@@ -21,6 +21,7 @@ from schemathesis.checks import not_a_server_error
 
 from tests.conftest import ROOT
 from tests.e2e.conftest import seeded_stack
+from tests.profiles import examples
 
 OPENAPI = ROOT / "docs" / "openapi.json"
 MIB = 1024 * 1024
@@ -99,7 +100,7 @@ schema.config.phases.coverage.unexpected_methods -= {"trace", "query"}
 
 @schema.parametrize()
 @settings(
-    max_examples=25,
+    max_examples=examples(25),
     deadline=None,
     derandomize=True,  # the same requests on every run
     suppress_health_check=list(HealthCheck),

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from sidecar.agent import Agent, Config, HttpResult, Outcome, Upstream
+from tests.profiles import examples
 from tests.sidecar.conftest import parse_eds_text
 
 UPSTREAMS = ("gloo-system/web", "gloo-system/api")
@@ -164,7 +165,7 @@ def agent_answering(out: Path, replies: list[bytes]) -> Agent:
     return Agent(config, get=get, clock=lambda: 0.0)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(reply=REPLIES)
 def test_a_hostile_reply_never_writes_another_file_and_never_replaces_the_good_one(
     reply: Any, caplog: pytest.LogCaptureFixture

@@ -21,6 +21,7 @@ from chalicelib.domain.spec import SpecError, parse_upstream
 from chalicelib.edges.store import MemoryStore
 from chalicelib.render import cds
 from chalicelib.usecases import api
+from tests.profiles import examples
 from tests.unit.test_doc_examples import pgv_violations
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -354,7 +355,7 @@ OPTIONS = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(options=OPTIONS)
 def test_whatever_options_are_accepted_envoy_accepts_the_cluster(options: dict[str, Any]) -> None:
     served(**options)  # strict parse and validation rules inside
@@ -377,7 +378,7 @@ JUNK = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(options=st.dictionaries(st.sampled_from([*FULL, "sslConfig", "discoveryMetadata"]), JUNK, max_size=3))
 def test_any_option_value_is_translated_or_refused_with_a_field_never_a_crash(options: dict[str, Any]) -> None:
     try:

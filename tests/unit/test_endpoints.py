@@ -25,12 +25,7 @@ from chalicelib.domain.endpoints import (
     endpoint_of,
     reconcile,
 )
-from chalicelib.domain.spec import Upstream, parse_upstream
-
-
-def upstream(name: str = "web", namespace: str = "default", **ec2: Any) -> Upstream:
-    block = {"region": "us-east-1", **ec2}
-    return parse_upstream({"metadata": {"name": name, "namespace": namespace}, "spec": {"awsEc2": block}})
+from tests.factories import upstream
 
 
 def instance(
@@ -89,7 +84,7 @@ ADDRESS_CHOICE = [
 def test_endpoint_of_takes_the_chosen_address_and_the_spec_port(
     ec2: dict[str, Any], inst: Instance, expected: tuple[str, int] | None
 ) -> None:
-    result = endpoint_of(upstream(**ec2), inst)
+    result = endpoint_of(upstream(namespace="default", **ec2), inst)
     if expected is None:
         assert result is None
     else:
@@ -99,7 +94,7 @@ def test_endpoint_of_takes_the_chosen_address_and_the_spec_port(
 
 def test_endpoint_public_shape() -> None:
     inst = instance("i-0abc", zone="us-east-1b", tags=(("gloo-tag", "group1"),))
-    result = endpoint_of(upstream(publicIp=True), inst)
+    result = endpoint_of(upstream(namespace="default", publicIp=True), inst)
     assert result is not None
     assert result.public() == {
         "address": "54.1.2.3",
@@ -122,7 +117,7 @@ STATES = [
 
 @pytest.mark.parametrize(("state", "endpoints", "skipped"), STATES)
 def test_only_running_instances_are_endpoints(state: str, endpoints: list[str], skipped: list[str]) -> None:
-    derived = derive(upstream(), [instance("i-1", state=state)])
+    derived = derive(upstream(namespace="default"), [instance("i-1", state=state)])
     assert [e.instance_id for e in derived.endpoints] == endpoints
     assert list(derived.skipped) == skipped
 
@@ -164,7 +159,7 @@ DERIVE = [
 def test_derive_skips_and_counts_instances_without_the_chosen_address(
     ec2: dict[str, Any], matching: list[Instance], endpoints: list[str], skipped: list[str]
 ) -> None:
-    derived = derive(upstream(**ec2), matching)
+    derived = derive(upstream(namespace="default", **ec2), matching)
     assert sorted(e.instance_id for e in derived.endpoints) == endpoints
     assert list(derived.skipped) == skipped
 
@@ -181,7 +176,7 @@ DRAINING_CASES = [
 def test_draining_instances_are_endpoints_with_health_draining(
     draining: frozenset[str], expected: dict[str, str]
 ) -> None:
-    derived = derive(upstream(), [instance("i-1"), instance("i-2", private="10.0.0.6")], draining)
+    derived = derive(upstream(namespace="default"), [instance("i-1"), instance("i-2", private="10.0.0.6")], draining)
     assert {e.instance_id: e.health for e in derived.endpoints} == expected
     assert DRAINING == "DRAINING" and HEALTHY == "HEALTHY"  # the strings clients see
 
@@ -242,7 +237,7 @@ def test_equal_listings_in_any_order_reconcile_to_equal_sets() -> None:
         instance(f"i-{n}", private=f"10.0.{n % 3}.{n}", zone=f"us-east-1{'abc'[n % 3]}", tags=(("app", "web"),))
         for n in range(5)
     ]
-    up = upstream(filters=[{"key": "app"}])
+    up = upstream(namespace="default", filters=[{"key": "app"}])
     results = {public_bytes(reconcile([up], list(order))["default/web"][0]) for order in itertools.permutations(fleet)}
     assert len(results) == 1
 
@@ -314,7 +309,7 @@ def test_version_is_stable_for_equal_content() -> None:
 
 
 def test_tag_order_is_not_content() -> None:
-    up = upstream()
+    up = upstream(namespace="default")
     listed = [instance("i-1", tags=(("app", "web"), ("tier", "front")))]
     relisted = [instance("i-1", tags=(("tier", "front"), ("app", "web")))]
     one, two = reconcile([up], listed)["default/web"][0], reconcile([up], relisted)["default/web"][0]
@@ -381,11 +376,11 @@ FLEET = [
     instance("i-old", private="10.0.0.4", public="54.0.0.4", state="stopped", tags=(("tier", "front"),)),
 ]
 UPSTREAMS = [
-    upstream("all", port=8080),
+    upstream("all", "default", port=8080),
     upstream("front", "team-a", filters=[{"kvPair": {"key": "tier", "value": "front"}}]),
     upstream("front-public", "team-a", publicIp=True, filters=[{"key": "TIER"}]),
     upstream("web", "team-b", port=443, filters=[{"kvPair": {"key": "app", "value": "web"}}]),
-    upstream("nothing", filters=[{"kvPair": {"key": "app", "value": "cache"}}]),
+    upstream("nothing", "default", filters=[{"kvPair": {"key": "app", "value": "cache"}}]),
 ]
 RECONCILED = [
     pytest.param(

@@ -10,13 +10,9 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
 from chalicelib.domain.endpoints import Instance, derive, reconcile
-from chalicelib.domain.spec import parse_upstream
 from chalicelib.render import eds
 from sidecar.agent import to_discovery_response
-
-
-def upstream(**ec2: Any) -> Any:
-    return parse_upstream({"spec": {"awsEc2": {"region": "us-east-1", **ec2}}}, "shop", "web")
+from tests.factories import upstream
 
 
 def instance(number: int, **tags: str) -> Instance:
@@ -39,7 +35,7 @@ def instance(number: int, **tags: str) -> Instance:
     ],
 )
 def test_port_from_a_tag_falls_back_to_port_and_is_counted(tags: dict[str, str], port: int, fell_back: int) -> None:
-    derived = derive(upstream(port=8080, portTag="svc-port"), [instance(1, **tags)])
+    derived = derive(upstream("web", "shop", port=8080, portTag="svc-port"), [instance(1, **tags)])
     assert [endpoint.port for endpoint in derived.endpoints] == [port]
     assert derived.port_fallbacks == fell_back
 
@@ -50,19 +46,19 @@ def test_port_from_a_tag_falls_back_to_port_and_is_counted(tags: dict[str, str],
 )
 def test_weight_from_a_tag_falls_back_to_one_and_is_counted(value: str | None, weight: int, fell_back: int) -> None:
     tags = {"lb-weight": value} if value is not None else {}
-    derived = derive(upstream(weightTag="lb-weight"), [instance(1, **tags)])
+    derived = derive(upstream("web", "shop", weightTag="lb-weight"), [instance(1, **tags)])
     assert [endpoint.weight for endpoint in derived.endpoints] == [weight]
     assert derived.weight_fallbacks == fell_back
 
 
 def test_without_the_extensions_nothing_falls_back_and_the_json_keeps_gloos_shape() -> None:
-    derived = derive(upstream(port=81), [instance(1, version="v2")])
+    derived = derive(upstream("web", "shop", port=81), [instance(1, version="v2")])
     assert (derived.port_fallbacks, derived.weight_fallbacks) == (0, 0)
     assert set(derived.endpoints[0].public()) == {"address", "port", "instance_id", "zone", "health"}
 
 
 def test_subset_metadata_copies_the_named_tags() -> None:
-    spec = upstream(metadataTags=["version", "Stage"])
+    spec = upstream("web", "shop", metadataTags=["version", "Stage"])
     derived = derive(spec, [instance(1, version="v2", stage="canary", other="x"), instance(2, version="v1")])
     assert [dict(endpoint.metadata) for endpoint in derived.endpoints] == [
         {"version": "v2", "Stage": "canary"},
@@ -71,9 +67,11 @@ def test_subset_metadata_copies_the_named_tags() -> None:
 
 
 def test_weight_and_metadata_change_the_served_version() -> None:
-    plain = reconcile([upstream()], [instance(1, w="3", version="v2")])["shop/web"][0]
-    weighted = reconcile([upstream(weightTag="w")], [instance(1, w="3", version="v2")])["shop/web"][0]
-    subset = reconcile([upstream(metadataTags=["version"])], [instance(1, w="3", version="v2")])["shop/web"][0]
+    plain = reconcile([upstream("web", "shop")], [instance(1, w="3", version="v2")])["shop/web"][0]
+    weighted = reconcile([upstream("web", "shop", weightTag="w")], [instance(1, w="3", version="v2")])["shop/web"][0]
+    subset = reconcile([upstream("web", "shop", metadataTags=["version"])], [instance(1, w="3", version="v2")])[
+        "shop/web"
+    ][0]
     assert len({plain.version, weighted.version, subset.version}) == 3
 
 
@@ -85,7 +83,7 @@ def parse_strictly(response: dict[str, Any]) -> endpoint_pb2.ClusterLoadAssignme
 
 
 def test_eds_and_the_sidecar_carry_weights_and_subset_metadata_envoy_accepts() -> None:
-    spec = upstream(port=8080, portTag="port", weightTag="weight", metadataTags=["version"])
+    spec = upstream("web", "shop", port=8080, portTag="port", weightTag="weight", metadataTags=["version"])
     fleet = [instance(1, port="9090", weight="3", version="v2"), instance(2, version="v1")]
     endpoint_set = reconcile([spec], fleet)["shop/web"][0]
     served = eds.response(["web_shop"], {"web_shop": endpoint_set})
@@ -116,7 +114,7 @@ def test_bad_extension_fields_name_their_path(block: dict[str, Any], field: str)
     from chalicelib.domain.spec import SpecError
 
     with pytest.raises(SpecError) as err:
-        upstream(**block)
+        upstream("web", "shop", **block)
     assert err.value.field == field
 
 
@@ -133,6 +131,6 @@ def test_the_subset_routing_example_is_a_valid_envoy_bootstrap() -> None:
     cluster = next(c for c in bootstrap.static_resources.clusters if c.name == "web_shop")
     assert [list(selector.keys) for selector in cluster.lb_subset_config.subset_selectors] == [["version"]]
     # The metadata the route selects on is the metadata ec2-eds serves for `metadataTags: [version]`.
-    spec = upstream(metadataTags=["version"])
+    spec = upstream("web", "shop", metadataTags=["version"])
     served = eds.assignment("web_shop", reconcile([spec], [instance(1, version="v2")])["shop/web"][0])
     assert served["endpoints"][0]["lb_endpoints"][0]["metadata"]["filter_metadata"]["envoy.lb"]["version"] == "v2"

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from chalicelib.domain.filters import Matcher, TagIndex
 from chalicelib.domain.spec import TagFilter
+from tests.profiles import examples
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ TAGS = st.lists(st.tuples(KEYS, TAG_VALUES), max_size=5, unique_by=lambda tag: t
 FLEETS = st.lists(TAGS, max_size=12).map(lambda all_tags: [Box(f"i-{n}", tags) for n, tags in enumerate(all_tags)])
 FILTERS = st.one_of(KEYS.map(key), st.builds(kv, KEYS, TAG_VALUES))
 FILTER_LISTS = st.lists(FILTERS, max_size=4)
-PROPERTY = settings(max_examples=200, deadline=None)
+PROPERTY = settings(max_examples=examples(200), deadline=None)
 
 
 def ids(boxes: list[Box]) -> list[str]:

@@ -10,29 +10,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chalicelib.domain.endpoints import EndpointSet, Instance, derive
-from chalicelib.domain.spec import Credentials, GroupKey, SpecError, parse_upstream
+from chalicelib.domain.spec import Credentials, GroupKey, SpecError
 from chalicelib.edges.inventory import InstanceHealth, ScheduledEvent, to_health
 from chalicelib.render import eds, prometheus
 from chalicelib.usecases.scan import due_drains
 from devtools import envoy_local
-
-
-def upstream(**ec2: object) -> object:
-    return parse_upstream({"spec": {"awsEc2": {"region": "us-east-1", "port": 80, **ec2}}}, "ns", "web")
+from tests.factories import upstream
 
 
 def test_ipv6_with_public_ip_is_refused_naming_the_field() -> None:
     with pytest.raises(SpecError) as caught:
-        upstream(ipv6=True, publicIp=True)
+        upstream("web", "ns", ipv6=True, publicIp=True)
     assert caught.value.field == "spec.awsEc2.ipv6"
-    assert upstream(ipv6=True, publicIp=False).ec2.ipv6  # type: ignore[attr-defined]
+    assert upstream("web", "ns", ipv6=True, publicIp=False).ec2.ipv6  # type: ignore[attr-defined]
 
 
 @given(st.ip_addresses(v=6), st.ip_addresses(v=4), st.integers(1, 65535))
 def test_an_ipv6_upstream_serves_the_ipv6_address_everywhere(v6: object, v4: object, port: int) -> None:
     instance = Instance("i-0abc", "running", "us-east-1a", private_ip=str(v4), ipv6=str(v6))
     plain = Instance("i-0def", "running", "us-east-1a", private_ip="10.0.0.9")
-    derived = derive(upstream(ipv6=True, port=port), [instance, plain])  # type: ignore[arg-type]
+    derived = derive(upstream("web", "ns", ipv6=True, port=port), [instance, plain])  # type: ignore[arg-type]
     assert derived.skipped == ("i-0def",)
     (endpoint,) = derived.endpoints
     assert ipaddress.ip_address(endpoint.address) == v6
@@ -47,7 +44,7 @@ def test_an_ipv6_upstream_serves_the_ipv6_address_everywhere(v6: object, v4: obj
 
 def test_health_precedence_unhealthy_over_draining() -> None:
     instances = [Instance(f"i-{n}", "running", "us-east-1a", private_ip=f"10.0.0.{n}") for n in (1, 2, 3)]
-    derived = derive(upstream(), instances, frozenset({"i-1", "i-2"}), frozenset({"i-2", "i-3"}))  # type: ignore[arg-type]
+    derived = derive(upstream("web", "ns"), instances, frozenset({"i-1", "i-2"}), frozenset({"i-2", "i-3"}))  # type: ignore[arg-type]
     assert {e.instance_id: e.health for e in derived.endpoints} == {
         "i-1": "DRAINING",
         "i-2": "UNHEALTHY",

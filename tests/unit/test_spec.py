@@ -29,6 +29,7 @@ from chalicelib.domain.spec import (
     parse_cluster_name,
     parse_upstream,
 )
+from tests.profiles import examples
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "upstreams"
 MIB = 1024 * 1024
@@ -870,7 +871,7 @@ NEAR_VALID = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(doc=VALUES | NEAR_VALID, url=st.none() | st.sampled_from([("gloo-system", "ec2-demo-upstream"), ("x", "Y")]))
 def test_parse_upstream_raises_only_spec_error(doc: Any, url: tuple[str, str] | None) -> None:
     try:
@@ -884,7 +885,7 @@ def test_parse_upstream_raises_only_spec_error(doc: Any, url: tuple[str, str] | 
 YAMLISH = st.text(alphabet=" \n\t-:[]{}&*!#|>'\",?%@`\\abcxyz019.\x00\x85\ufeff", max_size=60)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(body=YAMLISH | st.binary(max_size=60), content_type=st.sampled_from([YAML, JSON]))
 def test_loading_raises_only_spec_error(body: str | bytes, content_type: str) -> None:
     try:
