@@ -33,7 +33,7 @@ from chalicelib.edges import tables
 from chalicelib.edges.credentials import secret_document, secret_id
 from chalicelib.edges.store import DocumentTooLarge, table_definitions
 from chalicelib.observability import logger
-from chalicelib.usecases import api
+from chalicelib.usecases import admin, api
 from chalicelib.usecases.scan import full_scan
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -331,13 +331,13 @@ def cmd_get(args: argparse.Namespace) -> None:
     if len(args.names) != len(operands.split()):
         raise CliError(f"usage: get {args.what} {operands}".rstrip())
     if args.what == "upstreams":
-        reply = api.list_upstreams(store)
+        reply = admin.list_upstreams(store)
     elif args.what == "accounts":
-        reply = api.list_accounts(store)
+        reply = admin.list_accounts(store)
     elif args.what == "account":
-        reply = api.get_account(store, args.names[0])
+        reply = admin.get_account(store, args.names[0])
     elif args.what == "upstream":
-        reply = api.get_upstream(store, args.names[0], args.names[1])
+        reply = admin.get_upstream(store, args.names[0], args.names[1])
     else:
         reply = api.get_endpoints(store, args.names[0], args.names[1], None)
     if reply.status >= 400:
@@ -361,11 +361,11 @@ def cmd_delete(args: argparse.Namespace) -> None:
     if args.kind == "account":
         if len(args.names) != 1:
             raise CliError("usage: delete account NAME")
-        reply = api.delete_account(store, args.names[0])
+        reply = admin.delete_account(store, args.names[0])
     else:
         if len(args.names) != 2:
             raise CliError("usage: delete upstream NAMESPACE NAME")
-        reply = api.delete_upstream(store, args.names[0], args.names[1])
+        reply = admin.delete_upstream(store, args.names[0], args.names[1])
     if reply.status >= 400:
         raise CliError(reply.body["error"])
     if args.output:
@@ -382,7 +382,7 @@ def cmd_account(args: argparse.Namespace) -> None:
     }
     if args.external_id:
         document["externalId"] = args.external_id
-    reply = api.put_account(runtime.store(), args.name, json.dumps(document), "application/json", runtime.apply_now)
+    reply = admin.put_account(runtime.store(), args.name, json.dumps(document), "application/json", runtime.apply_now)
     if reply.status >= 400:
         raise SpecError(reply.body["error"], reply.body["field"])
     if args.output:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib.domain.filters import Matcher, TagIndex
+from chalicelib.domain.names import cluster_name, upstream_key
 from chalicelib.domain.spec import Upstream
 
 HEALTHY = "HEALTHY"
@@ -124,11 +125,11 @@ class EndpointSet:
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return upstream_key(self.namespace, self.name)
 
     @property
     def cluster_name(self) -> str:
-        return f"{self.name}_{self.namespace}"
+        return cluster_name(self.namespace, self.name)
 
     def public(self) -> dict[str, Any]:
         """The body of `GET /endpoints/{namespace}/{name}`."""

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.domain.endpoints import EndpointSet
+from chalicelib.domain.envoy import CLA_TYPE, MAX_CLUSTERS
 from chalicelib.domain.spec import SpecError, load_json
 
-CLA_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 ABSENT_VERSION = "absent"
-MAX_CLUSTERS = 100
 
 
 class EdsRequestError(ValueError):
