@@ -8,12 +8,80 @@ before grouping, so it costs nothing more than the equivalent `roleArn`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from chalicelib.domain.models import Account as Account  # the account's model: body, item and value
-from chalicelib.domain.spec import SpecError, Upstream
+from chalicelib.domain.names import DNS1123_LABEL
+from chalicelib.domain.spec import REGION, SpecError, Upstream, check_label
+from chalicelib.domain.wire import Camel, Omit
+
+ACCOUNT_ID = re.compile(r"\d{12}")
+ROLE_PATH = re.compile(r"(role/)?([\w+=,.@/-]{1,512})")
+LABEL: dict[str, Any] = {"minLength": 1, "maxLength": 63, "pattern": f"^{DNS1123_LABEL.pattern}$"}
+
+
+ExternalId = Annotated[str, StringConstraints(min_length=2, max_length=1224, pattern=r"^[\w+=,.@:/-]+$")]
+
+
+class Account(Camel):
+    """`PUT /accounts/{name}` body, and the account as stored: what `hal config provider aws account add` takes.
+
+    `name` may be left out of the body (the path gives it) or must equal the path's.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(json_schema_extra=LABEL)
+    account_id: str = Field(json_schema_extra={"pattern": f"^{ACCOUNT_ID.pattern}$"})
+    assume_role: str = Field(description="role/NAME, NAME or the role's full ARN")
+    external_id: Omit[ExternalId] = None
+    regions: list[str] = Field(
+        min_length=1, max_length=40, json_schema_extra={"items": {"type": "string", "pattern": f"^{REGION.pattern}$"}}
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_label(value, "name")
+
+    @field_validator("account_id")
+    @classmethod
+    def _account_id(cls, value: str) -> str:
+        if not ACCOUNT_ID.fullmatch(value):
+            raise ValueError("must be a 12-digit AWS account id")
+        return value
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, value: list[str]) -> list[str]:
+        for region in value:
+            if not REGION.fullmatch(region):
+                raise ValueError(f"{region!r} is not an AWS region name such as us-east-1")
+        return sorted(set(value))
+
+    @field_validator("assume_role")
+    @classmethod
+    def _role(cls, value: str) -> str:
+        if value.startswith("arn:"):
+            if not re.fullmatch(r"arn:aws(-[a-z]+)*:iam::\d{12}:role/[\w+=,.@/-]{1,512}", value):
+                raise ValueError("must be role/NAME or an IAM role ARN")
+        elif not ROLE_PATH.fullmatch(value):
+            raise ValueError("must be role/NAME or an IAM role ARN")
+        return value
+
+    @property
+    def role_arn(self) -> str:
+        if self.assume_role.startswith("arn:"):
+            return self.assume_role
+        match = ROLE_PATH.fullmatch(self.assume_role)
+        assert match is not None
+        return f"arn:aws:iam::{self.account_id}:role/{match.group(2)}"
+
+    @property
+    def accountId(self) -> str:  # noqa: N802  # usecases/events.py reads it (its owner renames it to account_id)
+        return self.account_id
 
 
 def parse_account(document: Any, name: str) -> Account:

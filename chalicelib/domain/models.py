@@ -17,11 +17,9 @@ below describes them for the OpenAPI document only.
 from __future__ import annotations
 
 import json
-import re
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     NonNegativeInt,
@@ -33,49 +31,15 @@ from pydantic import (
     field_validator,
     model_serializer,
 )
-from pydantic.alias_generators import to_camel
 from pydantic.functional_serializers import SerializerFunctionWrapHandler
-from pydantic.json_schema import SkipJsonSchema
 
+from chalicelib.domain.accounts import LABEL, Account
 from chalicelib.domain.envoy import CLA_TYPE, CLUSTER_TYPE, MAX_CLUSTERS, MAX_NAMES
-from chalicelib.domain.names import DNS1123_LABEL
-from chalicelib.domain.spec import REGION, AwsEc2Spec, check_label
+from chalicelib.domain.spec import AwsEc2Spec
 from chalicelib.domain.status import PENDING, Status
+from chalicelib.domain.wire import Camel, Omit, Snake, wire
 
-ACCOUNT_ID = re.compile(r"\d{12}")
-ROLE_PATH = re.compile(r"(role/)?([\w+=,.@/-]{1,512})")
-LABEL: dict[str, Any] = {"minLength": 1, "maxLength": 63, "pattern": f"^{DNS1123_LABEL.pattern}$"}
-T = TypeVar("T")
-
-
-def _is_none(value: Any) -> bool:
-    return value is None
-
-
-def _no_null_default(schema: dict[str, Any]) -> None:
-    if "default" in schema and schema["default"] is None:
-        del schema["default"]
-
-
-# An optional field: left out of the answer when None (never null), and described without null.
-Omit = Annotated[T | SkipJsonSchema[None], Field(exclude_if=_is_none, json_schema_extra=_no_null_default)]
-
-
-class Camel(BaseModel):
-    """Gloo's shapes: camelCase on the wire, snake_case in Python."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, defer_build=True)
-
-
-class Snake(BaseModel):
-    """Envoy's and ec2-eds' own snake_case shapes."""
-
-    model_config = ConfigDict(frozen=True, defer_build=True)
-
-
-def wire(model: BaseModel) -> Any:
-    """The model as the API answers it: by alias, in JSON types, `Omit` fields left out when None."""
-    return model.model_dump(mode="json", by_alias=True)
+__all__ = ["Account", "Camel", "Omit", "Snake", "wire"]  # the account's model and the bases, from here too
 
 
 # --- errors and small answers ---------------------------------------------------------------------
@@ -158,68 +122,7 @@ class UpstreamDescribed(Camel):
         return {**data, "status": status}
 
 
-# --- named accounts: the request, the stored item, the answer ---------------------------------------
-
-ExternalId = Annotated[str, StringConstraints(min_length=2, max_length=1224, pattern=r"^[\w+=,.@:/-]+$")]
-
-
-class Account(Camel):
-    """`PUT /accounts/{name}` body, and the account as stored: what `hal config provider aws account add` takes.
-
-    `name` may be left out of the body (the path gives it) or must equal the path's.
-    """
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    name: str = Field(json_schema_extra=LABEL)
-    account_id: str = Field(json_schema_extra={"pattern": f"^{ACCOUNT_ID.pattern}$"})
-    assume_role: str = Field(description="role/NAME, NAME or the role's full ARN")
-    external_id: Omit[ExternalId] = None
-    regions: list[str] = Field(
-        min_length=1, max_length=40, json_schema_extra={"items": {"type": "string", "pattern": f"^{REGION.pattern}$"}}
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_label(value, "name")
-
-    @field_validator("account_id")
-    @classmethod
-    def _account_id(cls, value: str) -> str:
-        if not ACCOUNT_ID.fullmatch(value):
-            raise ValueError("must be a 12-digit AWS account id")
-        return value
-
-    @field_validator("regions")
-    @classmethod
-    def _regions(cls, value: list[str]) -> list[str]:
-        for region in value:
-            if not REGION.fullmatch(region):
-                raise ValueError(f"{region!r} is not an AWS region name such as us-east-1")
-        return sorted(set(value))
-
-    @field_validator("assume_role")
-    @classmethod
-    def _role(cls, value: str) -> str:
-        if value.startswith("arn:"):
-            if not re.fullmatch(r"arn:aws(-[a-z]+)*:iam::\d{12}:role/[\w+=,.@/-]{1,512}", value):
-                raise ValueError("must be role/NAME or an IAM role ARN")
-        elif not ROLE_PATH.fullmatch(value):
-            raise ValueError("must be role/NAME or an IAM role ARN")
-        return value
-
-    @property
-    def role_arn(self) -> str:
-        if self.assume_role.startswith("arn:"):
-            return self.assume_role
-        match = ROLE_PATH.fullmatch(self.assume_role)
-        assert match is not None
-        return f"arn:aws:iam::{self.account_id}:role/{match.group(2)}"
-
-    @property
-    def accountId(self) -> str:  # noqa: N802  # usecases/events.py reads it (its owner renames it to account_id)
-        return self.account_id
+# --- named accounts: the answer (the body and the item are `Account`, chalicelib.domain.accounts) ------
 
 
 class AccountDescribed(Account):

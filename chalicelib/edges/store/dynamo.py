@@ -4,6 +4,10 @@ A set's records are compressed into `body`. Past CHUNK_BYTES (DynamoDB items hol
 most) the rest goes into chunk items `{id}#{write}#{n}` (`write` unique to each write), written
 before the head item that names them, so a reader never sees a set whose chunks are missing;
 the previous set's chunks are deleted after the switch.
+
+Upstream, status and account items are read and written through their models
+(`chalicelib.domain.models`), imported where used: polls read only endpoint sets,
+so serving them never loads the models.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from botocore.exceptions import ClientError
 
 from chalicelib.domain.accounts import Account
 from chalicelib.domain.endpoints import EndpointSet
-from chalicelib.domain.models import AccountItem, StatusItem, UpstreamItem
 from chalicelib.domain.names import upstream_key
 from chalicelib.domain.spec import Upstream
 from chalicelib.domain.status import PENDING, Status, StoredUpstream, stored
@@ -58,6 +61,8 @@ class DynamoStore:
     # -- upstreams -------------------------------------------------------------
 
     def put_upstream(self, upstream: Upstream, now: str, expect: str | None = ANY) -> str:
+        from chalicelib.domain.models import StatusItem, UpstreamItem
+
         item = UpstreamItem(
             id=upstream.key,
             namespace=upstream.namespace,
@@ -83,6 +88,8 @@ class DynamoStore:
     @staticmethod
     def _load(attributes: dict[str, Any]) -> StoredUpstream:
         """An upstream's item, as this version and every previous one wrote it (see `UpstreamItem`)."""
+        from chalicelib.domain.models import UpstreamItem
+
         item = UpstreamItem.model_validate(from_item(attributes))
         document = decode_document(item.document)
         return stored(item.namespace, item.name, document, item.stored_status(), item.updated_at, item.generation)
@@ -125,6 +132,8 @@ class DynamoStore:
         return "Attributes" in answer
 
     def put_status(self, namespace: str, name: str, status: Status, generation: str | None = None) -> None:
+        from chalicelib.domain.models import StatusItem
+
         condition = "attribute_exists(id)"
         named = {"s": StatusItem.of(status).stored()}
         if generation is not None:  # a status derived from one generation never lands on another
@@ -486,11 +495,15 @@ class DynamoStore:
     # -- named accounts ---------------------------------------------------------
 
     def put_account(self, account: Account) -> None:
+        from chalicelib.domain.models import AccountItem
+
         item = AccountItem(id=ACCOUNT_PREFIX + account.name, account=account)
         self._db.put_item(TableName=self.upstreams_table, Item=to_item(item.model_dump()))
 
     @staticmethod
     def _account(attributes: dict[str, Any]) -> Account:
+        from chalicelib.domain.models import AccountItem
+
         return AccountItem.model_validate(from_item(attributes)).account
 
     def get_account(self, name: str) -> Account | None:

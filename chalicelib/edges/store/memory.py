@@ -10,7 +10,6 @@ from typing import Any
 
 from chalicelib.domain.accounts import Account
 from chalicelib.domain.endpoints import EndpointSet
-from chalicelib.domain.models import StatusItem, wire
 from chalicelib.domain.names import upstream_key
 from chalicelib.domain.spec import Upstream
 from chalicelib.domain.status import PENDING, Status, StoredUpstream, stored
@@ -32,6 +31,8 @@ class MemoryStore:
         self.writes = 0
 
     def put_upstream(self, upstream: Upstream, now: str, expect: str | None = ANY) -> str:
+        from chalicelib.domain.models import StatusItem, wire  # as DynamoStore: polls never load the models
+
         with self._lock:
             current = self.upstreams.get(upstream.key)
             if expect != ANY and (current.get("generation") if current else None) != expect:
@@ -50,6 +51,8 @@ class MemoryStore:
             return generation
 
     def _load(self, item: dict[str, Any]) -> StoredUpstream:
+        from chalicelib.domain.models import StatusItem
+
         return stored(
             item["namespace"],
             item["name"],
@@ -78,6 +81,8 @@ class MemoryStore:
         return existed
 
     def put_status(self, namespace: str, name: str, status: Status, generation: str | None = None) -> None:
+        from chalicelib.domain.models import StatusItem, wire
+
         with self._lock:
             item = self.upstreams.get(upstream_key(namespace, name))
             if item is not None and generation in (None, item["generation"]):
