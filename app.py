@@ -9,7 +9,7 @@ from chalice.app import Request
 
 from chalicelib import local_gateway, runtime
 from chalicelib.observability import flush, logger, start_tracing
-from chalicelib.usecases import api
+from chalicelib.usecases import admin, api, replies
 
 # The scan use case is imported by the two handlers that scan (POST /scan, the schedule), on their
 # first invocation: a poll's cold start does not load it (bench/coldstart.py).
@@ -29,8 +29,8 @@ def seconds_left(context):
     return (lambda: context.get_remaining_time_in_millis() / 1000) if context else None
 
 
-def respond(reply: api.Reply) -> Response:
-    reply = api.within_limit(reply)  # never an answer past Lambda's 6 MB, on any route
+def respond(reply: replies.Reply) -> Response:
+    reply = replies.within_limit(reply)  # never an answer past Lambda's 6 MB, on any route
     return Response(body=reply.text(), status_code=reply.status, headers=dict(reply.headers))
 
 
@@ -84,10 +84,10 @@ def one_error_format(request, get_response):
     response = get_response(request)
     route = app.routes.get(request.context.get("resourcePath", ""), {}).get(request.method)
     accepted = route.content_types if route else None
-    body = api.framework_error(response.status_code, response.body, response.headers.get("Allow"), accepted)
+    body = replies.framework_error(response.status_code, response.body, response.headers.get("Allow"), accepted)
     if body is not None:
         response.body = body
-        response.headers["Content-Type"] = api.JSON
+        response.headers["Content-Type"] = replies.JSON
     return response
 
 
@@ -102,13 +102,13 @@ def healthz():
 
 @app.route("/upstreams", methods=["GET"], authorizer=ADMIN)
 def list_upstreams():
-    return respond(api.list_upstreams(runtime.store(), query("after")))
+    return respond(admin.list_upstreams(runtime.store(), query("after")))
 
 
 @app.route("/upstreams/{namespace}/{name}", methods=["PUT"], content_types=YAML_OR_JSON, authorizer=ADMIN)
 def put_upstream(namespace, name):
     return respond(
-        api.put_upstream(
+        admin.put_upstream(
             runtime.store(),
             namespace,
             name,
@@ -122,32 +122,32 @@ def put_upstream(namespace, name):
 
 @app.route("/upstreams/{namespace}/{name}", methods=["GET"], authorizer=ADMIN)
 def get_upstream(namespace, name):
-    return respond(api.get_upstream(runtime.store(), namespace, name))
+    return respond(admin.get_upstream(runtime.store(), namespace, name))
 
 
 @app.route("/upstreams/{namespace}/{name}", methods=["DELETE"], authorizer=ADMIN)
 def delete_upstream(namespace, name):
-    return respond(api.delete_upstream(runtime.store(), namespace, name))
+    return respond(admin.delete_upstream(runtime.store(), namespace, name))
 
 
 @app.route("/accounts", methods=["GET"], authorizer=ADMIN)
 def list_accounts():
-    return respond(api.list_accounts(runtime.store(), query("after")))
+    return respond(admin.list_accounts(runtime.store(), query("after")))
 
 
 @app.route("/accounts/{name}", methods=["PUT"], content_types=YAML_OR_JSON, authorizer=ADMIN)
 def put_account(name):
-    return respond(api.put_account(runtime.store(), name, body(), header("content-type"), runtime.apply_now))
+    return respond(admin.put_account(runtime.store(), name, body(), header("content-type"), runtime.apply_now))
 
 
 @app.route("/accounts/{name}", methods=["GET"], authorizer=ADMIN)
 def get_account(name):
-    return respond(api.get_account(runtime.store(), name))
+    return respond(admin.get_account(runtime.store(), name))
 
 
 @app.route("/accounts/{name}", methods=["DELETE"], authorizer=ADMIN)
 def delete_account(name):
-    return respond(api.delete_account(runtime.store(), name))
+    return respond(admin.delete_account(runtime.store(), name))
 
 
 @app.route("/scan", methods=["POST"], authorizer=ADMIN)
@@ -155,7 +155,7 @@ def start_scan():
     from chalicelib.usecases import scan
 
     summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(app.lambda_context))
-    return respond(api.ok(summary.as_dict()))
+    return respond(admin.scan_summary(summary.as_dict()))
 
 
 @app.route("/endpoints/{namespace}/{name}", methods=["GET"], authorizer=READ)
@@ -247,7 +247,7 @@ def answer_missing_tables(view):
         try:
             return view(*args, **kwargs)
         except ClientError as err:
-            reply = api.missing_table(err, runtime.missing_table_message)
+            reply = replies.missing_table(err, runtime.missing_table_message)
             if reply is None:
                 raise
             return respond(reply)

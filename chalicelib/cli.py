@@ -34,7 +34,7 @@ from chalicelib.edges import tables
 from chalicelib.edges.credentials import secret_document, secret_id
 from chalicelib.edges.store import DocumentTooLarge, table_definitions
 from chalicelib.observability import logger
-from chalicelib.usecases import api
+from chalicelib.usecases import admin, api, replies
 from chalicelib.usecases.scan import full_scan
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -325,18 +325,18 @@ class Getter:
     """What `get KIND` takes, asks the API and prints as a table."""
 
     operands: str
-    fetch: Callable[[Any, list[str]], api.Reply]
+    fetch: Callable[[Any, list[str]], replies.Reply]
     table: Callable[[Any], None]
 
 
 GETTERS = {
     "upstreams": Getter(
-        "", lambda store, _: api.list_upstreams(store), lambda body: print_upstreams(body["upstreams"])
+        "", lambda store, _: admin.list_upstreams(store), lambda body: print_upstreams(body["upstreams"])
     ),
-    "accounts": Getter("", lambda store, _: api.list_accounts(store), lambda body: print_accounts(body["accounts"])),
-    "account": Getter("NAME", lambda store, n: api.get_account(store, n[0]), lambda body: print_accounts([body])),
+    "accounts": Getter("", lambda store, _: admin.list_accounts(store), lambda body: print_accounts(body["accounts"])),
+    "account": Getter("NAME", lambda store, n: admin.get_account(store, n[0]), lambda body: print_accounts([body])),
     "upstream": Getter(
-        "NAMESPACE NAME", lambda store, n: api.get_upstream(store, n[0], n[1]), lambda body: print_upstreams([body])
+        "NAMESPACE NAME", lambda store, n: admin.get_upstream(store, n[0], n[1]), lambda body: print_upstreams([body])
     ),
     "endpoints": Getter(
         "NAMESPACE NAME",
@@ -364,11 +364,11 @@ def cmd_delete(args: argparse.Namespace) -> None:
     if args.kind == "account":
         if len(args.names) != 1:
             raise CliError("usage: delete account NAME")
-        reply = api.delete_account(store, args.names[0])
+        reply = admin.delete_account(store, args.names[0])
     else:
         if len(args.names) != 2:
             raise CliError("usage: delete upstream NAMESPACE NAME")
-        reply = api.delete_upstream(store, args.names[0], args.names[1])
+        reply = admin.delete_upstream(store, args.names[0], args.names[1])
     if reply.status >= 400:
         raise CliError(reply.body["error"])
     if args.output:
@@ -385,7 +385,7 @@ def cmd_account(args: argparse.Namespace) -> None:
     }
     if args.external_id:
         document["externalId"] = args.external_id
-    reply = api.put_account(runtime.store(), args.name, json.dumps(document), "application/json", runtime.apply_now)
+    reply = admin.put_account(runtime.store(), args.name, json.dumps(document), "application/json", runtime.apply_now)
     if reply.status >= 400:
         raise SpecError(reply.body["error"], reply.body["field"])
     if args.output:

@@ -2,10 +2,11 @@
 
 Every route Chalice knows (`app.routes`) becomes an operation: its path,
 method, path parameters, accepted content types and authorizer come from the
-route itself; what its bodies look like is described here by hand, with the
-pydantic models of `chalicelib` (`model_json_schema()`) where the request is
-one, and the validation patterns of `chalicelib.domain.spec` where a validator says
-more than the model. A route without a description below is an error, so a
+route itself; its summary, statuses and which body it takes and answers are
+named below (`ROUTES`). The bodies' schemas are generated from their models
+(`chalicelib.domain.models`, `model_json_schema(by_alias=True)`, their $defs
+as components), plus the patterns of `chalicelib.domain.spec` where a validator
+says more than a type. A route without a description below is an error, so a
 new route cannot go undescribed.
 
     python -m devtools.openapi write    # regenerate docs/openapi.json
@@ -18,27 +19,45 @@ from what `write` generates; schemathesis runs against `chalice local` with it.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic.json_schema import models_json_schema
+
 from chalicelib.config import Settings
-from chalicelib.domain.accounts import ACCOUNT_ID, Account
-from chalicelib.domain.spec import DNS1123_LABEL, REGION, ROLE_ARN, AwsEc2Spec
+from chalicelib.domain import models
+from chalicelib.domain.envoy import MAX_CLUSTERS
+from chalicelib.domain.names import DNS1123_LABEL
+from chalicelib.domain.spec import REGION, ROLE_ARN
 from chalicelib.edges.store.chunks import MAX_DOCUMENT_BYTES
-from chalicelib.render import cds, eds
-from chalicelib.usecases import api
+from chalicelib.usecases import replies
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 OUTPUT = PROJECT_DIR / "docs" / "openapi.json"
 REF = "#/components/schemas/{model}"
+# Every body the API answers, and every body it takes, as its model (chalicelib.domain.models).
+ANSWERS = (
+    models.Error,
+    models.Health,
+    models.Deleted,
+    models.UpstreamDescribed,
+    models.UpstreamList,
+    models.AccountDescribed,
+    models.AccountList,
+    models.ScanSummary,
+    models.EndpointSet,
+    models.DiscoveryResponse,
+    models.ClusterDiscoveryResponse,
+    models.TargetGroups,
+)
+REQUESTS = (models.Upstream, models.Account, models.DiscoveryRequest, models.ClusterDiscoveryRequest)
 
 
 def ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+    return {"$ref": REF.format(model=name)}
 
 
 def anchored(pattern: str) -> str:
@@ -53,282 +72,29 @@ SUBDOMAIN = {
     "maxLength": 253,
     "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
 }
-NULLABLE_STRING = {"type": ["string", "null"]}
-
-
-def _model_schemas() -> dict[str, Any]:
-    """AwsEc2Spec and Account as pydantic sees them, plus what their validators check."""
-    schemas: dict[str, Any] = {}
-    ec2 = AwsEc2Spec.model_json_schema(ref_template=REF)
-    schemas.update(ec2.pop("$defs", {}))
-    properties = ec2["properties"]
-    properties["region"]["pattern"] = anchored(REGION.pattern)
-    properties["roleArn"]["anyOf"][0]["pattern"] = anchored(ROLE_ARN.pattern)
-    properties["account"]["anyOf"][0].update(LABEL)
-    schemas["AwsEc2"] = ec2
-    schemas["ResourceRef"]["properties"]["name"].update(SUBDOMAIN)
-    schemas["ResourceRef"]["properties"]["namespace"].update(LABEL)
-    schemas["TagFilter"]["oneOf"] = [{"required": ["key"]}, {"required": ["kvPair"]}]
-
-    account = Account.model_json_schema(ref_template=REF)
-    account["properties"]["name"].update(LABEL)
-    account["properties"]["accountId"]["pattern"] = anchored(ACCOUNT_ID.pattern)
-    account["properties"]["regions"]["items"]["pattern"] = anchored(REGION.pattern)
-    described = copy.deepcopy(account)
-    account["required"] = [name for name in account["required"] if name != "name"]  # the path names it
-    account["description"] = "A named account; `name` may be left out (the path gives it) or must equal the path's."
-    described["properties"]["roleArn"] = {"type": "string"}
-    described["required"] = [*described["required"], "roleArn"]
-    described["description"] = "A named account as stored, with the role ARN it resolves to."
-    schemas["Account"] = account
-    schemas["AccountDescribed"] = described
-    return schemas
 
 
 def _schemas() -> dict[str, Any]:
-    metadata = {
-        "type": "object",
-        "description": "Kubernetes-style metadata; name and namespace default to the path's and must equal them.",
-        "properties": {"name": LABEL, "namespace": LABEL},
-    }
-    upstream = {
-        "type": "object",
-        "description": "A Gloo `Upstream` document with an `awsEc2` block (or the older `upstreamSpec.awsEc2`).",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string", "enum": ["gloo.solo.io/v1"]},
-            "kind": {"type": "string", "enum": ["Upstream"]},
-            "metadata": metadata,
-            "spec": {
-                "oneOf": [
-                    {
-                        "type": "object",
-                        "required": ["awsEc2"],
-                        "properties": {"awsEc2": ref("AwsEc2")},
-                        "not": {"required": ["upstreamSpec"]},
-                    },
-                    {
-                        "type": "object",
-                        "required": ["upstreamSpec"],
-                        "properties": {
-                            "upstreamSpec": {
-                                "type": "object",
-                                "required": ["awsEc2"],
-                                "properties": {"awsEc2": ref("AwsEc2")},
-                            }
-                        },
-                        "not": {"required": ["awsEc2"]},
-                    },
-                ]
-            },
-        },
-    }
-    status = {
-        "type": "object",
-        "required": ["state", "reason", "endpoints", "skipped", "lastScan"],
-        "properties": {
-            "state": {"type": "string", "enum": ["Accepted", "Rejected", "Error"]},
-            "reason": {"type": "string"},
-            "endpoints": {"type": "integer", "minimum": 0},
-            "skipped": {"type": "integer", "minimum": 0},
-            "lastScan": {"type": ["string", "null"], "format": "date-time"},
-            "code": {"type": "string", "description": "the AWS error code of the last failure"},
-            "portFallbacks": {"type": "integer", "minimum": 0},
-            "weightFallbacks": {"type": "integer", "minimum": 0},
-            "unhealthy": {"type": "integer", "minimum": 1, "description": "endpoints served UNHEALTHY (absent: none)"},
-            "draining": {"type": "integer", "minimum": 1, "description": "endpoints served DRAINING (absent: none)"},
-        },
-    }
-    endpoint = {
-        "type": "object",
-        "required": ["address", "port", "instance_id", "zone", "health"],
-        "properties": {
-            "address": {"type": "string"},
-            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-            "instance_id": {"type": "string"},
-            "zone": {"type": "string"},
-            "health": {"type": "string", "enum": ["HEALTHY", "DRAINING", "UNHEALTHY"]},
-            "weight": {"type": "integer", "minimum": 1},
-            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-    }
-    lb_endpoint = {
-        "type": "object",
-        "required": ["endpoint", "health_status", "metadata"],
-        "properties": {
-            "endpoint": {
-                "type": "object",
-                "required": ["address"],
-                "properties": {
-                    "address": {
-                        "type": "object",
-                        "required": ["socket_address"],
-                        "properties": {
-                            "socket_address": {
-                                "type": "object",
-                                "required": ["address", "port_value"],
-                                "properties": {
-                                    "address": {"type": "string"},
-                                    "port_value": {"type": "integer", "minimum": 1, "maximum": 65535},
-                                },
-                            }
-                        },
-                    }
-                },
-            },
-            "health_status": {"type": "string", "enum": ["HEALTHY", "DRAINING", "UNHEALTHY"]},
-            "load_balancing_weight": {"type": "integer", "minimum": 1},
-            "metadata": {"type": "object"},
-        },
-    }
-    assignment = {
-        "type": "object",
-        "required": ["@type", "cluster_name"],
-        "properties": {
-            "@type": {"type": "string", "enum": [eds.CLA_TYPE]},
-            "cluster_name": {"type": "string"},
-            "endpoints": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["locality", "lb_endpoints"],
-                    "properties": {
-                        "locality": {
-                            "type": "object",
-                            "properties": {"region": {"type": "string"}, "zone": {"type": "string"}},
-                        },
-                        "lb_endpoints": {"type": "array", "items": lb_endpoint},
-                    },
-                },
-            },
-        },
-    }
-    count = {"type": "integer", "minimum": 0}
-    return {
-        "Error": {
-            "type": "object",
-            "description": "Every error the API answers: the routes', Chalice's own (405, 415, 500) and, "
-            "deployed, API Gateway's (through the gateway responses of the stage's merge template).",
-            "required": ["error", "field"],
-            "additionalProperties": False,
-            "properties": {
-                "error": {"type": "string"},
-                "field": {**NULLABLE_STRING, "description": "the path of the offending field, or null"},
-            },
-        },
-        **_model_schemas(),
-        "Upstream": upstream,
-        "UpstreamStatus": status,
-        "UpstreamDescribed": {
-            "description": "The document as stored plus its status; never a secret value.",
-            "allOf": [ref("Upstream"), {"type": "object", "required": ["status"], "properties": {"status": status}}],
-        },
-        "EndpointSet": {
-            "type": "object",
-            "required": ["cluster_name", "namespace", "name", "version", "endpoints"],
-            "properties": {
-                "cluster_name": {"type": "string"},
-                "namespace": {"type": "string"},
-                "name": {"type": "string"},
-                "region": {"type": "string"},
-                "version": {"type": "string"},
-                "endpoints": {"type": "array", "items": endpoint},
-            },
-        },
-        "ScanSummary": {
-            "type": "object",
-            "required": ["upstreams", "instances", "changed", "errors", "aws_calls"],
-            "properties": {
-                "upstreams": count,
-                "instances": count,
-                "changed": count,
-                "errors": count,
-                "groups": count,
-                "conflicts": count,
-                "deferred": count,
-                "discovered": {"type": "object", "additionalProperties": count},
-                "aws_calls": {
-                    "type": "object",
-                    "required": ["ec2:DescribeInstances", "sts:AssumeRole", "secretsmanager:GetSecretValue"],
-                    "additionalProperties": count,
-                },
-            },
-        },
-        "DiscoveryRequest": {
-            "type": "object",
-            "description": "Envoy's REST-JSON DiscoveryRequest (snake_case; lowerCamelCase is accepted too).",
-            "required": ["resource_names"],
-            "properties": {
-                "version_info": {"type": "string"},
-                "resource_names": {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": eds.MAX_CLUSTERS,
-                    "items": {"type": "string", "minLength": 1, "description": "a cluster name, name_namespace"},
-                },
-                "type_url": {"type": "string", "enum": [eds.CLA_TYPE]},
-                "node": {"type": "object"},
-                "response_nonce": {"type": "string"},
-            },
-        },
-        "DiscoveryResponse": {
-            "type": "object",
-            "required": ["version_info", "resources", "type_url"],
-            "properties": {
-                "version_info": {"type": "string"},
-                "resources": {"type": "array", "items": assignment},
-                "type_url": {"type": "string", "enum": [eds.CLA_TYPE]},
-            },
-        },
-        "ClusterDiscoveryRequest": {
-            "type": "object",
-            "description": "Envoy's REST-JSON DiscoveryRequest for clusters: resource_names empty asks for all.",
-            "properties": {
-                "version_info": {"type": "string"},
-                "resource_names": {"type": "array", "maxItems": cds.MAX_NAMES, "items": {"type": "string"}},
-                "type_url": {"type": "string", "enum": [cds.CLUSTER_TYPE]},
-                "node": {"type": "object"},
-                "response_nonce": {"type": "string"},
-            },
-        },
-        "ClusterDiscoveryResponse": {
-            "type": "object",
-            "required": ["version_info", "resources", "type_url"],
-            "properties": {
-                "version_info": {"type": "string"},
-                "resources": {
-                    "type": "array",
-                    "description": "one EDS cluster (envoy.config.cluster.v3.Cluster) per upstream: name_namespace",
-                    "items": {
-                        "type": "object",
-                        "required": ["@type", "name", "type", "eds_cluster_config"],
-                        "properties": {
-                            "@type": {"const": cds.CLUSTER_TYPE},
-                            "name": {"type": "string"},
-                            "type": {"const": "EDS"},
-                        },
-                    },
-                },
-                "type_url": {"type": "string", "enum": [cds.CLUSTER_TYPE]},
-            },
-        },
-        "TargetGroups": {
-            "type": "array",
-            "description": "Prometheus HTTP SD: one target group per endpoint.",
-            "items": {
-                "type": "object",
-                "required": ["targets", "labels"],
-                "properties": {
-                    "targets": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
-                    "labels": {
-                        "type": "object",
-                        "propertyNames": {"pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
-                        "additionalProperties": {"type": "string"},
-                    },
-                },
-            },
-        },
-    }
+    """Every model's JSON Schema (answers as serialised, requests as validated), $defs as components."""
+    wanted = [(model, "serialization") for model in ANSWERS] + [(model, "validation") for model in REQUESTS]
+    _, top = models_json_schema(wanted, ref_template=REF)  # type: ignore[arg-type]
+    schemas: dict[str, Any] = top["$defs"]
+    _validators_say_more(schemas)
+    return schemas
+
+
+def _validators_say_more(schemas: dict[str, Any]) -> None:
+    """What domain/spec.py's validators check beyond the models' types (Gloo's fields stay as Gloo names them)."""
+    ec2 = schemas["AwsEc2Spec"]["properties"]
+    ec2["region"]["pattern"] = anchored(REGION.pattern)
+    ec2["roleArn"]["anyOf"][0]["pattern"] = anchored(ROLE_ARN.pattern)
+    ec2["account"]["anyOf"][0].update(LABEL)
+    schemas["ResourceRef"]["properties"]["name"].update(SUBDOMAIN)
+    schemas["ResourceRef"]["properties"]["namespace"].update(LABEL)
+    schemas["TagFilter"]["oneOf"] = [{"required": ["key"]}, {"required": ["kvPair"]}]
+    account = schemas["Account"]
+    account["required"] = [name for name in account["required"] if name != "name"]  # the path names it
+    schemas["UpstreamDescribed"]["allOf"] = [ref("Upstream")]  # the document as stored, plus its status
 
 
 # --- what each route answers, by view name -------------------------------------------------------
@@ -349,7 +115,7 @@ BAD_NAME = failure("a namespace or name in the path is not a DNS-1123 label")
 ETAG = {"ETag": {"schema": {"type": "string"}, "description": "the set's version, quoted"}}
 QUERY_LABEL = {"type": "string"}
 MAX_BODY = Settings.model_fields["max_body_bytes"].default
-BUDGET = api.RESPONSE_BUDGET
+BUDGET = replies.RESPONSE_BUDGET
 BAD_BODY = (
     "not valid (field names the path): not UTF-8, not JSON/YAML, a key given twice, NaN or Infinity, "
     "an integer outside 64 bits, aliases or tags in YAML; nothing stored"
@@ -361,30 +127,23 @@ AFTER = {
 }
 
 
-def listing(kind: str, item: str, key: str) -> dict[str, Any]:
+def listing(listed: type[models.Page], key: str) -> dict[str, Any]:
     return json_reply(
-        f"the {kind}, in {key} order; when they would pass one answer's budget ({BUDGET} bytes), "
-        f"a page of them and `next` (ask again with ?after=NEXT)",
-        {
-            "type": "object",
-            "required": [kind],
-            "properties": {
-                kind: {"type": "array", "items": ref(item)},
-                "next": {"type": "string", "description": f"the last {key} of this page; absent on the last page"},
-            },
-        },
+        f"the {listed.kind}, in {key} order; when they would pass one answer's budget ({BUDGET} bytes), "
+        f"a page of them and `next` (the last {key} of the page: ask again with ?after=NEXT)",
+        ref(listed.__name__),
     )
 
 
 ROUTES: dict[str, dict[str, Any]] = {
     "healthz": {
         "summary": "Liveness",
-        "responses": {"200": json_reply("always", {"type": "object", "properties": {"status": {"const": "ok"}}})},
+        "responses": {"200": json_reply("always", ref("Health"))},
     },
     "list_upstreams": {
         "summary": "Every upstream with its status",
         "query": {"after": AFTER},
-        "responses": {"200": listing("upstreams", "UpstreamDescribed", "namespace/name")},
+        "responses": {"200": listing(models.UpstreamList, "namespace/name")},
     },
     "put_upstream": {
         "summary": "Create or replace an upstream (a Gloo Upstream document, JSON or YAML)",
@@ -410,7 +169,7 @@ ROUTES: dict[str, dict[str, Any]] = {
     "delete_upstream": {
         "summary": "Remove an upstream and its endpoint set",
         "responses": {
-            "200": json_reply("deleted", {"type": "object", "properties": {"deleted": {"type": "string"}}}),
+            "200": json_reply("deleted", ref("Deleted")),
             "400": BAD_NAME,
             "404": failure("no such upstream"),
         },
@@ -418,7 +177,7 @@ ROUTES: dict[str, dict[str, Any]] = {
     "list_accounts": {
         "summary": "Every named account",
         "query": {"after": AFTER},
-        "responses": {"200": listing("accounts", "AccountDescribed", "name")},
+        "responses": {"200": listing(models.AccountList, "name")},
     },
     "put_account": {
         "summary": "Create or replace a named account",
@@ -442,13 +201,13 @@ ROUTES: dict[str, dict[str, Any]] = {
     "delete_account": {
         "summary": "Remove a named account no upstream uses",
         "responses": {
-            "200": json_reply("deleted", {"type": "object", "properties": {"deleted": {"type": "string"}}}),
+            "200": json_reply("deleted", ref("Deleted")),
             "400": failure("the name in the path is not a DNS-1123 label"),
             "404": failure("no such account"),
             "409": failure("upstreams still use it"),
         },
     },
-    "scan": {
+    "start_scan": {
         "summary": "Run a full reconcile now",
         "responses": {"200": json_reply("the scan's summary", ref("ScanSummary"))},
     },
@@ -475,7 +234,7 @@ ROUTES: dict[str, dict[str, Any]] = {
             "200": json_reply("one ClusterLoadAssignment per requested cluster", ref("DiscoveryResponse")),
             "304": {"description": "the request's version_info is current"},
             "400": failure(
-                f"not a strict-JSON DiscoveryRequest, no resource_names, or more than {eds.MAX_CLUSTERS} of them"
+                f"not a strict-JSON DiscoveryRequest, no resource_names, or more than {MAX_CLUSTERS} of them"
             ),
             "413": failure(
                 f"the answer would pass one answer's budget ({BUDGET} bytes): the error names the slices of "
@@ -571,7 +330,7 @@ def generate(app: Any = None) -> dict[str, Any]:
             "description": "EC2 instances of Gloo EC2 upstreams as Envoy EDS, JSON and Prometheus HTTP SD. "
             "Generated by `python -m devtools.openapi write` from app.py; see the README. "
             f"Limits: a request body of at most {MAX_BODY} bytes (MAX_BODY_BYTES; 413 past it); a stored "
-            f"document of at most {MAX_DOCUMENT_BYTES} bytes compressed (413); at most {eds.MAX_CLUSTERS} "
+            f"document of at most {MAX_DOCUMENT_BYTES} bytes compressed (413); at most {MAX_CLUSTERS} "
             f"clusters per EDS request (400); one answer of at most {BUDGET} bytes as Lambda carries it "
             "(EDS, /endpoints and Prometheus answer 413 naming how to split; the lists page).",
         },

@@ -22,6 +22,7 @@ from json.encoder import encode_basestring_ascii as _quote  # what json.dumps wr
 from typing import Any
 
 from chalicelib.domain.filters import Matcher, TagIndex
+from chalicelib.domain.names import cluster_name, upstream_key
 from chalicelib.domain.spec import Upstream
 
 HEALTHY = "HEALTHY"
@@ -142,11 +143,11 @@ class EndpointSet:
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return upstream_key(self.namespace, self.name)
 
     @property
     def cluster_name(self) -> str:
-        return f"{self.name}_{self.namespace}"
+        return cluster_name(self.namespace, self.name)
 
     def public(self) -> dict[str, Any]:
         """The body of `GET /endpoints/{namespace}/{name}`."""

@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from chalicelib.domain import gloo_options
+from chalicelib.domain.names import DNS1123_LABEL as DNS1123_LABEL  # patterns: fullmatch
+from chalicelib.domain.names import NOT_A_LABEL, cluster_name, upstream_key
+from chalicelib.domain.names import parse_cluster_name as parse_cluster_name
 
 if TYPE_CHECKING:
     import yaml
 
-DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # all patterns: fullmatch
 DNS1123_SUBDOMAIN = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 ROLE_ARN = re.compile(r"arn:aws(-[a-z]+)*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}")
@@ -41,9 +43,6 @@ class SpecError(ValueError):
         super().__init__(message)
         self.message = message
         self.field = field
-
-    def as_dict(self) -> dict[str, str | None]:
-        return {"error": self.message, "field": self.field}
 
 
 class BodyTooLarge(SpecError):
@@ -206,7 +205,7 @@ class Upstream:
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return upstream_key(self.namespace, self.name)
 
     @property
     def cluster_name(self) -> str:
@@ -226,22 +225,9 @@ class Upstream:
         return GroupKey(self.credentials, self.ec2.region)
 
 
-def cluster_name(namespace: str, name: str) -> str:
-    """Gloo's cluster name for an upstream: `{name}_{namespace}`."""
-    return f"{name}_{namespace}"
-
-
-def parse_cluster_name(cluster: str) -> tuple[str, str] | None:
-    """(namespace, name) of a cluster name, or None when it cannot be one of ours."""
-    name, sep, namespace = cluster.rpartition("_")
-    if not sep or not DNS1123_LABEL.fullmatch(name) or not DNS1123_LABEL.fullmatch(namespace):
-        return None
-    return namespace, name
-
-
 def _label(value: str) -> str:
     if not DNS1123_LABEL.fullmatch(value):
-        raise ValueError("must be a DNS-1123 label: at most 63 lower case letters, digits and '-'")
+        raise ValueError(NOT_A_LABEL)
     return value
 
 

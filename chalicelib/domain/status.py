@@ -7,6 +7,7 @@ from typing import Any
 
 from chalicelib.domain.endpoints import DRAINING as DRAINING_ENDPOINT
 from chalicelib.domain.endpoints import UNHEALTHY, EndpointSet
+from chalicelib.domain.names import upstream_key
 from chalicelib.domain.spec import SpecError, Upstream, parse_upstream
 
 ACCEPTED, REJECTED, ERROR = "Accepted", "Rejected", "Error"
@@ -15,6 +16,8 @@ DRAINING, MISSING = "draining", "missing"  # kinds of marks: instances draining,
 
 @dataclass(frozen=True, slots=True)
 class Status:
+    """An upstream's status (stored and served as `models.StatusItem` / `models.UpstreamStatus`)."""
+
     state: str
     reason: str
     endpoints: int = 0
@@ -24,41 +27,6 @@ class Status:
     weight_fallbacks: int = 0
     unhealthy: int = 0  # endpoints served UNHEALTHY (EC2 reports their instance or system status impaired)
     draining: int = 0  # endpoints served DRAINING
-
-    def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "state": self.state,
-            "reason": self.reason,
-            "endpoints": self.endpoints,
-            "skipped": self.skipped,
-        }
-        if self.code:
-            data["code"] = self.code
-        if self.port_fallbacks:
-            data["portFallbacks"] = self.port_fallbacks
-        if self.weight_fallbacks:
-            data["weightFallbacks"] = self.weight_fallbacks
-        if self.unhealthy:
-            data["unhealthy"] = self.unhealthy
-        if self.draining:
-            data["draining"] = self.draining
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> Status:
-        if not data:
-            return PENDING
-        return cls(
-            state=str(data["state"]),
-            reason=str(data.get("reason", "")),
-            endpoints=int(data.get("endpoints", 0)),
-            skipped=int(data.get("skipped", 0)),
-            code=data.get("code"),
-            port_fallbacks=int(data.get("portFallbacks", 0)),
-            weight_fallbacks=int(data.get("weightFallbacks", 0)),
-            unhealthy=int(data.get("unhealthy", 0)),
-            draining=int(data.get("draining", 0)),
-        )
 
 
 PENDING = Status(ACCEPTED, "waiting for the first scan")
@@ -80,7 +48,7 @@ class StoredUpstream:
 
     @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return upstream_key(self.namespace, self.name)
 
 
 def stored(

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.domain import gloo_options
+from chalicelib.domain.envoy import CLUSTER_TYPE, MAX_NAMES
 from chalicelib.domain.spec import Upstream
 from chalicelib.render.eds import _field
 
-CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 # A name Envoy can give a static cluster: what it sends as Host, so what the EDS config must name.
 API_CLUSTER = re.compile(r"[A-Za-z0-9._:\[\]-]{1,253}")
-MAX_NAMES = 1000
 
 
 class CdsRequestError(ValueError):

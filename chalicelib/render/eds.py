@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.domain.endpoints import EndpointSet
+from chalicelib.domain.envoy import CLA_TYPE, MAX_CLUSTERS
 from chalicelib.domain.spec import SpecError, load_json
 from chalicelib.render import cla
-from chalicelib.render.cla import CLA_TYPE
 
 ABSENT_VERSION = "absent"
-MAX_CLUSTERS = 100
 
 
 class EdsRequestError(ValueError):

@@ -1,162 +1,31 @@
-"""What each HTTP route does, as plain functions returning a `Reply`.
+"""What the read routes do (`GET /endpoints`, EDS, CDS, Prometheus), as plain functions returning a `Reply`.
 
 `app.py` turns a Reply into a Chalice Response; nothing here knows Chalice,
-so the same functions serve the CLI and the tests.
+so the same functions serve the CLI and the tests. The admin routes are in
+`admin`; what every route answers with is in `replies`. The bodies here are
+built by the renderers as plain dicts: serving a poll loads no wire model.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 from chalicelib.config import settings
-from chalicelib.domain.accounts import parse_account
 from chalicelib.domain.endpoints import EndpointSet
-from chalicelib.domain.spec import SpecError, check_label, load_one, parse_cluster_name, parse_upstream
-from chalicelib.domain.status import ERROR, StoredUpstream, last_scan
-from chalicelib.domain.times import iso
-from chalicelib.edges import tables
-from chalicelib.edges.store import DocumentTooLarge, Store
-from chalicelib.observability import logger
+from chalicelib.domain.names import cluster_name, parse_cluster_name, upstream_key
+from chalicelib.domain.status import ERROR, StoredUpstream
+from chalicelib.edges.store import Store
 from chalicelib.render import cds, eds, prometheus
-
-JSON = "application/json"
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    status: int
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def text(self) -> str:
-        """The body as sent: JSON, unless it is already serialised text."""
-        if self.body is None:
-            return ""
-        if isinstance(self.body, str):
-            return self.body
-        return json.dumps(self.body, separators=(",", ":"))
-
-
-def error(status: int, message: str, field_path: str | None = None) -> Reply:
-    return Reply(status, {"error": message, "field": field_path}, {"Content-Type": JSON})
-
-
-def framework_error(
-    status: int, body: Any, allowed: str | None = None, accepted: list[str] | None = None
-) -> dict[str, Any] | None:
-    """An error Chalice answers by itself (`{"Code", "Message"}`) in the API's one shape; None for any other body."""
-    if status < 400 or not isinstance(body, dict) or set(body) != {"Code", "Message"}:
-        return None
-    code, message = body["Code"], str(body["Message"])
-    if code == "MethodNotAllowedError":
-        message = (
-            f"{message.removeprefix('Unsupported method: ')} is not allowed here: use {allowed or 'another method'}"
-        )
-    elif code == "UnsupportedMediaType":
-        types = ", ".join(accepted or [JSON])
-        message = (
-            f"Content-Type {message.removeprefix('Unsupported media type: ')} is not accepted: send one of {types}"
-        )
-    elif code == "InternalServerError":
-        message = "internal error: the function's log has the details (look for this request's request_id)"
-    return {"error": message, "field": None}
-
-
-def missing_table(err: BaseException, explain: Callable[[], str]) -> Reply | None:
-    """503 naming the missing DynamoDB table and the `bootstrap` command (`explain`), if that is what `err` is."""
-    if not tables.is_missing_table(err):
-        return None
-    message = explain()
-    logger.error("table missing", extra={"reason": message})
-    return error(503, message)
-
-
-def ok(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
-    return Reply(status, body, {"Content-Type": JSON, **(headers or {})})
-
-
-def _path_names(namespace: str, name: str) -> Reply | None:
-    try:
-        check_label(namespace, "namespace")
-        check_label(name, "name")
-    except SpecError as err:
-        return error(400, err.message, err.field)
-    return None
-
-
-def describe(entry: StoredUpstream, marks: dict[str, str]) -> dict[str, Any]:
-    """The document as stored plus its status; secret values are never stored, so never shown."""
-    status = entry.status.as_dict()
-    status["lastScan"] = last_scan(entry, marks)
-    document = entry.document
-    return {**document, "status": status}
-
-
-Apply = Callable[[set[str]], Any]  # reconcile these upstreams' groups now (a narrowed scan)
-
-
-def put_upstream(
-    store: Store,
-    namespace: str,
-    name: str,
-    body: bytes | str,
-    content_type: str | None,
-    now: datetime,
-    apply: Apply | None = None,
-) -> Reply:
-    """Store the document and, with `apply`, reconcile its group at once so the change is served
-    now; an unchanged document writes nothing and keeps its status and set."""
-    bad = _path_names(namespace, name)
-    if bad:
-        return bad
-    try:
-        upstream = parse_upstream(load_one(body, content_type, settings().max_body_bytes), namespace, name)
-    except SpecError as err:
-        return error(err.status, err.message, err.field)
-    previous = store.get_upstream(namespace, name)
-    if previous is not None and previous.document == upstream.document:
-        return ok(describe(previous, store.get_scan_marks()), 200)
-    try:
-        store.put_upstream(upstream, iso(now))
-    except DocumentTooLarge as err:
-        return error(413, str(err))
-    if apply is not None:
-        apply({upstream.key})
-    entry = store.get_upstream(namespace, name)
-    assert entry is not None
-    return ok(describe(entry, store.get_scan_marks()), 200 if previous else 201)
-
-
-def get_upstream(store: Store, namespace: str, name: str) -> Reply:
-    bad = _path_names(namespace, name)
-    if bad:
-        return bad
-    entry = store.get_upstream(namespace, name)
-    if entry is None:
-        return error(404, f"upstream {namespace}/{name} not found")
-    return ok(describe(entry, store.get_scan_marks()))
-
-
-def list_upstreams(store: Store, after: str | None = None) -> Reply:
-    """Every upstream, in key order; past one answer's budget, a page and `next` (GET /upstreams?after=NEXT)."""
-    marks = store.get_scan_marks()
-    entries = sorted(store.list_upstreams(), key=lambda entry: entry.key)
-    return _page(
-        "upstreams", [(entry.key, describe(entry, marks)) for entry in entries if not after or entry.key > after]
-    )
-
-
-def delete_upstream(store: Store, namespace: str, name: str) -> Reply:
-    bad = _path_names(namespace, name)
-    if bad:
-        return bad
-    if not store.delete_upstream(namespace, name):
-        return error(404, f"upstream {namespace}/{name} not found")
-    return ok({"deleted": f"{namespace}/{name}"})
+from chalicelib.usecases.replies import (
+    PROMETHEUS_BUDGET,
+    RESPONSE_BUDGET,
+    Reply,
+    error,
+    ok,
+    part_bytes,
+    path_names,
+    wire_bytes,
+)
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -205,7 +74,7 @@ def _eds_current(store: Store, request: eds.EdsRequest) -> bool:
 
 
 def get_endpoints(store: Store, namespace: str, name: str, if_none_match: str | None) -> Reply:
-    bad = _path_names(namespace, name)
+    bad = path_names(namespace, name)
     if bad:
         return bad
     unchanged = _endpoints_not_modified(store, namespace, name, if_none_match)
@@ -215,7 +84,7 @@ def get_endpoints(store: Store, namespace: str, name: str, if_none_match: str | 
     if endpoint_set is None:
         entry = store.get_upstream(namespace, name)
         if entry is None:
-            return error(404, f"upstream {namespace}/{name} not found")
+            return error(404, f"upstream {upstream_key(namespace, name)} not found")
         return error(404, _why_no_set(entry))
     etag = f'"{endpoint_set.version}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
@@ -227,7 +96,7 @@ def get_endpoints(store: Store, namespace: str, name: str, if_none_match: str | 
         count = len(endpoint_set.endpoints)
         return error(
             413,
-            f"the endpoint set of {namespace}/{name} is {size} bytes ({count} endpoints), over the "
+            f"the endpoint set of {upstream_key(namespace, name)} is {size} bytes ({count} endpoints), over the "
             f"{RESPONSE_BUDGET} one answer may hold: split the upstream into upstreams with narrower filters "
             f"(at most about {RESPONSE_BUDGET * count // size} endpoints each), or read its targets from "
             f"GET /prometheus/targets?namespace={namespace}&name={name}&shards=K&shard=I",
@@ -260,53 +129,10 @@ def _why_no_set(entry: StoredUpstream) -> str:
     return f"upstream {key} has no endpoint set yet: it is in Error{code}: {status.reason}; {hint}"
 
 
-# --- one answer's size ------------------------------------------------------------------------------
-#
-# A synchronous Lambda returns at most 6 MB (6,291,456 bytes) and API Gateway's proxy integration
-# carries the body as a JSON string inside that answer: quotes and backslashes are escaped and
-# non-ASCII characters become \uXXXX. Every route measures its body that way (`wire_bytes`) against
-# one budget, and answers a clear 413 naming how to split the request (EDS, /endpoints, Prometheus)
-# or pages (the lists). `within_limit` is the last guard of every route.
-
-LAMBDA_RESPONSE_LIMIT = 6_291_456
-RESPONSE_BUDGET = 6_000_000  # bytes of the body as carried; the rest is room for status and headers
-PROMETHEUS_BUDGET = RESPONSE_BUDGET
-
-
-def wire_bytes(text: str) -> int:
-    """The bytes a body takes in Lambda's answer to API Gateway (a JSON string)."""
-    return len(json.dumps(text))
-
-
-def _part_bytes(value: Any) -> int:
-    """What one element adds to a JSON array on the wire (its text, escaped, and a comma)."""
-    return wire_bytes(json.dumps(value, separators=(",", ":"))) - 1
-
-
-def within_limit(reply: Reply) -> Reply:
-    """The reply, or a 413 when its body would not fit in one Lambda answer (no route may exceed it)."""
-    text = reply.text()  # serialised once here; the reply returned carries the text
-    if len(text) * 6 + 2 <= RESPONSE_BUDGET or (size := wire_bytes(text)) <= RESPONSE_BUDGET:
-        return Reply(reply.status, text if reply.body is not None else None, reply.headers)
-    return error(413, f"the answer would be {size} bytes, over the {RESPONSE_BUDGET} one answer may hold")
-
-
-def _page(kind: str, items: list[tuple[str, Any]]) -> Reply:
-    """`{kind: [...]}` with as many items as fit, in order; `next` names the last one when more follow."""
-    used = wire_bytes(json.dumps({kind: [], "next": "x" * 600}))
-    shown: list[tuple[str, Any]] = []
-    for key, item in items:
-        used += _part_bytes(item)
-        if used > RESPONSE_BUDGET and shown:
-            return ok({kind: [value for _, value in shown], "next": shown[-1][0]})
-        shown.append((key, item))
-    return ok({kind: [value for _, value in shown]})
-
-
 def _eds_too_large(clusters: tuple[str, ...], sets: dict[str, EndpointSet | None], size: int) -> Reply:
     """413 naming how to split a DiscoveryRequest whose answer would not fit."""
     frame = wire_bytes(json.dumps(eds.response((), {})))
-    sizes = [_part_bytes(eds.assignment(cluster, sets.get(cluster))) for cluster in clusters]
+    sizes = [part_bytes(eds.assignment(cluster, sets.get(cluster))) for cluster in clusters]
     for cluster, part in zip(clusters, sizes, strict=True):
         if frame + part > RESPONSE_BUDGET:
             count = len(endpoints.endpoints) if (endpoints := sets.get(cluster)) else 0
@@ -374,7 +200,7 @@ def discovery_clusters(store: Store, raw_body: bytes | None, host: str | None) -
 def _shards_needed(sets: list[EndpointSet]) -> int:
     """The fewest shards whose every shard fits the budget (hash shards are not exactly even)."""
     sizes = [
-        (endpoint_set, endpoint, _part_bytes(group))
+        (endpoint_set, endpoint, part_bytes(group))
         for endpoint_set in sets
         for endpoint, group in zip(endpoint_set.endpoints, prometheus.target_groups([endpoint_set]), strict=True)
     ]
@@ -400,7 +226,7 @@ def prometheus_targets(
     except ValueError:
         return error(400, "shards must be 1-1000 and shard 0 to shards-1", "shard")
     if namespace and name:
-        one = store.get_endpoint_set(namespace, name) if parse_cluster_name(f"{name}_{namespace}") else None
+        one = store.get_endpoint_set(namespace, name) if parse_cluster_name(cluster_name(namespace, name)) else None
         sets = [one] if one else []
     else:
         sets = [
@@ -420,72 +246,3 @@ def prometheus_targets(
             "shards",
         )
     return ok(text)
-
-
-# --- named accounts ------------------------------------------------------------------------------
-
-
-def put_account(
-    store: Store, name: str, body: bytes | str, content_type: str | None, apply: Apply | None = None
-) -> Reply:
-    try:
-        check_label(name, "name")
-        account = parse_account(load_one(body, content_type, settings().max_body_bytes), name)
-    except SpecError as err:
-        return error(err.status, err.message, err.field)
-    stranded = [
-        f"{entry.key} ({entry.upstream.ec2.region})"
-        for entry in store.list_upstreams()
-        if entry.upstream and entry.upstream.ec2.account == name and entry.upstream.ec2.region not in account.regions
-    ]
-    if stranded:  # they would keep their last set but never be listed again: refuse, as DELETE does
-        return error(
-            409,
-            f"account {name} is used in regions this edit drops, by {', '.join(stranded)}: "
-            "keep those regions, or change or delete those upstreams first",
-            "regions",
-        )
-    previous = store.get_account(name)
-    if previous == account:
-        return ok(account.describe(), 200)
-    store.put_account(account)
-    users = {entry.key for entry in store.list_upstreams() if entry.upstream and entry.upstream.ec2.account == name}
-    if apply is not None and users:
-        apply(users)
-    return ok(account.describe(), 200 if previous else 201)
-
-
-def _account_name(name: str) -> Reply | None:
-    try:
-        check_label(name, "name")
-    except SpecError as err:
-        return error(400, err.message, err.field)
-    return None
-
-
-def get_account(store: Store, name: str) -> Reply:
-    bad = _account_name(name)
-    if bad:
-        return bad
-    account = store.get_account(name)
-    if account is None:
-        return error(404, f"account {name} not found")
-    return ok(account.describe())
-
-
-def list_accounts(store: Store, after: str | None = None) -> Reply:
-    """Every named account, by name; past one answer's budget, a page and `next` (GET /accounts?after=NEXT)."""
-    accounts = sorted(store.list_accounts(), key=lambda account: account.name)
-    return _page("accounts", [(a.name, a.describe()) for a in accounts if not after or a.name > after])
-
-
-def delete_account(store: Store, name: str) -> Reply:
-    bad = _account_name(name)
-    if bad:
-        return bad
-    users = [entry.key for entry in store.list_upstreams() if entry.upstream and entry.upstream.ec2.account == name]
-    if users:
-        return error(409, f"account {name} is used by {', '.join(users)}: change or delete them first")
-    if not store.delete_account(name):
-        return error(404, f"account {name} not found")
-    return ok({"deleted": name})

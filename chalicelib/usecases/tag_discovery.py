@@ -43,7 +43,7 @@ class DiscoveryChanges:
 def account_groups(accounts: Iterable[Account]) -> dict[GroupKey, Account]:
     """The (credentials, region) groups discovery lists: every named account in every region of it."""
     return {
-        GroupKey(Credentials(role_arn=account.role_arn, external_id=account.externalId), region): account
+        GroupKey(Credentials(role_arn=account.role_arn, external_id=account.external_id), region): account
         for account in sorted(accounts, key=lambda a: a.name)
         for region in account.regions
     }

@@ -14,7 +14,7 @@ from chalicelib import runtime
 from chalicelib.domain.spec import iter_upstreams, load_documents, parse_upstream
 from chalicelib.domain.status import ACCEPTED, ERROR
 from chalicelib.edges.store import DynamoStore
-from chalicelib.usecases import api
+from chalicelib.usecases import admin, api
 from chalicelib.usecases.scan import ScanSummary
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "upstreams"
@@ -56,7 +56,7 @@ def ids(store: DynamoStore, key: str) -> set[str]:
 
 def status(store: DynamoStore, key: str) -> dict[str, Any]:
     namespace, _, name = key.partition("/")
-    reply = api.get_upstream(store, namespace, name)
+    reply = admin.get_upstream(store, namespace, name)
     assert reply.status == 200
     return reply.body["status"]
 
@@ -388,7 +388,7 @@ def test_last_scan_is_set_after_a_scan(dynamo_store: DynamoStore, launch: Launch
     assert isinstance(last, str) and last.endswith("Z")
     moment = datetime.fromisoformat(last.replace("Z", "+00:00"))
     assert moment >= before.replace(microsecond=0)
-    listed = api.list_upstreams(dynamo_store).body["upstreams"]
+    listed = admin.list_upstreams(dynamo_store).body["upstreams"]
     assert [entry["status"]["lastScan"] for entry in listed] == [last]
 
 

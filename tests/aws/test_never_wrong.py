@@ -23,7 +23,8 @@ from chalicelib.domain.spec import parse_upstream
 from chalicelib.edges.clients import fixed_identity
 from chalicelib.edges.store import Conflict, DynamoStore
 from chalicelib.edges.store.chunks import CHUNK_BYTES
-from chalicelib.usecases import api
+from chalicelib.usecases import admin
+from chalicelib.usecases.replies import Reply
 from chalicelib.usecases.scan import full_scan
 from tests.aws.test_events import deliver, event, fleet, members  # noqa: F401 - fleet: a fixture
 from tests.factories import ActingLister, launch_one, upstream
@@ -124,8 +125,8 @@ def test_a_corrected_secret_key_with_the_same_access_key_gets_a_new_client(aws: 
 ACCOUNT = {"accountId": "123456789012", "assumeRole": "role/ec2-eds-member", "regions": ["us-east-1", "eu-west-1"]}
 
 
-def put_account(name: str, body: dict[str, Any]) -> api.Reply:
-    return api.put_account(runtime.store(), name, json.dumps(body), "application/json")
+def put_account(name: str, body: dict[str, Any]) -> Reply:
+    return admin.put_account(runtime.store(), name, json.dumps(body), "application/json")
 
 
 def test_an_unresolved_upstream_keeps_its_last_set_and_a_stranding_edit_is_refused(aws: None) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
+from chalicelib.domain.accounts import parse_account
 from chalicelib.domain.endpoints import Endpoint, EndpointSet
 from chalicelib.domain.status import ACCEPTED, ERROR, REJECTED, Status
 from chalicelib.edges.store import DynamoStore, MemoryStore
@@ -392,3 +393,98 @@ def test_a_refused_write_of_the_same_big_set_leaves_the_stored_one_readable(
     assert dynamo_store.put_endpoint_set(same, loser_expected) is False
 
     assert dynamo_store.get_endpoint_set("gloo-system", "big") == same
+
+
+# --- items written by the previous version (tables in production) read, and what is written reads back there
+
+
+def raw(store: DynamoStore, **item: dict[str, Any]) -> None:
+    boto3.client("dynamodb", region_name="us-east-1").put_item(TableName=store.upstreams_table, Item=item)
+
+
+def raw_item(store: DynamoStore, item_id: str) -> dict[str, Any]:
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    item: dict[str, Any] = client.get_item(TableName=store.upstreams_table, Key={"id": {"S": item_id}})["Item"]
+    return item
+
+
+def test_items_in_every_format_the_previous_versions_wrote_still_read(dynamo_store: DynamoStore) -> None:
+    compressed = zlib.compress(json.dumps(upstream_document("new"), separators=(",", ":")).encode(), 6)
+    error = (
+        '{"state": "Error", "reason": "denied", "endpoints": 3, "skipped": 1, "code": "AccessDenied", "draining": 2}'
+    )
+    raw(  # the format of the version before this one: compressed document, status JSON, generation
+        dynamo_store,
+        id={"S": "gloo-system/new"},
+        namespace={"S": "gloo-system"},
+        name={"S": "new"},
+        document={"B": compressed},
+        status={"S": error},
+        updatedAt={"S": NOW},
+        generation={"S": "g1"},
+    )
+    raw(  # before compression and generations; a status of the oldest shape
+        dynamo_store,
+        id={"S": "gloo-system/old"},
+        namespace={"S": "gloo-system"},
+        name={"S": "old"},
+        document={"S": json.dumps(upstream_document("old"))},
+        status={"S": '{"state": "Accepted"}'},
+        updatedAt={"S": NOW},
+    )
+    raw(dynamo_store, id={"S": "gloo-system/bare"}, namespace={"S": "gloo-system"}, name={"S": "bare"},
+        document={"S": json.dumps(upstream_document("bare"))})  # fmt: skip  # no status, no updatedAt
+    account = (
+        '{"name":"prod","accountId":"123456789012","assumeRole":"role/r","externalId":null,"regions":["us-east-1"]}'
+    )
+    raw(dynamo_store, id={"S": "~account/prod"}, account={"S": account})
+
+    new, old, bare = (dynamo_store.get_upstream("gloo-system", name) for name in ("new", "old", "bare"))
+    assert new is not None and old is not None and bare is not None
+    assert new.status == Status(ERROR, "denied", 3, 1, "AccessDenied", draining=2)
+    assert (new.document, new.generation, new.upstream is not None) == (upstream_document("new"), "g1", True)
+    assert old.status == Status(ACCEPTED, "") and old.generation == NOW  # its updatedAt stands for a generation
+    assert old.document == upstream_document("old")
+    assert bare.status.state == ACCEPTED and bare.status.reason == "waiting for the first scan"
+    assert [entry.key for entry in dynamo_store.list_upstreams()] == [
+        f"gloo-system/{n}" for n in ("bare", "new", "old")
+    ]
+    prod = dynamo_store.get_account("prod")
+    assert prod is not None and (prod.account_id, prod.external_id, prod.regions) == (
+        "123456789012",
+        None,
+        ["us-east-1"],
+    )
+    assert dynamo_store.list_accounts() == [prod]
+
+
+def test_what_this_version_writes_is_the_previous_format(dynamo_store: DynamoStore) -> None:
+    """Rollback-safe: the same attributes and types, the status JSON as the previous version wrote it."""
+    generation = dynamo_store.put_upstream(upstream("web"), NOW)
+    dynamo_store.put_status("gloo-system", "web", Status(ERROR, "denied", 2, code="AccessDenied", unhealthy=1))
+    dynamo_store.put_account(
+        parse_account({"accountId": "123456789012", "assumeRole": "role/r", "regions": ["us-east-1"]}, "prod")
+    )
+
+    item = raw_item(dynamo_store, "gloo-system/web")
+    assert {name: set(value) for name, value in item.items()} == {
+        "id": {"S"},
+        "namespace": {"S"},
+        "name": {"S"},
+        "document": {"B"},
+        "status": {"S"},
+        "updatedAt": {"S"},
+        "generation": {"S"},
+    }
+    assert json.loads(zlib.decompress(item["document"]["B"])) == upstream_document("web")
+    assert (item["updatedAt"]["S"], item["generation"]["S"]) == (NOW, generation)
+    assert item["status"]["S"] == (
+        '{"state": "Error", "reason": "denied", "endpoints": 2, "skipped": 0, "code": "AccessDenied", "unhealthy": 1}'
+    )
+    stored_account = json.loads(raw_item(dynamo_store, "~account/prod")["account"]["S"])
+    assert stored_account == {
+        "name": "prod",
+        "accountId": "123456789012",
+        "assumeRole": "role/r",
+        "regions": ["us-east-1"],
+    }

@@ -90,7 +90,8 @@ from chalicelib.edges.store import DynamoStore, table_definitions
 from chalicelib.edges.store import chunks as store_chunks
 from chalicelib.edges.store.chunks import encode_endpoints
 from chalicelib.render import eds
-from chalicelib.usecases import api, lifecycle, scan, tag_discovery
+from chalicelib.usecases import admin, api, lifecycle, scan, tag_discovery
+from chalicelib.usecases.replies import Reply
 from devtools import policies as gen
 from devtools import stack
 from devtools.asg import LifecycleActions
@@ -483,25 +484,27 @@ def drain_complete_work(moto: IamMoto) -> None:
 def api_work(moto: IamMoto) -> None:
     store = runtime.store()
 
-    def reply(answer: api.Reply, status: int, what: str) -> Any:
+    def reply(answer: Reply, status: int, what: str) -> Any:
         expect(answer.status == status, f"{what}: {answer.status} {answer.body}")
         return answer.body
 
     extra = json.dumps(upstream("extra"))
-    reply(api.put_upstream(store, NS, "extra", extra, "application/json", runtime.now()), 201, "PUT /upstreams")
-    reply(api.get_upstream(store, NS, "web-default"), 200, "GET /upstreams/{ns}/{name}")
-    reply(api.list_upstreams(store), 200, "GET /upstreams")
+    reply(admin.put_upstream(store, NS, "extra", extra, "application/json", runtime.now()), 201, "PUT /upstreams")
+    reply(admin.get_upstream(store, NS, "web-default"), 200, "GET /upstreams/{ns}/{name}")
+    reply(admin.list_upstreams(store), 200, "GET /upstreams")
     account = {"accountId": ACCOUNT, "assumeRole": f"role/{MEMBER_ROLE}", "regions": [REGION]}
-    reply(api.put_account(store, "other", json.dumps(account), "application/json"), 201, "PUT /accounts")
-    reply(api.get_account(store, "other"), 200, "GET /accounts/{name}")
-    reply(api.list_accounts(store), 200, "GET /accounts")
-    reply(api.delete_account(store, "other"), 200, "DELETE /accounts/{name}")
+    reply(admin.put_account(store, "other", json.dumps(account), "application/json"), 201, "PUT /accounts")
+    reply(admin.get_account(store, "other"), 200, "GET /accounts/{name}")
+    reply(admin.list_accounts(store), 200, "GET /accounts")
+    reply(admin.delete_account(store, "other"), 200, "DELETE /accounts/{name}")
     body = reply(api.get_endpoints(store, NS, "web-default", None), 200, "GET /endpoints (chunked)")
     expect(len(body["endpoints"]) == BIG_SET, "GET /endpoints: the chunked set was not read whole")
     request = {"resource_names": ["web-secret_gloo-system"], "type_url": eds.CLA_TYPE}
     reply(api.discovery_endpoints(store, json.dumps(request).encode()), 200, "POST /v3/discovery:endpoints")
     reply(api.prometheus_targets(store, NS, "web-role"), 200, "GET /prometheus/targets")
-    summary = api.ok(scan.full_scan(store, runtime.inventory(), runtime.now).as_dict()).body
+    summary = reply(
+        admin.scan_summary(scan.full_scan(store, runtime.inventory(), runtime.now).as_dict()), 200, "POST /scan"
+    )
     expect(  # extra's set is new too
         summary["errors"] == 0
         and "health_errors" not in summary
@@ -509,7 +512,7 @@ def api_work(moto: IamMoto) -> None:
         and summary["discovered"] == SCAN_DISCOVERS,
         f"POST /scan: {summary}",
     )
-    reply(api.delete_upstream(store, NS, "extra"), 200, "DELETE /upstreams")
+    reply(admin.delete_upstream(store, NS, "extra"), 200, "DELETE /upstreams")
 
 
 WORK: dict[str, Callable[[IamMoto], None]] = {

@@ -66,7 +66,7 @@ from hypothesis.stateful import (
 
 from chalicelib.domain.spec import Credentials
 from chalicelib.domain.status import ACCEPTED
-from chalicelib.usecases import api, events
+from chalicelib.usecases import admin, events
 from chalicelib.usecases.scan import full_scan
 from tests.conftest import ROOT, load_event
 from tests.model.fakes import (
@@ -394,7 +394,7 @@ class EdsMachine(RuleBasedStateMachine):
         seq = self.fleet.tick()
         upstream = ModelUpstream(name, region, tuple(filters), port, port_tag, weight_tag, credentials, seq)
         body = json.dumps(upstream.document())
-        reply = api.put_upstream(self.store, NAMESPACE, name, body, "application/json", self.clock())
+        reply = admin.put_upstream(self.store, NAMESPACE, name, body, "application/json", self.clock())
         assert reply.status in (200, 201), reply.body
         self.upstreams[name] = upstream
         self.touched.add(self.key(name))
@@ -402,7 +402,7 @@ class EdsMachine(RuleBasedStateMachine):
 
     @rule(name=st.sampled_from(NAMES))
     def delete_upstream(self, name: str) -> None:
-        reply = api.delete_upstream(self.store, NAMESPACE, name)
+        reply = admin.delete_upstream(self.store, NAMESPACE, name)
         assert reply.status == (200 if name in self.upstreams else 404), reply.body
         self.upstreams.pop(name, None)
         self.fleet.tick()
@@ -418,7 +418,7 @@ class EdsMachine(RuleBasedStateMachine):
     )
     def put_account(self, regions: list[str], external_id: str) -> None:
         body = {"accountId": OTHER, "assumeRole": "role/reader", "externalId": external_id, "regions": regions}
-        reply = api.put_account(self.store, "prod", json.dumps(body), "application/json")
+        reply = admin.put_account(self.store, "prod", json.dumps(body), "application/json")
         self.note(f"PUT /accounts/prod regions={sorted(regions)} externalId={external_id}: {reply.status}")
         if reply.status == 409:  # refused: it would strand its users (issue 11, case 3)
             return
@@ -429,7 +429,7 @@ class EdsMachine(RuleBasedStateMachine):
 
     @rule()
     def delete_account(self) -> None:
-        reply = api.delete_account(self.store, "prod")
+        reply = admin.delete_account(self.store, "prod")
         self.note(f"DELETE /accounts/prod: {reply.status}")
         if self.users():
             assert reply.status == 409, reply.body
@@ -524,7 +524,7 @@ class EdsMachine(RuleBasedStateMachine):
             entry = self.store.get_upstream(NAMESPACE, upstream.name)
             assert entry is not None
             if entry.status.state != ACCEPTED:
-                self.fail("d", f"after a clean scan {key} is {entry.status.as_dict()}")
+                self.fail("d", f"after a clean scan {key} is {entry.status}")
 
     # -- the invariants, after every step --------------------------------------------------------
 

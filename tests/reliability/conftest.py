@@ -25,6 +25,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from chalicelib import observability, runtime
+from chalicelib.domain.models import StatusItem, wire
 from chalicelib.edges import clients
 from chalicelib.usecases.scan import ScanSummary, full_scan
 from tests import factories
@@ -320,7 +321,7 @@ class World:
         namespace, _, name = key.partition("/")
         entry = runtime.store().get_upstream(namespace, name)
         assert entry is not None, key
-        return entry.status.as_dict()
+        return wire(StatusItem.of(entry.status))  # as stored
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from chalicelib.domain.spec import INT_MAX, INT_MIN, SpecError, load_documents
 from chalicelib.domain.status import ERROR, Status
 from chalicelib.edges.store import MemoryStore
 from chalicelib.render import eds
-from chalicelib.usecases import api
+from chalicelib.usecases import admin, api, replies
 from tests.profiles import examples
 
 from .conftest import Output
@@ -289,7 +289,7 @@ def test_an_unexpected_exception_is_a_500_in_the_one_shape_and_logged(
     def broken(*_: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(api, "list_upstreams", broken)
+    monkeypatch.setattr(admin, "list_upstreams", broken)
 
     body = assert_error(http.get("/upstreams"), 500)
     assert "boom" not in body["error"]
@@ -519,7 +519,7 @@ def test_the_upstream_list_pages_past_the_budget_and_every_page_fits(
 
 
 def test_the_last_guard_turns_any_oversized_reply_into_a_413() -> None:
-    reply = api.within_limit(api.ok({"x": '"' * 3_100_000}))  # 3.1 MB of text, 6.2 MB escaped
+    reply = replies.within_limit(replies.ok({"x": '"' * 3_100_000}))  # 3.1 MB of text, 6.2 MB escaped
 
     assert reply.status == 413 and set(reply.body) == {"error", "field"}
-    assert api.within_limit(api.ok({"x": "a" * 900_000})).status == 200
+    assert replies.within_limit(replies.ok({"x": "a" * 900_000})).status == 200

@@ -28,8 +28,9 @@ LAYERS = {
     },
 }
 PURE = ("chalicelib.domain", "chalicelib.render")
-# Use cases every other use case may call: shared steps and tag discovery (run by scans and events).
-SHARED_USE_CASES = {"chalicelib.usecases.upstreams", "chalicelib.usecases.tag_discovery"}
+# Use cases every other use case may call: shared steps (stored upstreams resolved, the reply and its
+# limits) and tag discovery (run by scans and events).
+SHARED_USE_CASES = {"chalicelib.usecases.upstreams", "chalicelib.usecases.replies", "chalicelib.usecases.tag_discovery"}
 
 
 def module_name(path: Path) -> str:

@@ -20,7 +20,7 @@ from chalicelib.domain import gloo_options
 from chalicelib.domain.spec import SpecError, parse_upstream
 from chalicelib.edges.store import MemoryStore
 from chalicelib.render import cds
-from chalicelib.usecases import api
+from chalicelib.usecases import admin, api
 from tests.profiles import examples
 from tests.unit.test_doc_examples import pgv_violations
 
@@ -311,7 +311,7 @@ def test_an_option_not_translated_is_refused_naming_its_field(options: dict[str,
 def test_a_refused_option_is_a_400_on_put_and_nothing_is_stored() -> None:
     store = MemoryStore()
     body = json.dumps(doc(circuitBreakers={"maxConnections": 1, "trackRemaining": True}))
-    reply = api.put_upstream(store, "shop", "web", body, "application/json", NOW)
+    reply = admin.put_upstream(store, "shop", "web", body, "application/json", NOW)
     assert reply.status == 400
     assert json.loads(reply.text())["field"] == "spec.circuitBreakers.trackRemaining"
     assert store.get_upstream("shop", "web") is None

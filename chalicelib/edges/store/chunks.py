@@ -30,10 +30,10 @@ def encode_document(document: dict[str, Any]) -> bytes:
     return body
 
 
-def decode_document(attribute: dict[str, Any]) -> Any:
-    if "B" in attribute:
-        return json.loads(zlib.decompress(attribute["B"]))
-    return json.loads(attribute["S"])  # written before documents were compressed
+def decode_document(stored: bytes | str) -> Any:
+    if isinstance(stored, bytes):
+        return json.loads(zlib.decompress(stored))
+    return json.loads(stored)  # written before documents were compressed
 
 
 def encode_endpoints(endpoints: Iterable[Endpoint]) -> bytes:

@@ -4,6 +4,10 @@ A set's records are compressed into `body`. Past CHUNK_BYTES (DynamoDB items hol
 most) the rest goes into chunk items `{id}#{write}#{n}` (`write` unique to each write), written
 before the head item that names them, so a reader never sees a set whose chunks are missing;
 the previous set's chunks are deleted after the switch.
+
+Upstream, status and account items are read and written through their models
+(`chalicelib.domain.models`), imported where used: polls read only endpoint sets,
+so serving them never loads the models.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib.domain.accounts import Account
 from chalicelib.domain.endpoints import EndpointSet
+from chalicelib.domain.names import upstream_key
 from chalicelib.domain.spec import Upstream
 from chalicelib.domain.status import PENDING, Status, StoredUpstream, stored
 from chalicelib.edges.store.base import (
@@ -38,6 +43,7 @@ from chalicelib.edges.store.chunks import (
     encode_endpoints,
     head_parts,
 )
+from chalicelib.edges.store.items import from_item, item_key, to_item, values
 
 
 def _conditional_failed(err: ClientError) -> bool:
@@ -55,49 +61,42 @@ class DynamoStore:
     # -- upstreams -------------------------------------------------------------
 
     def put_upstream(self, upstream: Upstream, now: str, expect: str | None = ANY) -> str:
-        generation = uuid.uuid4().hex
+        from chalicelib.domain.models import StatusItem, UpstreamItem
+
+        item = UpstreamItem(
+            id=upstream.key,
+            namespace=upstream.namespace,
+            name=upstream.name,
+            document=encode_document(upstream.document),
+            status=StatusItem.of(PENDING),
+            updated_at=now,
+            generation=uuid.uuid4().hex,
+        )
         condition: dict[str, Any] = {}
         if expect is None:
             condition = {"ConditionExpression": "attribute_not_exists(id)"}
         elif expect != ANY:
-            condition = {
-                "ConditionExpression": "generation = :g OR (attribute_not_exists(generation) AND updatedAt = :g)",
-                "ExpressionAttributeValues": {":g": {"S": expect}},
-            }
+            condition = self._generation_condition(expect)
         try:
-            self._db.put_item(
-                TableName=self.upstreams_table,
-                Item={
-                    "id": {"S": upstream.key},
-                    "namespace": {"S": upstream.namespace},
-                    "name": {"S": upstream.name},
-                    "document": {"B": encode_document(upstream.document)},
-                    "status": {"S": json.dumps(PENDING.as_dict())},
-                    "updatedAt": {"S": now},
-                    "generation": {"S": generation},
-                },
-                **condition,
-            )
+            self._db.put_item(TableName=self.upstreams_table, Item=to_item(item.model_dump(by_alias=True)), **condition)
         except ClientError as err:
             if _conditional_failed(err):
                 raise Conflict(upstream.key) from None
             raise
-        return generation
+        return item.generation
 
     @staticmethod
-    def _load(item: dict[str, Any]) -> StoredUpstream:
-        return stored(
-            item["namespace"]["S"],
-            item["name"]["S"],
-            decode_document(item["document"]),
-            Status.from_dict(json.loads(item["status"]["S"])) if "status" in item else PENDING,
-            item.get("updatedAt", {}).get("S", ""),
-            item.get("generation", {}).get("S", ""),
-        )
+    def _load(attributes: dict[str, Any]) -> StoredUpstream:
+        """An upstream's item, as this version and every previous one wrote it (see `UpstreamItem`)."""
+        from chalicelib.domain.models import UpstreamItem
+
+        item = UpstreamItem.model_validate(from_item(attributes))
+        document = decode_document(item.document)
+        return stored(item.namespace, item.name, document, item.stored_status(), item.updated_at, item.generation)
 
     def get_upstream(self, namespace: str, name: str) -> StoredUpstream | None:
         answer = self._db.get_item(
-            TableName=self.upstreams_table, Key={"id": {"S": f"{namespace}/{name}"}}, ConsistentRead=True
+            TableName=self.upstreams_table, Key=item_key(upstream_key(namespace, name)), ConsistentRead=True
         )
         return self._load(answer["Item"]) if "Item" in answer else None
 
@@ -113,7 +112,7 @@ class DynamoStore:
         """The item still has this generation (items older than generations: this updatedAt)."""
         return {
             "ConditionExpression": "generation = :g OR (attribute_not_exists(generation) AND updatedAt = :g)",
-            "ExpressionAttributeValues": {":g": {"S": generation}},
+            "ExpressionAttributeValues": values(g=generation),
         }
 
     def delete_upstream(self, namespace: str, name: str, expect: str = ANY) -> bool:
@@ -121,31 +120,33 @@ class DynamoStore:
         try:
             answer = self._db.delete_item(
                 TableName=self.upstreams_table,
-                Key={"id": {"S": f"{namespace}/{name}"}},
+                Key=item_key(upstream_key(namespace, name)),
                 ReturnValues="ALL_OLD",
                 **condition,
             )
         except ClientError as err:
             if _conditional_failed(err):
-                raise Conflict(f"{namespace}/{name}") from None
+                raise Conflict(upstream_key(namespace, name)) from None
             raise
         self.delete_endpoint_set(namespace, name)
         return "Attributes" in answer
 
     def put_status(self, namespace: str, name: str, status: Status, generation: str | None = None) -> None:
+        from chalicelib.domain.models import StatusItem
+
         condition = "attribute_exists(id)"
-        values: dict[str, Any] = {":s": {"S": json.dumps(status.as_dict())}}
+        named = {"s": StatusItem.of(status).stored()}
         if generation is not None:  # a status derived from one generation never lands on another
             condition += " AND (generation = :g OR (attribute_not_exists(generation) AND updatedAt = :g))"
-            values[":g"] = {"S": generation}
+            named["g"] = generation
         try:
             self._db.update_item(
                 TableName=self.upstreams_table,
-                Key={"id": {"S": f"{namespace}/{name}"}},
+                Key=item_key(upstream_key(namespace, name)),
                 UpdateExpression="SET #s = :s",
                 ConditionExpression=condition,
                 ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=values,
+                ExpressionAttributeValues=values(**named),
             )
         except ClientError as err:
             if not _conditional_failed(err):
@@ -466,17 +467,16 @@ class DynamoStore:
     #
     # One item per kind, one map attribute per key, so concurrent marks never overwrite each other.
 
-    def set_mark(self, kind: str, key: str, value: str) -> None:
-        item_id = {"S": f"~{kind}"}
+    def set_mark(self, kind: str, mark: str, value: str) -> None:
         for _ in range(3):
             try:
                 self._db.update_item(
                     TableName=self.upstreams_table,
-                    Key={"id": item_id},
+                    Key=item_key(f"~{kind}"),
                     UpdateExpression="SET marks.#k = :v",
                     ConditionExpression="attribute_exists(marks)",
-                    ExpressionAttributeNames={"#k": key},
-                    ExpressionAttributeValues={":v": {"S": value}},
+                    ExpressionAttributeNames={"#k": mark},
+                    ExpressionAttributeValues=values(v=value),
                 )
                 return
             except ClientError as err:
@@ -485,26 +485,27 @@ class DynamoStore:
             try:  # the first mark of its kind: create the map, then set the attribute
                 self._db.put_item(
                     TableName=self.upstreams_table,
-                    Item={"id": item_id, "marks": {"M": {}}},
+                    Item=to_item({"id": f"~{kind}", "marks": {}}),
                     ConditionExpression="attribute_not_exists(id)",
                 )
             except ClientError as err:
                 if not _conditional_failed(err):
                     raise
-        raise RuntimeError(f"could not set the {kind} mark of {key}")
+        raise RuntimeError(f"could not set the {kind} mark of {mark}")
 
     def get_marks(self, kind: str) -> dict[str, str]:
-        answer = self._db.get_item(TableName=self.upstreams_table, Key={"id": {"S": f"~{kind}"}}, ConsistentRead=True)
-        return {key: value["S"] for key, value in answer.get("Item", {}).get("marks", {}).get("M", {}).items()}
+        answer = self._db.get_item(TableName=self.upstreams_table, Key=item_key(f"~{kind}"), ConsistentRead=True)
+        marks: dict[str, str] = from_item(answer.get("Item", {})).get("marks", {})
+        return marks
 
     def forget_marks(self, kind: str, keys: Iterable[str]) -> None:
-        names = {f"#k{number}": key for number, key in enumerate(sorted(keys))}
+        names = {f"#k{number}": mark for number, mark in enumerate(sorted(keys))}
         if not names:
             return
         try:
             self._db.update_item(
                 TableName=self.upstreams_table,
-                Key={"id": {"S": f"~{kind}"}},
+                Key=item_key(f"~{kind}"),
                 UpdateExpression="REMOVE " + ", ".join(f"marks.{name}" for name in names),
                 ConditionExpression="attribute_exists(marks)",
                 ExpressionAttributeNames=names,
@@ -516,29 +517,35 @@ class DynamoStore:
     # -- named accounts ---------------------------------------------------------
 
     def put_account(self, account: Account) -> None:
-        self._db.put_item(
-            TableName=self.upstreams_table,
-            Item={"id": {"S": ACCOUNT_PREFIX + account.name}, "account": {"S": account.model_dump_json()}},
-        )
+        from chalicelib.domain.models import AccountItem
+
+        item = AccountItem(id=ACCOUNT_PREFIX + account.name, account=account)
+        self._db.put_item(TableName=self.upstreams_table, Item=to_item(item.model_dump()))
+
+    @staticmethod
+    def _account(attributes: dict[str, Any]) -> Account:
+        from chalicelib.domain.models import AccountItem
+
+        return AccountItem.model_validate(from_item(attributes)).account
 
     def get_account(self, name: str) -> Account | None:
         answer = self._db.get_item(
-            TableName=self.upstreams_table, Key={"id": {"S": ACCOUNT_PREFIX + name}}, ConsistentRead=True
+            TableName=self.upstreams_table, Key=item_key(ACCOUNT_PREFIX + name), ConsistentRead=True
         )
-        return Account.model_validate_json(answer["Item"]["account"]["S"]) if "Item" in answer else None
+        return self._account(answer["Item"]) if "Item" in answer else None
 
     def list_accounts(self) -> list[Account]:
         items = self._scan(
             self.upstreams_table,
             FilterExpression="begins_with(id, :prefix)",
-            ExpressionAttributeValues={":prefix": {"S": ACCOUNT_PREFIX}},
+            ExpressionAttributeValues=values(prefix=ACCOUNT_PREFIX),
             ConsistentRead=True,
         )
-        return sorted((Account.model_validate_json(item["account"]["S"]) for item in items), key=lambda a: a.name)
+        return sorted((self._account(item) for item in items), key=lambda account: account.name)
 
     def delete_account(self, name: str) -> bool:
         answer = self._db.delete_item(
-            TableName=self.upstreams_table, Key={"id": {"S": ACCOUNT_PREFIX + name}}, ReturnValues="ALL_OLD"
+            TableName=self.upstreams_table, Key=item_key(ACCOUNT_PREFIX + name), ReturnValues="ALL_OLD"
         )
         return "Attributes" in answer
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import threading
 import uuid
@@ -11,6 +10,7 @@ from typing import Any
 
 from chalicelib.domain.accounts import Account
 from chalicelib.domain.endpoints import EndpointSet
+from chalicelib.domain.names import upstream_key
 from chalicelib.domain.spec import Upstream
 from chalicelib.domain.status import PENDING, Status, StoredUpstream, stored
 from chalicelib.edges.store.base import ANY, Conflict, Guard, Observations, Outcome
@@ -31,6 +31,8 @@ class MemoryStore:
         self.writes = 0
 
     def put_upstream(self, upstream: Upstream, now: str, expect: str | None = ANY) -> str:
+        from chalicelib.domain.models import StatusItem, wire  # as DynamoStore: polls never load the models
+
         with self._lock:
             current = self.upstreams.get(upstream.key)
             if expect != ANY and (current.get("generation") if current else None) != expect:
@@ -42,31 +44,33 @@ class MemoryStore:
                 "namespace": upstream.namespace,
                 "name": upstream.name,
                 "document": json.dumps(upstream.document),
-                "status": PENDING.as_dict(),
+                "status": wire(StatusItem.of(PENDING)),  # as DynamoDB's item holds it (JSON)
                 "updatedAt": now,
                 "generation": generation,
             }
             return generation
 
     def _load(self, item: dict[str, Any]) -> StoredUpstream:
+        from chalicelib.domain.models import StatusItem
+
         return stored(
             item["namespace"],
             item["name"],
             json.loads(item["document"]),
-            Status.from_dict(copy.deepcopy(item["status"])),
+            StatusItem.model_validate(item["status"]).status(),
             item["updatedAt"],
             item.get("generation", ""),
         )
 
     def get_upstream(self, namespace: str, name: str) -> StoredUpstream | None:
-        item = self.upstreams.get(f"{namespace}/{name}")
+        item = self.upstreams.get(upstream_key(namespace, name))
         return self._load(item) if item else None
 
     def list_upstreams(self) -> list[StoredUpstream]:
         return [self._load(item) for _, item in sorted(self.upstreams.items())]
 
     def delete_upstream(self, namespace: str, name: str, expect: str = ANY) -> bool:
-        key = f"{namespace}/{name}"
+        key = upstream_key(namespace, name)
         with self._lock:
             current = self.upstreams.get(key)
             if expect != ANY and (current is None or current["generation"] != expect):
@@ -77,11 +81,13 @@ class MemoryStore:
         return existed
 
     def put_status(self, namespace: str, name: str, status: Status, generation: str | None = None) -> None:
+        from chalicelib.domain.models import StatusItem, wire
+
         with self._lock:
-            item = self.upstreams.get(f"{namespace}/{name}")
+            item = self.upstreams.get(upstream_key(namespace, name))
             if item is not None and generation in (None, item["generation"]):
                 self.writes += 1
-                item["status"] = status.as_dict()
+                item["status"] = wire(StatusItem.of(status))
 
     def get_endpoint_set(self, namespace: str, name: str) -> EndpointSet | None:
         return self.sets.get(f"{namespace}/{name}")
