@@ -164,7 +164,7 @@ def serve(args: argparse.Namespace, logs: Path, kept: list[str], cleanup: contex
 
     api, base = stack.start_chalice(args.port, dict(os.environ), log=logs / "chalice.log")
     cleanup.callback(api.stop)
-    summary = full_scan(runtime.store(), runtime.inventory(), runtime.now)
+    summary = full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
     print(f"API (chalice local): {base}   log: {logs / 'chalice.log'}", flush=True)
     print(f"first scan: {summary.as_dict()}", flush=True)
 
@@ -220,7 +220,7 @@ def serve(args: argparse.Namespace, logs: Path, kept: list[str], cleanup: contex
                 (warn if "cannot" in change else print)(change)
         if time.monotonic() >= next_scan:
             next_scan = time.monotonic() + args.interval
-            summary = full_scan(runtime.store(), runtime.inventory(), runtime.now)
+            summary = full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
             if summary.errors:
                 warn(f"scan: {summary.errors} errors (GET {base}/upstreams shows each status)", sys.stderr)
             elif summary.changed:

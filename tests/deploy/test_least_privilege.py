@@ -409,7 +409,7 @@ SCAN_DISCOVERS = {"created": 1, "updated": 0, "removed": 1, "refused": 0}
 
 
 def scan_work(_: IamMoto) -> None:
-    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now).as_dict()
+    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs()).as_dict()
     expect(
         summary["errors"] == 0
         and "health_errors" not in summary  # DescribeInstanceStatus answered for every group
@@ -600,7 +600,7 @@ def test_assume_role_is_scoped(
     as_function(for_moto(policy_document("scheduled_scan")))
     document = upstream("other-role", roleArn=f"arn:aws:iam::{ACCOUNT}:role/not-eds")
     iam_moto.admin_store().put_upstream(parse_upstream(document, NS, "other-role"), "2026-01-01T00:00:00Z")
-    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now)
+    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
     assert summary.errors == 1
     status = iam_moto.admin_store().get_upstream(NS, "other-role")
     assert status is not None and status.status.code == "AccessDenied", status
@@ -611,7 +611,7 @@ def test_wrong_external_id_is_refused(iam_moto: IamMoto, as_function: Callable[[
     as_function(for_moto(policy_document("scheduled_scan")))
     document = upstream("wrong-id", roleArn=f"arn:aws:iam::{ACCOUNT}:role/{MEMBER_ROLE}", externalId="not-the-id")
     iam_moto.admin_store().put_upstream(parse_upstream(document, NS, "wrong-id"), "2026-01-01T00:00:00Z")
-    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now)
+    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
     assert summary.errors == 1 and summary.changed == 4
 
 
