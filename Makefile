@@ -38,11 +38,11 @@ package: venv
 cfn-lint: package
 	$(VENV)/bin/cfn-lint build/package/sam.json deploy/*.json
 
-## lint: ruff and mypy
+## lint: ruff (rules, complexity <= 10, formatting) over every Python file; mypy over app.py, chalicelib, sidecar, devtools and bench (pyproject.toml)
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy chalicelib
+	$(VENV)/bin/mypy
 
 format: venv
 	$(VENV)/bin/ruff format .

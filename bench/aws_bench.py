@@ -144,8 +144,8 @@ def create_tables(emulator: Emulator, prefix: str) -> tuple[str, str]:
 
 def load_upstreams(emulator: Emulator, tables: tuple[str, str], documents: list[dict[str, Any]]) -> None:
     from chalicelib.domain.spec import parse_upstream
+    from chalicelib.domain.times import iso
     from chalicelib.edges.store import DynamoStore
-    from chalicelib.usecases.scan import iso
 
     store = DynamoStore(emulator.client("dynamodb"), *tables)
     stamp = iso(now())
@@ -346,7 +346,9 @@ def events_per_change(emulator: Emulator, background: int = 100) -> dict[str, An
         raise RuntimeError("no instance outside the background upstreams to send events for")
     in_ten, in_one, in_none = free[0], free[1], free[2]
     name = emulator.tags[in_ten]["Name"]
-    extras = [[]] + [[{"kvPair": {"key": k, "value": v}}] for k, v in emulator.tags[in_ten].items() if k != "Name"]
+    extras: list[list[dict[str, Any]]] = [[]] + [
+        [{"kvPair": {"key": k, "value": v}}] for k, v in emulator.tags[in_ten].items() if k != "Name"
+    ]
     extras += [[{"key": k}] for k in emulator.tags[in_ten] if k != "Name"]
     ten = [
         workload.upstream_document(f"ten-{n}", [{"kvPair": {"key": "Name", "value": name}}, *extra])
@@ -404,7 +406,7 @@ def events_per_change(emulator: Emulator, background: int = 100) -> dict[str, An
 def reads_per_poll(emulator: Emulator, sizes: tuple[int, ...]) -> dict[str, Any]:
     """Scenario 5 (reads): DynamoDB requests and bytes of one EDS poll, 200 and 304, with DynamoStore."""
     from chalicelib.config import settings
-    from chalicelib.domain.endpoints import EndpointSet, endpoint_of
+    from chalicelib.domain.endpoints import EndpointSet
     from chalicelib.domain.spec import parse_upstream
     from chalicelib.edges import clients
     from chalicelib.edges.store import DynamoStore
@@ -417,7 +419,7 @@ def reads_per_poll(emulator: Emulator, sizes: tuple[int, ...]) -> dict[str, Any]
     sets = {}
     for size in sizes:
         endpoint_set = EndpointSet.build(
-            workload.NAMESPACE, f"serve-{size}", "us-east-1", [endpoint_of(upstream, i) for i in fleet[:size]]
+            workload.NAMESPACE, f"serve-{size}", "us-east-1", workload.endpoints(upstream, fleet[:size])
         )
         direct.put_endpoint_set(endpoint_set, None)
         sets[size] = endpoint_set

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from chalicelib.domain.endpoints import EndpointSet, endpoint_of, reconcile
+from chalicelib.domain.endpoints import EndpointSet, reconcile
 from chalicelib.domain.spec import parse_upstream
 
 from . import workload
@@ -143,7 +143,7 @@ def serving_scenario() -> dict[str, Any]:
     sets = {}
     for size in sizes:
         endpoint_set = EndpointSet.build(
-            workload.NAMESPACE, f"serve-{size}", "us-east-1", [endpoint_of(upstream, i) for i in fleet[:size]]
+            workload.NAMESPACE, f"serve-{size}", "us-east-1", workload.endpoints(upstream, fleet[:size])
         )
         store.put_endpoint_set(endpoint_set, None)
         sets[size] = endpoint_set

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -40,6 +41,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +151,104 @@ class Watch:
         self.thread.join(timeout=10)
 
 
+@dataclass
+class Roll:
+    """One scenario's world (Envoy's admin, the group's actions, when each instance ended) and its figures."""
+
+    kind: str
+    ec2: Any
+    admin: Any
+    cluster: str
+    patience: float
+    drain: float
+    warning: float
+    actions: Any  # devtools.asg.LifecycleActions
+    ended: dict[str, float]
+    launch: Callable[[], tuple[str, str]]
+    terminate: Callable[[str], None]
+    draining_s: list[float] = field(default_factory=list)
+    to_completion: list[float] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)
+    warning_to_draining: list[float] = field(default_factory=list)
+
+
+def _has_host(admin: Any, cluster: str, address: str) -> bool:
+    return any(host["address"] == address for host in admin.clusters().get(cluster, []))
+
+
+def _lacks_host(admin: Any, cluster: str, address: str) -> bool:
+    return address not in {host for host, _ in admin.addresses(cluster)}
+
+
+def _ended(ended: dict[str, float], instance_id: str) -> bool:
+    return instance_id in ended
+
+
+def _replace_one(roll: Roll, watch: Watch, old_id: str, old_address: str) -> tuple[str, str]:
+    """A new instance in (seen by Envoy), then the old one away by the scenario's path; the new one is answered."""
+    from chalicelib import runtime
+    from devtools import envoy_local, fleet
+
+    new_id, new_address = roll.launch()
+    runtime.deliver(fleet.event_for(roll.ec2, new_id, "state-change"))
+    envoy_local.wait_for(
+        "the new host", functools.partial(_has_host, roll.admin, roll.cluster, new_address), roll.patience, 0.02
+    )
+    started = time.monotonic()
+    _take_away(roll, old_id, started)
+    envoy_local.wait_for(
+        "the old host to leave",
+        functools.partial(_lacks_host, roll.admin, roll.cluster, old_address),
+        roll.patience,
+        0.02,
+    )
+    if roll.kind != "no-drain":
+        roll.draining_s.append(roll.ended[old_id] - started)
+    away = envoy_local.wait_for("the watch to see it", functools.partial(watch.away, old_address), 5, 0.02)
+    roll.margins.append(roll.ended[old_id] - away)
+    if roll.kind == "spot" and old_address in watch.draining:
+        roll.warning_to_draining.append(watch.draining[old_address] - started)
+    return new_id, new_address
+
+
+def _take_away(roll: Roll, old_id: str, started: float) -> None:
+    """The old instance goes: at once (no hook), after the spot warning, or through the lifecycle hook."""
+    from chalicelib import runtime
+    from devtools import envoy_local, fleet
+
+    if roll.kind == "no-drain":  # no hook: the group terminates at once, ec2-eds hears the state change
+        roll.terminate(old_id)
+    elif roll.kind == "spot":
+        runtime.deliver(fleet.event_for(roll.ec2, old_id, "spot-interruption"))
+        time.sleep(roll.warning)  # the warning's two minutes, scaled down
+        roll.terminate(old_id)
+    else:
+        runtime.deliver_lifecycle(roll.actions.start(GROUP, HOOK, old_id))
+        envoy_local.wait_for(
+            "the completion", functools.partial(_ended, roll.ended, old_id), roll.drain + roll.patience, 0.02
+        )
+        roll.to_completion.append(roll.actions.completed[old_id] - started)
+
+
+def _result(roll: Roll, client: Client, olds: set[str]) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "instances_replaced": len(roll.margins),
+        "requests": client.sent,
+        "failed": len(client.failures),
+        "refused": client.refused,
+        "failures": dict(Counter(client.failures).most_common(5)),
+        "draining": _stats(roll.draining_s),
+        "envoy_margin": _stats(roll.margins),
+        "completions": [outcome for instance, outcome in roll.actions.calls if instance in olds],
+    }
+    if roll.to_completion:
+        result["event_to_completion"] = _stats(roll.to_completion)
+    if roll.kind == "spot":
+        result["spot_warning_s"] = roll.warning
+        result["warning_to_envoy_draining"] = _stats(roll.warning_to_draining)
+    return result
+
+
 def scenario(
     kind: str, count: int, refresh: float, drain: float, warning: float, env: dict[str, str], logs: Path
 ) -> dict[str, Any]:
@@ -205,7 +306,9 @@ def scenario(
 
         instances = [launch() for _ in range(count)]
         filters = [{"kvPair": {"key": tag["Key"], "value": tag["Value"]}}]
-        body = {"spec": {"awsEc2": {"region": "us-east-1", "port": fleet.DEMO_PORT, "filters": filters}}}
+        body: dict[str, Any] = {
+            "spec": {"awsEc2": {"region": "us-east-1", "port": fleet.DEMO_PORT, "filters": filters}}
+        }
         namespace = kind.replace("-", "")
         requests.put(f"{base}/upstreams/{namespace}/web", json=body, timeout=30).raise_for_status()
         full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
@@ -222,60 +325,13 @@ def scenario(
         patience = 10 * refresh + 30
         envoy_local.wait_for("the hosts", lambda: len(admin.addresses(cluster)) == count, patience)
         poller.start()
-        draining_s, to_completion, margins, warning_to_draining = [], [], [], []
+        roll = Roll(kind, ec2, admin, cluster, patience, drain, warning, actions, ended, launch, terminate)
         with Watch(admin, cluster) as watch, Client(admin, port) as client:
             time.sleep(4 * INTERVAL * 10)  # steady traffic before the first replacement
             for old_id, old_address in list(instances):
-                new_id, new_address = launch()
-                runtime.deliver(fleet.event_for(ec2, new_id, "state-change"))
-                envoy_local.wait_for(
-                    "the new host",
-                    lambda a=new_address: any(h["address"] == a for h in admin.clusters().get(cluster, [])),  # type: ignore[misc]
-                    patience,
-                    0.02,
-                )
-                started = time.monotonic()
-                if kind == "no-drain":  # no hook: the group terminates at once, ec2-eds hears the state change
-                    terminate(old_id)
-                elif kind == "spot":
-                    runtime.deliver(fleet.event_for(ec2, old_id, "spot-interruption"))
-                    time.sleep(warning)  # the warning's two minutes, scaled down
-                    terminate(old_id)
-                else:
-                    runtime.deliver_lifecycle(actions.start(GROUP, HOOK, old_id))
-                    envoy_local.wait_for("the completion", lambda i=old_id: i in ended, drain + patience, 0.02)  # type: ignore[misc]
-                    to_completion.append(actions.completed[old_id] - started)
-                envoy_local.wait_for(
-                    "the old host to leave",
-                    lambda a=old_address: a not in {h for h, _ in admin.addresses(cluster)},
-                    patience,
-                    0.02,  # type: ignore[misc]
-                )
-                if kind != "no-drain":
-                    draining_s.append(ended[old_id] - started)
-                away = envoy_local.wait_for("the watch to see it", lambda a=old_address: watch.away(a), 5, 0.02)  # type: ignore[misc]
-                margins.append(ended[old_id] - away)
-                if kind == "spot" and old_address in watch.draining:
-                    warning_to_draining.append(watch.draining[old_address] - started)
-                instances.append((new_id, new_address))
+                instances.append(_replace_one(roll, watch, old_id, old_address))
             time.sleep(4 * INTERVAL * 10)
-        olds = {i for i, _ in instances[:count]}
-        result: dict[str, Any] = {
-            "instances_replaced": len(margins),
-            "requests": client.sent,
-            "failed": len(client.failures),
-            "refused": client.refused,
-            "failures": dict(Counter(client.failures).most_common(5)),
-            "draining": _stats(draining_s),
-            "envoy_margin": _stats(margins),
-            "completions": [outcome for instance, outcome in actions.calls if instance in olds],
-        }
-        if to_completion:
-            result["event_to_completion"] = _stats(to_completion)
-        if kind == "spot":
-            result["spot_warning_s"] = warning
-            result["warning_to_envoy_draining"] = _stats(warning_to_draining)
-        return result
+        return _result(roll, client, {i for i, _ in instances[:count]})
     finally:
         stop_poller.set()
         if poller.is_alive():

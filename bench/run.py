@@ -170,12 +170,29 @@ def _point(results: dict[str, Any], u: int, c: int) -> dict[str, Any]:
     return {}
 
 
+Goal = Callable[..., None]  # goal(name, target, measured, met, note="")
+
+
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
 
     def goal(name: str, target: str, measured: str, met: bool | None, note: str = "") -> None:
         found.append({"goal": name, "target": target, "measured": measured, "met": met, "note": note})
 
+    for section in (
+        _goals_calls,
+        _goals_steady_state,
+        _goals_events,
+        _goals_reconcile,
+        _goals_serving_and_cold_start,
+        _goals_through_envoy,
+    ):
+        section(results, goal)
+    return found
+
+
+def _goals_calls(results: dict[str, Any], goal: Goal) -> None:
+    """1: DescribeInstances per scan, and against Prometheus."""
     calls = results["calls_per_scan"]
     pages = calls["pages"]
     measured = [p for p in calls["points"] if "ec2eds" in p]
@@ -187,34 +204,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         exact,
     )
     for c in CREDENTIAL_GROUPS:
-        point = _point(results, 100, c)
-        prom = point.get("prometheus", {})
-        if "describe_instances" not in prom:
-            goal(
-                f"1 U=100, C={c}: >= U/C fewer requests than Prometheus",
-                f">= {100 / c:.0f}x",
-                "n/a",
-                None,
-                prom.get("skipped") or results["prometheus"].get("skipped", "not measured"),
-            )
-            continue
-        ours = point["ec2eds"]["describe_instances"]
-        ratio = prom["describe_instances"] / ours
-        listings = (prom["describe_instances"] - prom["continuation_pages"]) / point["ec2eds"]["groups"]
-        met = ratio >= 100 / c
-        note = f"listings (first pages only): {listings:.0f}x"
-        if not met:
-            note += (
-                f"; missed by {100 / c / ratio:.1f}x: ec2-eds lists the group's whole running fleet ({pages} pages "
-                "of 1000), Prometheus' server-side tag filters return a few instances each (one page)"
-            )
-        goal(
-            f"1 U=100, C={c}: >= U/C fewer DescribeInstances than Prometheus",
-            f">= {100 / c:.0f}x",
-            f"{prom['describe_instances']} vs {ours} = {ratio:.1f}x",
-            met,
-            note,
-        )
+        _goal_against_prometheus(results, c, pages, goal)
     compared = [p for p in calls["points"] if "same_running_endpoints" in p.get("prometheus", {})]
     if compared:
         same = all(p["prometheus"]["same_running_endpoints"] for p in compared)
@@ -225,22 +215,62 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             same,
             "" if same else "see calls_per_scan.points[].prometheus.upstreams_differing",
         )
+
+
+def _goal_against_prometheus(results: dict[str, Any], c: int, pages: int, goal: Goal) -> None:
+    point = _point(results, 100, c)
+    prom = point.get("prometheus", {})
+    if "describe_instances" not in prom:
+        goal(
+            f"1 U=100, C={c}: >= U/C fewer requests than Prometheus",
+            f">= {100 / c:.0f}x",
+            "n/a",
+            None,
+            prom.get("skipped") or results["prometheus"].get("skipped", "not measured"),
+        )
+        return
+    ours = point["ec2eds"]["describe_instances"]
+    ratio = prom["describe_instances"] / ours
+    listings = (prom["describe_instances"] - prom["continuation_pages"]) / point["ec2eds"]["groups"]
+    met = ratio >= 100 / c
+    note = f"listings (first pages only): {listings:.0f}x"
+    if not met:
+        note += (
+            f"; missed by {100 / c / ratio:.1f}x: ec2-eds lists the group's whole running fleet ({pages} pages "
+            "of 1000), Prometheus' server-side tag filters return a few instances each (one page)"
+        )
+    goal(
+        f"1 U=100, C={c}: >= U/C fewer DescribeInstances than Prometheus",
+        f">= {100 / c:.0f}x",
+        f"{prom['describe_instances']} vs {ours} = {ratio:.1f}x",
+        met,
+        note,
+    )
+
+
+def _goals_steady_state(results: dict[str, Any], goal: Goal) -> None:
+    """2: the second scan writes nothing, a warm scan assumes no role and reads no secret."""
     for c in CREDENTIAL_GROUPS:
         second = _point(results, max(UPSTREAM_COUNTS), c).get("ec2eds_second_scan")
-        if second:
+        if not second:
+            continue
+        goal(
+            f"2 second scan, U={max(UPSTREAM_COUNTS)}, C={c}: DynamoDB writes",
+            "0",
+            str(second["dynamodb_writes"]),
+            second["dynamodb_writes"] == 0,
+        )
+        if c > 2:
             goal(
-                f"2 second scan, U={max(UPSTREAM_COUNTS)}, C={c}: DynamoDB writes",
-                "0",
-                str(second["dynamodb_writes"]),
-                second["dynamodb_writes"] == 0,
+                f"2 warm scan, C={c}: sts:AssumeRole, secretsmanager:GetSecretValue",
+                "0, 0",
+                f"{second['sts_assume_role']}, {second['secrets_get']}",
+                second["sts_assume_role"] == 0 and second["secrets_get"] == 0,
             )
-            if c > 2:
-                goal(
-                    f"2 warm scan, C={c}: sts:AssumeRole, secretsmanager:GetSecretValue",
-                    "0, 0",
-                    f"{second['sts_assume_role']}, {second['secrets_get']}",
-                    second["sts_assume_role"] == 0 and second["secrets_get"] == 0,
-                )
+
+
+def _goals_events(results: dict[str, Any], goal: Goal) -> None:
+    """3: an event lists once, and a duplicate writes nothing."""
     events = results["events"]
     for label in ("change_in_10", "change_in_1"):
         event = events[label]
@@ -258,6 +288,10 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             str(event["dynamodb_writes"]),
             event["dynamodb_writes"] == 0,
         )
+
+
+def _goals_reconcile(results: dict[str, Any], goal: Goal) -> None:
+    """4: the pure reconcile's CPU, and how it grows."""
     rec = results["reconcile"]
     small = rec["small"]["cpu_seconds"]
     top = ", ".join(f"{k} {v:.0%}" for k, v in list(rec["profile_small"]["share_of_reconcile"].items())[:3])
@@ -282,6 +316,10 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         f"the reconcile's own work grows {gc_off['ratio']:.1f}x",
     )
     goal("4 reconcile 100k x 1k / 10k x 1k: never 100x", "< 100x", f"{rec['ratio']:.1f}x", rec["ratio"] < 100)
+
+
+def _goals_serving_and_cold_start(results: dict[str, Any], goal: Goal) -> None:
+    """5: one read per poll; 6: cold start and the package's size."""
     reads = results["serving_reads"]
     one_read = {key: value["dynamodb_requests"] for key, value in reads.items()}
     goal(
@@ -310,6 +348,10 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{package['zip_bytes'] / 1e6:.1f} MB zip, {package['unzipped_bytes'] / 1e6:.1f} MB unzipped",
             package["zip_bytes"] < 50e6 and package["unzipped_bytes"] < 250e6,
         )
+
+
+def _goals_through_envoy(results: dict[str, Any], goal: Goal) -> None:
+    """7: freshness, 8: rolling replacements, both through a real Envoy (when measured)."""
     for delay, figures in results.get("freshness", {}).get("by_refresh_delay", {}).items():
         worst = figures["stop_to_unrouted_by_event"]["max_s"]
         limit = 2 * figures["refresh_delay_s"] + 1
@@ -331,7 +373,6 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                 failed == 0,
                 "" if failed == 0 else "see bench/README.md (8)",
             )
-    return found
 
 
 # --- the table ---------------------------------------------------------------------------------
@@ -350,7 +391,24 @@ def _yes(value: Any) -> str:
 
 
 def render(results: dict[str, Any]) -> str:
-    out = []
+    sections = (
+        _render_header,
+        _render_calls,
+        _render_steady_state,
+        _render_events,
+        _render_reconcile,
+        _render_serving,
+        _render_cold_start,
+        _render_freshness,
+        _render_rolling,
+        _render_goals,
+    )
+    return "\n".join(line for section in sections for line in section(results))
+
+
+def _render_header(results: dict[str, Any]) -> list[str]:
+    """The title: when, how long, the fleet and Prometheus."""
+    out: list[str] = []
     calls = results["calls_per_scan"]
     fleet = calls["fleet"]
     out.append(
@@ -362,6 +420,13 @@ def render(results: dict[str, Any]) -> str:
     )
     prom = results["prometheus"]
     out.append(f"Prometheus: {prom.get('version') or prom.get('skipped')}")
+    return out
+
+
+def _render_calls(results: dict[str, Any]) -> list[str]:
+    """1: DescribeInstances per full scan, beside Prometheus."""
+    calls = results["calls_per_scan"]
+    out: list[str] = []
     out.append("\n1. DescribeInstances per full scan (requests through the emulator)")
     rows = []
     for p in calls["points"]:
@@ -428,6 +493,13 @@ def render(results: dict[str, Any]) -> str:
             f"   (it discovered up to {stopped} non-running instances; the comparison keeps running ones), plus one\n"
             "   DescribeAvailabilityZones per config and one AssumeRole per role config."
         )
+    return out
+
+
+def _render_steady_state(results: dict[str, Any]) -> list[str]:
+    """2: the second scan."""
+    calls = results["calls_per_scan"]
+    out: list[str] = []
     out.append("\n2. Steady state: the second scan, no fleet change")
     rows = []
     for p in calls["points"]:
@@ -460,6 +532,12 @@ def render(results: dict[str, Any]) -> str:
             rows,
         )
     )
+    return out
+
+
+def _render_events(results: dict[str, Any]) -> list[str]:
+    """3: events."""
+    out: list[str] = []
     ev = results["events"]
     out.append(f"\n3. Events: one state change (group of {ev['upstreams_in_group']} upstreams, one set of credentials)")
     rows = [
@@ -491,6 +569,12 @@ def render(results: dict[str, Any]) -> str:
             rows,
         )
     )
+    return out
+
+
+def _render_reconcile(results: dict[str, Any]) -> list[str]:
+    """4: the pure reconcile."""
+    out: list[str] = []
     rec = results["reconcile"]
     out.append(
         f"\n4. Pure reconcile, CPU (process_time), {rec['upstreams']} upstreams, "
@@ -519,6 +603,12 @@ def render(results: dict[str, Any]) -> str:
         f"   ratio {rec['ratio']}x (without GC time: {rec['without_gc']['ratio']}x); where 10k x 1k spends its time: "
         + ", ".join(f"{k} {v:.0%}" for k, v in rec["profile_small"]["share_of_reconcile"].items())
     )
+    return out
+
+
+def _render_serving(results: dict[str, Any]) -> list[str]:
+    """5: serving."""
+    out: list[str] = []
     lat, reads = results["serving_latency"], results["serving_reads"]
     out.append("\n5. Serving: POST /v3/discovery:endpoints in-process (MemoryStore), DynamoDB per poll (DynamoStore)")
     out.append(
@@ -539,6 +629,12 @@ def render(results: dict[str, Any]) -> str:
             ],
         )
     )
+    return out
+
+
+def _render_cold_start(results: dict[str, Any]) -> list[str]:
+    """6: cold start and the package."""
+    out: list[str] = []
     cold, package = results["cold_start"], results["package"]
     out.append(
         f"\n6. Cold start: import app {cold['app_ms']} ms vs import boto3 {cold['boto3_ms']} ms "
@@ -553,6 +649,12 @@ def render(results: dict[str, Any]) -> str:
         )
     else:
         out.append(f"   chalice package: skipped ({package['skipped']})")
+    return out
+
+
+def _render_freshness(results: dict[str, Any]) -> list[str]:
+    """7: freshness through a real Envoy, when measured."""
+    out: list[str] = []
     fresh = results.get("freshness")
     if fresh:
         out.append(
@@ -570,6 +672,12 @@ def render(results: dict[str, Any]) -> str:
                 rows.append([delay, label, figure["median_s"], figure["min_s"], figure["max_s"]])
         out.append(_table(["refresh_delay s", "path", "median", "min", "max"], rows))
         out.append("   by scan: add the time to the next scheduled scan (its rate: 5 min deployed, 5 s in make run).")
+    return out
+
+
+def _render_rolling(results: dict[str, Any]) -> list[str]:
+    """8: rolling replacements through a real Envoy, when measured."""
+    out: list[str] = []
     roll = results.get("rolling")
     if roll:
         out.append(
@@ -614,6 +722,12 @@ def render(results: dict[str, Any]) -> str:
         spot = roll.get("spot", {}).get("warning_to_envoy_draining")
         if spot:
             out.append(f"   spot: warning -> Envoy shows DRAINING in max {spot['max_s']} s (the warning gives 120 s)")
+    return out
+
+
+def _render_goals(results: dict[str, Any]) -> list[str]:
+    """The goals and their notes."""
+    out: list[str] = []
     out.append("\nGoals")
     out.append(
         _table(
@@ -632,7 +746,7 @@ def render(results: dict[str, Any]) -> str:
     notes = [f"- {g['goal']}: {g['note']}" for g in results["goals"] if g["note"]]
     if notes:
         out.append("\n".join(notes))
-    return "\n".join(out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

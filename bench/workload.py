@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chalicelib.domain.endpoints import Instance
+from chalicelib.domain.endpoints import Endpoint, Instance, endpoint_of
+from chalicelib.domain.spec import Upstream
 
 SERVICES = 200
 TEAMS = 25
@@ -117,11 +119,11 @@ def filter_sets(tag_sets: list[dict[str, str]], count: int, seed: int = 13) -> l
             raise RuntimeError(f"could not draw {count} distinct filter sets from {len(tag_sets)} instances")
         tags = rng.choice(tag_sets)
         if rng.random() < 0.02:
-            filters = [{"kvPair": {"key": "team", "value": tags["team"]}}]
+            filters: list[dict[str, Any]] = [{"kvPair": {"key": "team", "value": tags["team"]}}]
         else:
             filters = [{"kvPair": {"key": "service", "value": tags["service"]}}]
             extra = rng.choices((0, 1, 2), (0.30, 0.45, 0.25))[0]
-            options = [
+            options: list[dict[str, Any]] = [
                 {"kvPair": {"key": "env", "value": tags["env"]}},
                 {"kvPair": {"key": "version", "value": tags["version"]}},
             ]
@@ -134,6 +136,17 @@ def filter_sets(tag_sets: list[dict[str, str]], count: int, seed: int = 13) -> l
         seen.add(identity)
         chosen.append(filters)
     return chosen
+
+
+def endpoints(upstream: Upstream, instances: Sequence[Instance]) -> list[Endpoint]:
+    """Each instance's endpoint for the upstream, in order: every bench instance has the address it needs."""
+    found: list[Endpoint] = []
+    for instance in instances:
+        endpoint = endpoint_of(upstream, instance)
+        if endpoint is None:
+            raise RuntimeError(f"{instance.instance_id} has no address for {upstream.key}")
+        found.append(endpoint)
+    return found
 
 
 def upstream_document(

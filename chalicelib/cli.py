@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -319,41 +320,43 @@ def cmd_apply(args: argparse.Namespace) -> None:
         print(f"upstream {key} {action}")
 
 
+@dataclass(frozen=True)
+class Getter:
+    """What `get KIND` takes, asks the API and prints as a table."""
+
+    operands: str
+    fetch: Callable[[Any, list[str]], api.Reply]
+    table: Callable[[Any], None]
+
+
+GETTERS = {
+    "upstreams": Getter(
+        "", lambda store, _: api.list_upstreams(store), lambda body: print_upstreams(body["upstreams"])
+    ),
+    "accounts": Getter("", lambda store, _: api.list_accounts(store), lambda body: print_accounts(body["accounts"])),
+    "account": Getter("NAME", lambda store, n: api.get_account(store, n[0]), lambda body: print_accounts([body])),
+    "upstream": Getter(
+        "NAMESPACE NAME", lambda store, n: api.get_upstream(store, n[0], n[1]), lambda body: print_upstreams([body])
+    ),
+    "endpoints": Getter(
+        "NAMESPACE NAME",
+        lambda store, n: api.get_endpoints(store, n[0], n[1], None),
+        lambda body: print_endpoints(body),
+    ),
+}
+
+
 def cmd_get(args: argparse.Namespace) -> None:
-    store = runtime.store()
-    operands = {
-        "upstreams": "",
-        "accounts": "",
-        "account": "NAME",
-        "upstream": "NAMESPACE NAME",
-        "endpoints": "NAMESPACE NAME",
-    }[args.what]
-    if len(args.names) != len(operands.split()):
-        raise CliError(f"usage: get {args.what} {operands}".rstrip())
-    if args.what == "upstreams":
-        reply = api.list_upstreams(store)
-    elif args.what == "accounts":
-        reply = api.list_accounts(store)
-    elif args.what == "account":
-        reply = api.get_account(store, args.names[0])
-    elif args.what == "upstream":
-        reply = api.get_upstream(store, args.names[0], args.names[1])
-    else:
-        reply = api.get_endpoints(store, args.names[0], args.names[1], None)
+    getter = GETTERS[args.what]
+    if len(args.names) != len(getter.operands.split()):
+        raise CliError(f"usage: get {args.what} {getter.operands}".rstrip())
+    reply = getter.fetch(runtime.store(), args.names)
     if reply.status >= 400:
         raise CliError(reply.body["error"])
     if args.output:
         emit(reply.body, args.output)
-    elif args.what == "upstreams":
-        print_upstreams(reply.body["upstreams"])
-    elif args.what == "upstream":
-        print_upstreams([reply.body])
-    elif args.what == "endpoints":
-        print_endpoints(reply.body)
-    elif args.what == "accounts":
-        print_accounts(reply.body["accounts"])
     else:
-        print_accounts([reply.body])
+        getter.table(reply.body)
 
 
 def cmd_delete(args: argparse.Namespace) -> None:

@@ -268,7 +268,6 @@ class InstanceServers:
 def main(argv: list[str] | None = None) -> int:
     """Change the demo fleet in the emulator: `python -m devtools.fleet stop web-1`."""
     import argparse
-    import os
 
     import boto3
 
@@ -281,33 +280,13 @@ def main(argv: list[str] | None = None) -> int:
         "tags", nargs="*", help="KEY=VALUE for tag, KEY for untag; for event the kind: " + ", ".join(EVENT_KINDS)
     )
     args = parser.parse_args(argv)
-    os.environ.setdefault("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
-    for key in ("NO_PROXY", "no_proxy"):  # the emulator is on loopback: never through an HTTP(S)_PROXY
-        os.environ[key] = ",".join(filter(None, [os.environ.get(key, ""), "127.0.0.1,localhost,::1"]))
-    for key, value in (
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_DEFAULT_REGION", "us-east-1"),
-    ):
-        os.environ.setdefault(key, value)
+    _emulator_environment()
     ec2 = boto3.client("ec2")
     if args.action == "seed":
         print(json.dumps(seed(boto3.client("iam"), ec2)))
         return 0
     if args.action == "list":
-        answer = ec2.describe_instances()
-        rows = [
-            {
-                "id": i["InstanceId"],
-                "state": i["State"]["Name"],
-                "public_ip": i.get("PublicIpAddress"),
-                "private_ip": i.get("PrivateIpAddress"),
-                "tags": {t["Key"]: t["Value"] for t in i.get("Tags", [])},
-            }
-            for r in answer["Reservations"]
-            for i in r["Instances"]
-        ]
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(_listing(ec2), indent=2))
         return 0
     if not args.name:
         parser.error(f"{args.action} needs an instance name")
@@ -315,19 +294,54 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "event":
         print(json.dumps(event_for(ec2, instance, args.tags[0] if args.tags else "state-change"), indent=2))
         return 0
-    if args.action == "stop":
-        ec2.stop_instances(InstanceIds=[instance])
-    elif args.action == "start":
-        ec2.start_instances(InstanceIds=[instance])
-    elif args.action == "terminate":
-        ec2.terminate_instances(InstanceIds=[instance])
-    elif args.action == "tag":
-        pairs = [tag.partition("=") for tag in args.tags]
-        ec2.create_tags(Resources=[instance], Tags=[{"Key": k, "Value": v} for k, _, v in pairs])
-    else:
-        ec2.delete_tags(Resources=[instance], Tags=[{"Key": key} for key in args.tags])
+    _change(ec2, args.action, instance, args.tags)
     print(json.dumps({args.action: args.name, "instance_id": instance}))
     return 0
+
+
+def _emulator_environment() -> None:
+    """The emulator on loopback (never through an HTTP(S)_PROXY), with its test credentials, unless set."""
+    import os
+
+    os.environ.setdefault("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
+    for key in ("NO_PROXY", "no_proxy"):
+        os.environ[key] = ",".join(filter(None, [os.environ.get(key, ""), "127.0.0.1,localhost,::1"]))
+    for key, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        os.environ.setdefault(key, value)
+
+
+def _listing(ec2: Any) -> list[dict[str, Any]]:
+    answer = ec2.describe_instances()
+    return [
+        {
+            "id": i["InstanceId"],
+            "state": i["State"]["Name"],
+            "public_ip": i.get("PublicIpAddress"),
+            "private_ip": i.get("PrivateIpAddress"),
+            "tags": {t["Key"]: t["Value"] for t in i.get("Tags", [])},
+        }
+        for r in answer["Reservations"]
+        for i in r["Instances"]
+    ]
+
+
+def _change(ec2: Any, action: str, instance: str, tags: list[str]) -> None:
+    """stop, start, terminate, tag (KEY=VALUE ...) or untag (KEY ...) one instance."""
+    if action == "stop":
+        ec2.stop_instances(InstanceIds=[instance])
+    elif action == "start":
+        ec2.start_instances(InstanceIds=[instance])
+    elif action == "terminate":
+        ec2.terminate_instances(InstanceIds=[instance])
+    elif action == "tag":
+        pairs = [tag.partition("=") for tag in tags]
+        ec2.create_tags(Resources=[instance], Tags=[{"Key": k, "Value": v} for k, _, v in pairs])
+    else:
+        ec2.delete_tags(Resources=[instance], Tags=[{"Key": key} for key in tags])
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import io
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,9 +27,10 @@ import boto3
 import yaml
 
 from chalicelib import runtime
+from chalicelib.config import settings
 from chalicelib.observability import logger
 from chalicelib.usecases.scan import full_scan
-from devtools import envoy_local, fleet, stack
+from devtools import asg, envoy_local, fleet, stack
 
 GATEWAY_EXAMPLE = stack.PROJECT_DIR / "docs" / "examples" / "envoy-rest-cds-local.yaml"
 LOGS = ("moto.log", "chalice.log", "envoy.log")
@@ -165,31 +167,48 @@ def serve(args: argparse.Namespace, logs: Path, kept: list[str], cleanup: contex
     api, base = stack.start_chalice(args.port, dict(os.environ), log=logs / "chalice.log")
     cleanup.callback(api.stop)
     summary = full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
+    start_scan_poller(base, warn, cleanup)  # the next scans fan out over the scan queue, as deployed
     print(f"API (chalice local): {base}   log: {logs / 'chalice.log'}", flush=True)
     print(f"first scan: {summary.as_dict()}", flush=True)
 
     ec2 = boto3.client("ec2")
     servers = fleet.InstanceServers()
     processes = [moto, api]
-    gateway = ""
-    if not args.no_gateway:
-        cleanup.callback(servers.close)
-        for change in servers.sync(ec2):
-            if "cannot" in change:
-                warn(change, sys.stderr)
-        envoy = envoy_local.Envoy(
-            gateway_config(args.port, args.gateway_port, args.admin_port), logs, log_level="warning"
-        )
-        cleanup.callback(envoy.stop)
-        processes.append(envoy.process)
-        gateway = f"http://127.0.0.1:{args.gateway_port}"
-        print(
-            f"gateway (Envoy {envoy_local.version()}, clusters by CDS and endpoints by EDS from the API): {gateway}"
-            f"   admin: {envoy.admin.base}   log: {logs / 'envoy.log'}",
-            flush=True,
-        )
-    fleet_cmd = ".venv/bin/python -m devtools.fleet"
+    gateway = "" if args.no_gateway else start_gateway(args, logs, cleanup, servers, ec2, processes, warn)
+    print(try_these(args, gateway, base, endpoint), flush=True)
+    return keep_scanning(args, base, gateway, servers, ec2, processes, warn)
+
+
+def start_gateway(
+    args: argparse.Namespace,
+    logs: Path,
+    cleanup: contextlib.ExitStack,
+    servers: fleet.InstanceServers,
+    ec2: Any,
+    processes: list[stack.Process],
+    warn: Throttled,
+) -> str:
+    """The instances' HTTP servers and Envoy in front of them; answers the gateway's URL."""
+    cleanup.callback(servers.close)
+    for change in servers.sync(ec2):
+        if "cannot" in change:
+            warn(change, sys.stderr)
+    envoy = envoy_local.Envoy(gateway_config(args.port, args.gateway_port, args.admin_port), logs, log_level="warning")
+    cleanup.callback(envoy.stop)
+    processes.append(envoy.process)
+    gateway = f"http://127.0.0.1:{args.gateway_port}"
     print(
+        f"gateway (Envoy {envoy_local.version()}, clusters by CDS and endpoints by EDS from the API): {gateway}"
+        f"   admin: {envoy.admin.base}   log: {logs / 'envoy.log'}",
+        flush=True,
+    )
+    return gateway
+
+
+def try_these(args: argparse.Namespace, gateway: str, base: str, endpoint: str) -> str:
+    """The commands to try, printed once everything is up."""
+    fleet_cmd = ".venv/bin/python -m devtools.fleet"
+    return (
         "\ntry:\n"
         + (
             f"  for i in 1 2 3 4; do curl -s {gateway}/; done      (web-1, web-2, web-4, web-5 answer in turn)\n"
@@ -209,9 +228,20 @@ def serve(args: argparse.Namespace, logs: Path, kept: list[str], cleanup: contex
         f"  curl -s {base}/prometheus/targets\n"
         f"  (the fleet commands and the CLI need: export AWS_ENDPOINT_URL={endpoint} "
         "AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1)\n"
-        f"scanning every {args.interval:g} s; Ctrl-C stops everything\n",
-        flush=True,
+        f"scanning every {args.interval:g} s; Ctrl-C stops everything\n"
     )
+
+
+def keep_scanning(
+    args: argparse.Namespace,
+    base: str,
+    gateway: str,
+    servers: fleet.InstanceServers,
+    ec2: Any,
+    processes: list[stack.Process],
+    warn: Throttled,
+) -> int:
+    """Until a process exits (1) or Ctrl-C: instances' servers follow their state, a scan every interval."""
     next_scan = time.monotonic() + args.interval
     while True:
         time.sleep(min(1.0, args.interval))
@@ -220,15 +250,48 @@ def serve(args: argparse.Namespace, logs: Path, kept: list[str], cleanup: contex
                 (warn if "cannot" in change else print)(change)
         if time.monotonic() >= next_scan:
             next_scan = time.monotonic() + args.interval
-            summary = full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
-            if summary.errors:
-                warn(f"scan: {summary.errors} errors (GET {base}/upstreams shows each status)", sys.stderr)
-            elif summary.changed:
-                print(f"scan: {summary.changed} sets changed", flush=True)
+            scan(base, warn)
         for process in processes:
             if process.popen.poll() is not None:
                 print(f"{process.popen.args!r} exited with {process.popen.returncode}", file=sys.stderr)
                 return 1
+
+
+def scan(base: str, warn: Throttled) -> None:
+    """The scheduled scan as deployed: plan, one scan-queue message per group (the poller runs them)."""
+    planned = runtime.plan_scan()
+    if planned["errors"]:
+        warn(f"scan: {planned['errors']} errors (GET {base}/upstreams shows each status)", sys.stderr)
+
+
+def start_scan_poller(base: str, warn: Throttled, cleanup: contextlib.ExitStack) -> None:
+    """The scan queue's Lambda trigger, locally: a thread delivers each message to the handler code
+    (`runtime.scan_groups`, as app.py's `scan_group`) and deletes it once handled."""
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName=settings().scan_queue)["QueueUrl"]
+    stop = threading.Event()
+
+    def handle(bodies: list[str]) -> list[dict[str, Any]]:
+        results = runtime.scan_groups(bodies)
+        for result in results:
+            if result["errors"]:
+                warn(f"scan: {result['errors']} errors (GET {base}/upstreams shows each status)", sys.stderr)
+            elif result["changed"]:
+                print(f"scan: {result['changed']} sets changed", flush=True)
+        return results
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                asg.poll_drain_queue(sqs, url, handle, stop)
+            except Exception as err:  # noqa: BLE001 - as Lambda would, retry the message later
+                warn(f"scan worker failed ({type(err).__name__}); its message is retried", sys.stderr)
+                stop.wait(1.0)
+
+    thread = threading.Thread(target=poll, name="scan-queue", daemon=True)
+    thread.start()
+    cleanup.callback(thread.join, 5)
+    cleanup.callback(stop.set)
 
 
 if __name__ == "__main__":

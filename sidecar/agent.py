@@ -9,8 +9,10 @@ invalid JSON, a body that does not match the contract) leaves the last good
 file untouched, logs one line and backs off exponentially with jitter, per
 upstream; a success resets the backoff.
 
-Standard library only. botocore is imported lazily, and only when SigV4
-signing (`--sigv4-region`) is configured.
+Standard library only, as is the renderer it shares with the server's REST
+EDS (`chalicelib/render/cla.py`, which imports nothing else of `chalicelib`).
+botocore is imported lazily, and only when SigV4 signing (`--sigv4-region`)
+is configured.
 """
 
 from __future__ import annotations
@@ -38,11 +40,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from chalicelib.render import cla
+
 __version__ = "0.1.0"
 
 log = logging.getLogger("ec2_eds_sidecar")
 
-CLA_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 # envoy.config.core.v3.HealthStatus
 HEALTH_STATUSES = frozenset({"UNKNOWN", "HEALTHY", "UNHEALTHY", "DRAINING", "TIMEOUT", "DEGRADED"})
 DEFAULT_INTERVAL = 5.0
@@ -143,14 +146,40 @@ def _require(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One validated endpoint of a `GET /endpoints` body, as the renderer takes it."""
+
+    address: str
+    port: int
+    instance_id: str
+    zone: str
+    health: str
+    weight: int = 1
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
 def to_discovery_response(body: Any, region: str | None = None, expect: Upstream | None = None) -> dict[str, Any]:
     """The `GET /endpoints` body as an Envoy DiscoveryResponse (proto3 JSON) with one ClusterLoadAssignment.
 
     Raises ShapeError when the body does not match the contract, so that
-    nothing half-understood ever reaches Envoy.
+    nothing half-understood ever reaches Envoy. The rendering is the server's
+    own (`chalicelib.render.cla`), so the file holds what REST EDS would serve.
     """
     if not isinstance(body, dict):
         raise ShapeError(f"body: expected a JSON object, got {type(body).__name__}")
+    cluster_name, version = _identity(body, expect)
+    endpoints = _require(body, "endpoints", list, "")
+    entries = [_entry(entry, index) for index, entry in enumerate(endpoints)]
+    served_region = body.get("region")
+    if served_region is not None and not isinstance(served_region, str):
+        raise ShapeError("region: expected a string")
+    assignment = cla.assignment(cluster_name, region or served_region or None, entries)
+    return cla.discovery_response(version, [assignment])
+
+
+def _identity(body: dict[str, Any], expect: Upstream | None) -> tuple[str, str]:
+    """The reply's cluster name and version, once it is known to answer for the upstream asked for."""
     cluster_name = _require(body, "cluster_name", str, "")
     version = _require(body, "version", str, "")
     if not version or not version.isprintable():
@@ -163,60 +192,49 @@ def to_discovery_response(body: Any, region: str | None = None, expect: Upstream
     # The cluster (and so the file) is named by the upstream, never by the reply alone.
     if cluster_name != f"{name}_{namespace}":
         raise ShapeError(f"cluster_name: {cluster_name[:80]!r} is not {name}_{namespace}")
-    endpoints = _require(body, "endpoints", list, "")
+    return cluster_name, version
 
-    zones: dict[str, list[dict[str, Any]]] = {}
-    for index, entry in enumerate(endpoints):
-        where = f"endpoints[{index}]."
-        if not isinstance(entry, dict):
-            raise ShapeError(f"endpoints[{index}]: expected an object")
-        address = _require(entry, "address", str, where)
-        try:  # Envoy's socket_address takes an IP literal unless a resolver is named
-            address = str(ipaddress.ip_address(address))
-        except ValueError:
-            raise ShapeError(f"{where}address: {address[:80]!r} is not an IP address") from None
-        port = _require(entry, "port", int, where)
-        if not 1 <= port <= 65535:
-            raise ShapeError(f"{where}port: {port} is outside 1-65535")
-        instance_id = _require(entry, "instance_id", str, where)
-        zone = _require(entry, "zone", str, where)
-        for key, text in (("instance_id", instance_id), ("zone", zone)):
-            if not text.isprintable() or len(text) > 255:
-                raise ShapeError(f"{where}{key}: {text[:80]!r} is not printable text of at most 255 characters")
-        health = _require(entry, "health", str, where).upper()
-        if health not in HEALTH_STATUSES:
-            raise ShapeError(f"{where}health: {health!r} is not an Envoy health status")
-        lb_endpoint: dict[str, Any] = {
-            "endpoint": {"address": {"socket_address": {"address": address, "port_value": port}}},
-            "health_status": health,
-        }
-        weight = entry.get("weight", 1)
-        if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= UINT32_MAX:
-            raise ShapeError(f"{where}weight: {str(weight)[:40]} is not an integer from 1 to {UINT32_MAX}")
-        if weight != 1:
-            lb_endpoint["load_balancing_weight"] = weight
-        metadata = entry.get("metadata", {})
-        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-            raise ShapeError(f"{where}metadata: expected an object of strings")
-        subset = {**metadata, "instance_id": instance_id} if instance_id else dict(metadata)
-        if subset:
-            lb_endpoint["metadata"] = {"filter_metadata": {"envoy.lb": subset}}
-        zones.setdefault(zone, []).append(lb_endpoint)
 
-    served_region = body.get("region")
-    if served_region is not None and not isinstance(served_region, str):
-        raise ShapeError("region: expected a string")
-    region = region or served_region or None
-    localities = []
-    for zone in sorted(zones):
-        locality: dict[str, str] = {}
-        if region:
-            locality["region"] = region
-        if zone:
-            locality["zone"] = zone
-        localities.append({"locality": locality, "lb_endpoints": zones[zone]})
-    assignment = {"@type": CLA_TYPE, "cluster_name": cluster_name, "endpoints": localities}
-    return {"version_info": version, "resources": [assignment], "type_url": CLA_TYPE}
+def _entry(entry: Any, index: int) -> Entry:
+    """One endpoint of the reply, checked against the contract and Envoy's ranges."""
+    where = f"endpoints[{index}]."
+    if not isinstance(entry, dict):
+        raise ShapeError(f"endpoints[{index}]: expected an object")
+    address = _require(entry, "address", str, where)
+    try:  # Envoy's socket_address takes an IP literal unless a resolver is named
+        address = str(ipaddress.ip_address(address))
+    except ValueError:
+        raise ShapeError(f"{where}address: {address[:80]!r} is not an IP address") from None
+    port = _require(entry, "port", int, where)
+    if not 1 <= port <= 65535:
+        raise ShapeError(f"{where}port: {port} is outside 1-65535")
+    instance_id = _text(entry, "instance_id", where)
+    zone = _text(entry, "zone", where)
+    health = _require(entry, "health", str, where).upper()
+    if health not in HEALTH_STATUSES:
+        raise ShapeError(f"{where}health: {health!r} is not an Envoy health status")
+    return Entry(address, port, instance_id, zone, health, _weight(entry, where), _metadata(entry, where))
+
+
+def _text(entry: dict[str, Any], key: str, where: str) -> str:
+    text: str = _require(entry, key, str, where)
+    if not text.isprintable() or len(text) > 255:
+        raise ShapeError(f"{where}{key}: {text[:80]!r} is not printable text of at most 255 characters")
+    return text
+
+
+def _weight(entry: dict[str, Any], where: str) -> int:
+    weight = entry.get("weight", 1)
+    if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= UINT32_MAX:
+        raise ShapeError(f"{where}weight: {str(weight)[:40]} is not an integer from 1 to {UINT32_MAX}")
+    return weight
+
+
+def _metadata(entry: dict[str, Any], where: str) -> tuple[tuple[str, str], ...]:
+    metadata = entry.get("metadata", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ShapeError(f"{where}metadata: expected an object of strings")
+    return tuple(metadata.items())
 
 
 def render(response: dict[str, Any]) -> bytes:

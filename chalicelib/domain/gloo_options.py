@@ -383,35 +383,41 @@ def translate(spec: dict[str, Any], prefix: str = "spec") -> dict[str, Any]:
         where = f"{prefix}.{key}"
         if key in NOT_OPTIONS or value is None:
             continue
-        if key == "connectionConfig":
-            _connection(value, where, cluster, http)
-        elif key == "loadBalancerConfig":
-            _load_balancer(value, where, cluster)
-        elif key == "circuitBreakers":
-            thresholds = _fields(value, where, CIRCUIT_BREAKERS, key)
-            if thresholds:
-                cluster["circuit_breakers"] = {"thresholds": [thresholds]}
-        elif key == "healthChecks":
-            checks = _health_checks(value, where)
-            if checks:
-                cluster["health_checks"] = checks
-        elif key == "outlierDetection":
-            cluster["outlier_detection"] = _fields(value, where, OUTLIER_DETECTION, key)
-        elif key == "useHttp2":
+        if key == "useHttp2":
             use_http2 = _bool(value, where)
+        elif key == "connectionConfig":
+            _connection(value, where, cluster, http)
         else:
-            raise OptionError(
-                f"{where} is not an upstream option ec2-eds translates into Envoy's cluster "
-                "(connectionConfig, loadBalancerConfig, healthChecks, outlierDetection, circuitBreakers, useHttp2): "
-                "remove it",
-                where,
-            )
+            _option(key, value, where, cluster)
     if http or use_http2:
         protocol: dict[str, Any] = {"http2_protocol_options": {}} if use_http2 else {"http_protocol_options": {}}
         cluster["typed_extension_protocol_options"] = {
             HTTP_OPTIONS: {"@type": HTTP_OPTIONS_TYPE, **http, "explicit_http_config": protocol}
         }
     return cluster
+
+
+def _option(key: str, value: Any, where: str, cluster: dict[str, Any]) -> None:
+    """One option that sets cluster fields of its own (not the shared HTTP protocol options)."""
+    if key == "loadBalancerConfig":
+        _load_balancer(value, where, cluster)
+    elif key == "circuitBreakers":
+        thresholds = _fields(value, where, CIRCUIT_BREAKERS, key)
+        if thresholds:
+            cluster["circuit_breakers"] = {"thresholds": [thresholds]}
+    elif key == "healthChecks":
+        checks = _health_checks(value, where)
+        if checks:
+            cluster["health_checks"] = checks
+    elif key == "outlierDetection":
+        cluster["outlier_detection"] = _fields(value, where, OUTLIER_DETECTION, key)
+    else:
+        raise OptionError(
+            f"{where} is not an upstream option ec2-eds translates into Envoy's cluster "
+            "(connectionConfig, loadBalancerConfig, healthChecks, outlierDetection, circuitBreakers, useHttp2): "
+            "remove it",
+            where,
+        )
 
 
 def translate_document(document: dict[str, Any]) -> dict[str, Any]:

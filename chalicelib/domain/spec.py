@@ -275,24 +275,35 @@ def _expect_mapping(value: Any, field: str) -> dict[str, Any]:
 
 def parse_upstream(document: Any, namespace: str | None = None, name: str | None = None) -> Upstream:
     """Validate a Gloo Upstream document; `namespace`/`name` come from the URL when given."""
+    doc = _check_kind(document)
+    metadata = _expect_mapping(doc.get("metadata") or {}, "metadata")
+    ns, nm = _names(metadata, namespace, name)
+    ec2 = _ec2_block(_expect_mapping(doc.get("spec"), "spec"))
+    try:
+        gloo_options.translate_document(doc)  # an option Envoy's cluster would not get is refused, not dropped
+    except gloo_options.OptionError as err:
+        raise SpecError(err.message, err.field) from None
+    canonical = dict(doc)
+    canonical.setdefault("apiVersion", "gloo.solo.io/v1")
+    canonical.setdefault("kind", "Upstream")
+    canonical["metadata"] = {**metadata, "name": nm, "namespace": ns}
+    return Upstream(namespace=ns, name=nm, ec2=ec2, document=canonical)
+
+
+def _check_kind(document: Any) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise SpecError("the document must be a mapping (a Gloo Upstream)")
-    doc = document
-    if doc.get("apiVersion", "gloo.solo.io/v1") != "gloo.solo.io/v1":
+    if document.get("apiVersion", "gloo.solo.io/v1") != "gloo.solo.io/v1":
         raise SpecError("apiVersion must be gloo.solo.io/v1", "apiVersion")
-    if doc.get("kind", "Upstream") != "Upstream":
+    if document.get("kind", "Upstream") != "Upstream":
         raise SpecError("kind must be Upstream", "kind")
-    metadata = _expect_mapping(doc.get("metadata") or {}, "metadata")
+    return document
+
+
+def _names(metadata: dict[str, Any], namespace: str | None, name: str | None) -> tuple[str, str]:
+    """The upstream's namespace and name: from metadata, else the URL; both must agree when both are given."""
     for field, from_url in (("name", name), ("namespace", namespace)):
-        given = metadata.get(field)
-        if given is not None and not isinstance(given, str):
-            hint = _quote_hint({"type": "string_type", "input": given})
-            raise SpecError(f"metadata.{field} must be a string{hint}", f"metadata.{field}")
-        if given is not None and from_url is not None and given != from_url:
-            raise SpecError(
-                f"metadata.{field} {given!r} differs from the {field} in the path {from_url!r}",
-                f"metadata.{field}",
-            )
+        _check_name_field(metadata.get(field), field, from_url)
     ns = metadata.get("namespace") or namespace
     nm = metadata.get("name") or name
     if not ns:
@@ -301,8 +312,22 @@ def parse_upstream(document: Any, namespace: str | None = None, name: str | None
         raise SpecError("metadata.name is required", "metadata.name")
     check_label(ns, "metadata.namespace")
     check_label(nm, "metadata.name")
+    return ns, nm
 
-    spec = _expect_mapping(doc.get("spec"), "spec")
+
+def _check_name_field(given: Any, field: str, from_url: str | None) -> None:
+    if given is not None and not isinstance(given, str):
+        hint = _quote_hint({"type": "string_type", "input": given})
+        raise SpecError(f"metadata.{field} must be a string{hint}", f"metadata.{field}")
+    if given is not None and from_url is not None and given != from_url:
+        raise SpecError(
+            f"metadata.{field} {given!r} differs from the {field} in the path {from_url!r}",
+            f"metadata.{field}",
+        )
+
+
+def _ec2_block(spec: dict[str, Any]) -> AwsEc2Spec:
+    """`spec.awsEc2` (or Gloo's older `spec.upstreamSpec.awsEc2`), validated."""
     if "awsEc2" in spec and "upstreamSpec" in spec:
         raise SpecError("give either spec.awsEc2 or spec.upstreamSpec.awsEc2, not both", "spec")
     if "upstreamSpec" in spec:
@@ -316,21 +341,12 @@ def parse_upstream(document: Any, namespace: str | None = None, name: str | None
     _expect_mapping(block, prefix)
     try:
         # As in Gloo (proto JSON), an explicit null means the field's default.
-        ec2 = AwsEc2Spec.model_validate({key: value for key, value in block.items() if value is not None})
+        return AwsEc2Spec.model_validate({key: value for key, value in block.items() if value is not None})
     except ValidationError as err:
         first = err.errors()[0]
         field = _path(prefix, tuple(part for part in first["loc"] if part != "tagged-union"))
         message = first["msg"].removeprefix("Value error, ") + _quote_hint(first)
         raise SpecError(f"{field}: {message}", field) from None
-    try:
-        gloo_options.translate_document(doc)  # an option Envoy's cluster would not get is refused, not dropped
-    except gloo_options.OptionError as err:
-        raise SpecError(err.message, err.field) from None
-    canonical = dict(doc)
-    canonical.setdefault("apiVersion", "gloo.solo.io/v1")
-    canonical.setdefault("kind", "Upstream")
-    canonical["metadata"] = {**metadata, "name": nm, "namespace": ns}
-    return Upstream(namespace=ns, name=nm, ec2=ec2, document=canonical)
 
 
 # --- loading YAML and JSON bodies safely ------------------------------------
@@ -520,17 +536,26 @@ def _check_json_safe(value: Any, path: str = "") -> None:
         field = f"{path}.{value.key}" if path else value.key
         raise SpecError(f"the key {value.key!r} is given twice", field)
     if isinstance(value, dict):
-        for key, child in value.items():
-            if not isinstance(key, str):
-                raise SpecError(f"mapping keys must be strings, got {str(key)[:40]!r}", where)
-            _check_text(key, where)
-            _check_json_safe(child, f"{path}.{key}" if path else key)
+        _check_mapping(value, path)
     elif isinstance(value, list):
         for index, child in enumerate(value):
             _check_json_safe(child, f"{path}[{index}]")
-    elif isinstance(value, _Refused):
+    else:
+        _check_scalar(value, where)
+
+
+def _check_mapping(value: dict[Any, Any], path: str) -> None:
+    for key, child in value.items():
+        if not isinstance(key, str):
+            raise SpecError(f"mapping keys must be strings, got {str(key)[:40]!r}", path or None)
+        _check_text(key, path or None)
+        _check_json_safe(child, f"{path}.{key}" if path else key)
+
+
+def _check_scalar(value: Any, where: str | None) -> None:
+    if isinstance(value, _Refused):
         raise SpecError(value.why, where)
-    elif isinstance(value, str):
+    if isinstance(value, str):
         _check_text(value, where)
     elif isinstance(value, float) and not math.isfinite(value):
         raise SpecError(f"{value} is not a JSON number: numbers must be finite", where)

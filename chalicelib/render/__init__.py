@@ -1,0 +1,1 @@
+"""Renderers: endpoint data in the shapes its consumers read."""

@@ -17,8 +17,9 @@ from typing import Any
 
 from chalicelib.domain.endpoints import EndpointSet
 from chalicelib.domain.spec import SpecError, load_json
+from chalicelib.render import cla
+from chalicelib.render.cla import CLA_TYPE
 
-CLA_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 ABSENT_VERSION = "absent"
 MAX_CLUSTERS = 100
 
@@ -82,33 +83,13 @@ def response_version(clusters: Sequence[str], sets: dict[str, EndpointSet | None
 
 def assignment(cluster: str, endpoint_set: EndpointSet | None) -> dict[str, Any]:
     """A ClusterLoadAssignment (proto JSON) for one cluster, endpoints grouped by locality."""
-    cla: dict[str, Any] = {"@type": CLA_TYPE, "cluster_name": cluster}
-    if endpoint_set is None or not endpoint_set.endpoints:
-        return cla
-    localities: dict[str, list[dict[str, Any]]] = {}
-    for endpoint in endpoint_set.endpoints:
-        lb_endpoint: dict[str, Any] = {
-            "endpoint": {"address": {"socket_address": {"address": endpoint.address, "port_value": endpoint.port}}},
-            "health_status": endpoint.health,
-            # Subset metadata from `metadataTags`, for Envoy's subset load balancer.
-            "metadata": {
-                "filter_metadata": {"envoy.lb": {**dict(endpoint.metadata), "instance_id": endpoint.instance_id}}
-            },
-        }
-        if endpoint.weight != 1:
-            lb_endpoint["load_balancing_weight"] = endpoint.weight
-        localities.setdefault(endpoint.zone, []).append(lb_endpoint)
-    cla["endpoints"] = [
-        {"locality": {"region": endpoint_set.region, "zone": zone}, "lb_endpoints": lb_endpoints}
-        for zone, lb_endpoints in sorted(localities.items())
-    ]
-    return cla
+    if endpoint_set is None:
+        return cla.assignment(cluster, None, ())
+    return cla.assignment(cluster, endpoint_set.region, endpoint_set.endpoints)
 
 
 def response(clusters: Sequence[str], sets: dict[str, EndpointSet | None]) -> dict[str, Any]:
     """The DiscoveryResponse for the requested clusters, in request order."""
-    return {
-        "version_info": response_version(clusters, sets),
-        "resources": [assignment(name, sets.get(name)) for name in clusters],
-        "type_url": CLA_TYPE,
-    }
+    return cla.discovery_response(
+        response_version(clusters, sets), [assignment(name, sets.get(name)) for name in clusters]
+    )

@@ -6,16 +6,17 @@ from typing import Any
 
 from chalicelib import runtime
 from chalicelib.domain.spec import Credentials
+from chalicelib.edges import clients
 
 ROLE = "arn:aws:iam::111111111111:role/ec2-eds-member"
 
 
 def test_assume_role_sends_the_external_id_and_caches_per_id(aws: None) -> None:
     sent: list[dict[str, Any]] = []
-    sts = runtime.aws.clients().client("sts")
+    sts = runtime.clients().client("sts")
     sts.meta.events.register("provide-client-params.sts.AssumeRole", lambda params, **_: sent.append(dict(params)))
     resolver = runtime.resolver()
-    with runtime.aws.counting() as calls:
+    with clients.counting() as calls:
         first = resolver.client_args(Credentials(role_arn=ROLE, external_id="tenant-7"))
         again = resolver.client_args(Credentials(role_arn=ROLE, external_id="tenant-7"))
         other = resolver.client_args(Credentials(role_arn=ROLE, external_id="tenant-8"))

@@ -144,7 +144,7 @@ def test_throttled_calls_are_retried_by_botocore_and_nothing_is_lost(
                 operation_name,
             )
 
-    factory = runtime.aws.clients()
+    factory = runtime.clients()
     original_new = factory._new_client
 
     def hooked(service: str, region: str, credentials: dict[str, str]) -> Any:

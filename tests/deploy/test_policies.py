@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -201,47 +203,88 @@ def test_policy_is_scoped(stage: str, function: str) -> None:
         services = {action.split(":")[0] for action in actions}
         assert len(services) == 1, statement
         service = services.pop()
-        if service == "dynamodb":
-            table = {"UpstreamsTable": env["UPSTREAMS_TABLE"], "EndpointsTable": env["ENDPOINTS_TABLE"]}[
-                statement["Sid"]
-            ]
-            assert resources == [f"arn:aws:dynamodb:*:*:table/{table}"]
-        elif service == "secretsmanager":
-            assert actions == ["secretsmanager:GetSecretValue"]
-            assert resources == [f"arn:aws:secretsmanager:*:*:secret:{env['SECRET_PREFIX']}*"]
-        elif service == "sts":
-            assert actions == ["sts:AssumeRole"] and resources == list(gen.DEFAULT_ASSUME_ROLE_ARNS)
-        elif service == "ec2":
-            scans = ["ec2:DescribeInstanceStatus"] if function in gen.SCANNERS else []
-            assert actions == [*scans, "ec2:DescribeInstances"] and resources == ["*"]  # no resource-level ones
-        elif service == "logs":
-            assert actions == ["logs:CreateLogStream", "logs:PutLogEvents"]
-            assert resources == [f"arn:aws:logs:*:*:log-group:/aws/lambda/{gen.function_name(stage, function)}:*"]
-        elif service == "xray":
-            assert stage in gen.XRAY_STAGES and resources == ["*"]
-            assert actions == ["xray:PutTelemetryRecords", "xray:PutTraceSegments"]
-        elif service == "sqs" and statement["Sid"] == "FailureDestination":
-            assert function in gen.ASYNC_FUNCTIONS and actions == ["sqs:SendMessage"]
-            assert resources == [f"arn:aws:sqs:*:*:ec2-eds-{stage}-failed-invocations"]
-        elif service == "sqs":  # the drain queue: sent to on a lifecycle event, consumed by the drain function
-            assert resources == [f"arn:aws:sqs:*:*:ec2-eds-{stage}-drain"]
-            expected = {
-                "asg_terminate_lifecycle": ["sqs:GetQueueUrl", "sqs:SendMessage"],
-                gen.DRAIN_FUNCTION: sorted({"sqs:GetQueueUrl", "sqs:SendMessage", *SQS_TRIGGER_ACTIONS}),
-            }
-            assert actions == expected[function], statement
-        elif service == "autoscaling" and actions == ["autoscaling:CompleteLifecycleAction"]:
-            assert function == gen.DRAIN_FUNCTION
-            assert resources == [
-                f"arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{name}"
-                for name in gen.DEFAULT_ASG_NAMES
-            ]
-        elif service == "autoscaling":
-            # DescribeLifecycleHooks supports no resource-level permissions: "*" is the only resource.
-            assert function == "asg_terminate_lifecycle" and actions == ["autoscaling:DescribeLifecycleHooks"]
-            assert resources == ["*"]
-        else:
+        if service not in SCOPES:
             pytest.fail(f"unexpected service {service}")
+        SCOPES[service](Scoped(stage, function, env, statement["Sid"], actions, resources))
+
+
+@dataclass(frozen=True)
+class Scoped:
+    """One statement of a function's policy in a stage: its actions and resources, and what they must be."""
+
+    stage: str
+    function: str
+    env: dict[str, str]
+    sid: str
+    actions: list[str]
+    resources: list[str]
+
+
+def _dynamodb_scoped(s: Scoped) -> None:
+    table = {"UpstreamsTable": s.env["UPSTREAMS_TABLE"], "EndpointsTable": s.env["ENDPOINTS_TABLE"]}[s.sid]
+    assert s.resources == [f"arn:aws:dynamodb:*:*:table/{table}"]
+
+
+def _secretsmanager_scoped(s: Scoped) -> None:
+    assert s.actions == ["secretsmanager:GetSecretValue"]
+    assert s.resources == [f"arn:aws:secretsmanager:*:*:secret:{s.env['SECRET_PREFIX']}*"]
+
+
+def _sts_scoped(s: Scoped) -> None:
+    assert s.actions == ["sts:AssumeRole"] and s.resources == list(gen.DEFAULT_ASSUME_ROLE_ARNS)
+
+
+def _ec2_scoped(s: Scoped) -> None:
+    scans = ["ec2:DescribeInstanceStatus"] if s.function in gen.SCANNERS else []
+    assert s.actions == [*scans, "ec2:DescribeInstances"] and s.resources == ["*"]  # no resource-level ones
+
+
+def _logs_scoped(s: Scoped) -> None:
+    assert s.actions == ["logs:CreateLogStream", "logs:PutLogEvents"]
+    assert s.resources == [f"arn:aws:logs:*:*:log-group:/aws/lambda/{gen.function_name(s.stage, s.function)}:*"]
+
+
+def _xray_scoped(s: Scoped) -> None:
+    assert s.stage in gen.XRAY_STAGES and s.resources == ["*"]
+    assert s.actions == ["xray:PutTelemetryRecords", "xray:PutTraceSegments"]
+
+
+def _sqs_scoped(s: Scoped) -> None:
+    if s.sid == "FailureDestination":
+        assert s.function in gen.ASYNC_FUNCTIONS and s.actions == ["sqs:SendMessage"]
+        assert s.resources == [f"arn:aws:sqs:*:*:ec2-eds-{s.stage}-failed-invocations"]
+        return
+    # the drain queue: sent to on a lifecycle event, consumed by the drain function
+    assert s.resources == [f"arn:aws:sqs:*:*:ec2-eds-{s.stage}-drain"]
+    expected = {
+        "asg_terminate_lifecycle": ["sqs:GetQueueUrl", "sqs:SendMessage"],
+        gen.DRAIN_FUNCTION: sorted({"sqs:GetQueueUrl", "sqs:SendMessage", *SQS_TRIGGER_ACTIONS}),
+    }
+    assert s.actions == expected[s.function], s
+
+
+def _autoscaling_scoped(s: Scoped) -> None:
+    if s.actions == ["autoscaling:CompleteLifecycleAction"]:
+        assert s.function == gen.DRAIN_FUNCTION
+        assert s.resources == [
+            f"arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/{name}" for name in gen.DEFAULT_ASG_NAMES
+        ]
+        return
+    # DescribeLifecycleHooks supports no resource-level permissions: "*" is the only resource.
+    assert s.function == "asg_terminate_lifecycle" and s.actions == ["autoscaling:DescribeLifecycleHooks"]
+    assert s.resources == ["*"]
+
+
+SCOPES: dict[str, Callable[[Scoped], None]] = {
+    "dynamodb": _dynamodb_scoped,
+    "secretsmanager": _secretsmanager_scoped,
+    "sts": _sts_scoped,
+    "ec2": _ec2_scoped,
+    "logs": _logs_scoped,
+    "xray": _xray_scoped,
+    "sqs": _sqs_scoped,
+    "autoscaling": _autoscaling_scoped,
+}
 
 
 @pytest.mark.parametrize("stage", gen.STAGES)

@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -652,72 +652,142 @@ def simple_commands(line: str) -> list[str]:
 
 def offline_check(command: str, block: Block, demo: LocalStack, tmp: Path) -> None:
     """One command line of an OFFLINE block, as far as it can be checked here."""
+    for part in simple_commands(command):
+        found = command_of(part)
+        if found is None:
+            continue
+        part, argv = found
+        check = offline_checker(argv)
+        if check is None:
+            pytest.fail(f"{block.where}: no offline check for {part!r}: add one to offline_check")
+        check(Offline(part, argv, block.where, demo, tmp))
+
+
+def command_of(part: str) -> tuple[str, list[str]] | None:
+    """The simple command without `&` and leading `VAR=value`s, and its words; None for shell syntax alone."""
+    part = part.strip().removesuffix("&").strip()
+    if re.fullmatch(r"\w+=\S*", part):  # an assignment: its $(…) is checked as its own part
+        return None
+    part = re.sub(r"^(\w+=\S*\s+)+", "", part)  # VAR=value before a command
+    if not part or part in {"do", "done"} or part.startswith(("for ", "[")):
+        return None
+    try:
+        argv = shlex.split(part.replace("$STAGE", "prod").split(" > ")[0])
+    except ValueError:
+        return None
+    if not argv or argv[0] in ("export",):
+        return None
+    return part, argv
+
+
+@dataclass(frozen=True)
+class Offline:
+    """One simple command of an OFFLINE block, with the local stack to run it against."""
+
+    part: str
+    argv: list[str]
+    where: str
+    demo: LocalStack
+    tmp: Path
+
+    def run_locally(self, local: str) -> subprocess.CompletedProcess[str]:
+        result = run_bash(local, user_shell(self.demo, self.tmp))
+        assert result.returncode == 0, f"{self.where}: {local}\n{result.stdout}{result.stderr}"
+        return result
+
+
+def offline_checker(argv: list[str]) -> Callable[[Offline], None] | None:
+    if argv[:2] == ["python", "-m"] and len(argv) > 2 and argv[2] in OFFLINE_MODULES:
+        return OFFLINE_MODULES[argv[2]]
+    if argv[:2] == ["python", "-c"] or argv[:2] == ["python", "devtools/envoy_rest_poll.py"]:
+        return check_python
+    if argv[0] in OFFLINE_COMMANDS:
+        return OFFLINE_COMMANDS[argv[0]]
+    if argv[0] in EXTERNAL or argv[0].startswith(".venv/"):
+        return check_nothing
+    return None
+
+
+def check_cli(c: Offline) -> None:
     from chalicelib import cli
+
+    cli.parser().parse_args(c.argv[3:])
+
+
+def check_policies(c: Offline) -> None:
     from devtools import policies
+
+    policies.parser().parse_args(c.argv[3:])
+
+
+def check_sidecar(c: Offline) -> None:
+    """Flags parse; a `--once` against a real deployment runs against the local API instead."""
     from sidecar import agent
 
-    where = block.where
-    for part in simple_commands(command):
-        part = part.strip().removesuffix("&").strip()
-        if re.fullmatch(r"\w+=\S*", part):  # an assignment: its $(…) is checked as its own part
-            continue
-        part = re.sub(r"^(\w+=\S*\s+)+", "", part)  # VAR=value before a command
-        if not part or part in {"do", "done"} or part.startswith(("for ", "[")):
-            continue
-        try:
-            argv = shlex.split(part.replace("$STAGE", "prod").split(" > ")[0])
-        except ValueError:
-            continue
-        if not argv or argv[0] in ("export",):
-            continue
-        if argv[:3] == ["python", "-m", "chalicelib.cli"]:
-            cli.parser().parse_args(argv[3:])
-        elif argv[:3] == ["python", "-m", "devtools.policies"]:
-            policies.parser().parse_args(argv[3:])
-        elif argv[:3] == ["python", "-m", "sidecar"]:
-            args = agent.build_parser().parse_args(argv[3:])
-            if args.once and args.base_url and args.base_url.startswith("https://"):
-                local = (
-                    localise(part, demo, tmp).replace(args.base_url, demo.base).replace(args.out_dir, str(tmp / "eds"))
-                )
-                result = run_bash(local, user_shell(demo, tmp))
-                assert result.returncode == 0, f"{where}: {local}\n{result.stderr}"
-        elif argv[:2] == ["python", "-c"] or argv[:2] == ["python", "devtools/envoy_rest_poll.py"]:
-            if argv[1] == "devtools/envoy_rest_poll.py":
-                local = localise(part.replace(argv[2], demo.base), demo, tmp)
-                result = run_bash(local, user_shell(demo, tmp))
-                assert result.returncode == 0, f"{where}: {local}\n{result.stderr}"
-        elif argv[:3] == ["python", "-m", "devtools.fleet"]:
-            helped = subprocess.run([sys.executable, *argv[1:3], "--help"], cwd=ROOT, capture_output=True, text=True)
-            assert helped.returncode == 0 and argv[3] in helped.stdout, f"{where}: {part}"
-        elif argv[0] == "make":
-            make_recipe(argv[1])
-        elif argv[0] == "chalice":
-            chalice = str(Path(sys.executable).with_name("chalice"))
-            helped = subprocess.run([chalice, argv[1], "--help"], capture_output=True, text=True, timeout=60)
-            assert helped.returncode == 0, f"{where}: chalice {argv[1]}: {helped.stderr}"
-            for flag in (arg for arg in argv[2:] if arg.startswith("--")):
-                assert flag in helped.stdout, f"{where}: chalice {argv[1]} has no {flag}"
-        elif argv[0] == "aws":
-            check_aws(argv, where)
-        elif argv[0] == "curl":
-            url = next(a for a in argv[1:] if a.startswith(("http", "$API")) or re.match(r"[\w.]+:\d+/", a))
-            if "/v3/discovery:endpoints" in url:  # the EDS smoke test, against the local API
-                local = part.replace(url.split("/v3/")[0], demo.base)
-                result = run_bash(CURL_FAILS_ON_HTTP_ERRORS + local, user_shell(demo, tmp))
-                assert result.returncode == 0, f"{where}: {local}\n{result.stdout}{result.stderr}"
-                assert json.loads(result.stdout)["resources"], result.stdout
-            elif url.startswith("$API"):  # the API's own route, against the local API
-                result = run_bash(CURL_FAILS_ON_HTTP_ERRORS + part, user_shell(demo, tmp))
-                assert result.returncode == 0, f"{where}: {part}\n{result.stdout}{result.stderr}"
-            else:
-                assert "127.0.0.1:9901" in url, f"{where}: no offline check for {part!r}: add one to offline_check"
-        elif argv[0] == "envoy":
-            assert (ROOT / argv[argv.index("-c") + 1]).is_file(), f"{where}: {part}"
-        elif argv[0] in EXTERNAL or argv[0].startswith(".venv/"):
-            pass  # a tool of the user's machine or a real-AWS helper: named in the block's `why`
-        else:
-            pytest.fail(f"{where}: no offline check for {part!r}: add one to offline_check")
+    args = agent.build_parser().parse_args(c.argv[3:])
+    if args.once and args.base_url and args.base_url.startswith("https://"):
+        local = localise(c.part, c.demo, c.tmp)
+        c.run_locally(local.replace(args.base_url, c.demo.base).replace(args.out_dir, str(c.tmp / "eds")))
+
+
+def check_python(c: Offline) -> None:
+    if c.argv[1] == "devtools/envoy_rest_poll.py":
+        c.run_locally(localise(c.part.replace(c.argv[2], c.demo.base), c.demo, c.tmp))
+
+
+def check_fleet(c: Offline) -> None:
+    helped = subprocess.run([sys.executable, *c.argv[1:3], "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert helped.returncode == 0 and c.argv[3] in helped.stdout, f"{c.where}: {c.part}"
+
+
+def check_make(c: Offline) -> None:
+    make_recipe(c.argv[1])
+
+
+def check_chalice(c: Offline) -> None:
+    chalice = str(Path(sys.executable).with_name("chalice"))
+    helped = subprocess.run([chalice, c.argv[1], "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0, f"{c.where}: chalice {c.argv[1]}: {helped.stderr}"
+    for flag in (arg for arg in c.argv[2:] if arg.startswith("--")):
+        assert flag in helped.stdout, f"{c.where}: chalice {c.argv[1]} has no {flag}"
+
+
+def check_aws_command(c: Offline) -> None:
+    check_aws(c.argv, c.where)
+
+
+def check_curl(c: Offline) -> None:
+    url = next(a for a in c.argv[1:] if a.startswith(("http", "$API")) or re.match(r"[\w.]+:\d+/", a))
+    if "/v3/discovery:endpoints" in url:  # the EDS smoke test, against the local API
+        result = c.run_locally(CURL_FAILS_ON_HTTP_ERRORS + c.part.replace(url.split("/v3/")[0], c.demo.base))
+        assert json.loads(result.stdout)["resources"], result.stdout
+    elif url.startswith("$API"):  # the API's own route, against the local API
+        c.run_locally(CURL_FAILS_ON_HTTP_ERRORS + c.part)
+    else:
+        assert "127.0.0.1:9901" in url, f"{c.where}: no offline check for {c.part!r}: add one to offline_check"
+
+
+def check_envoy(c: Offline) -> None:
+    assert (ROOT / c.argv[c.argv.index("-c") + 1]).is_file(), f"{c.where}: {c.part}"
+
+
+def check_nothing(c: Offline) -> None:
+    """A tool of the user's machine or a real-AWS helper: named in the block's `why`."""
+
+
+OFFLINE_MODULES: dict[str, Callable[[Offline], None]] = {
+    "chalicelib.cli": check_cli,
+    "devtools.policies": check_policies,
+    "sidecar": check_sidecar,
+    "devtools.fleet": check_fleet,
+}
+OFFLINE_COMMANDS: dict[str, Callable[[Offline], None]] = {
+    "make": check_make,
+    "chalice": check_chalice,
+    "aws": check_aws_command,
+    "curl": check_curl,
+    "envoy": check_envoy,
+}
 
 
 @pytest.mark.parametrize("block", blocks_of(OFFLINE), ids=lambda b: b.where)

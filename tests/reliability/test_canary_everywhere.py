@@ -195,6 +195,55 @@ def dynamo_leaks() -> set[str]:
 # --- the run -------------------------------------------------------------------------------------
 
 
+class Driver:
+    """The service as its users and AWS reach it, through Chalice's test client; every answer goes to `answers`."""
+
+    def __init__(self, client: Client, answers: Answers) -> None:
+        self.client, self.answers = client, answers
+
+    def call(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+        headers = {"Content-Type": content_type} if body is not None else {}
+        text = body if isinstance(body, str) or body is None else json.dumps(body)
+        response = getattr(self.client.http, method.lower())(path, headers=headers, body=text or b"")
+        return self.answers.http(method, path, response)
+
+    def read_everything(self) -> None:
+        call = self.call
+        call("GET", "/upstreams")
+        call("GET", "/accounts")
+        call("GET", "/accounts/prod")
+        call("GET", "/healthz")
+        call("GET", "/prometheus/targets")
+        clusters = []
+        for doc in upstreams():
+            name = doc["metadata"]["name"]
+            call("GET", f"/upstreams/shop/{name}")
+            call("GET", f"/endpoints/shop/{name}")
+            clusters.append(f"{name}_shop")
+        call("POST", "/v3/discovery:endpoints", {"resource_names": clusters})
+
+    def scans(self) -> None:
+        self.call("POST", "/scan")
+        event = self.client.events.generate_cw_event(
+            source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
+        )
+        self.answers.payload("scheduled_scan", self.client.lambda_.invoke("scheduled_scan", event).payload)
+
+    def deliver_every_event(self, instance_id: str) -> None:
+        for handler, sample in (
+            ("ec2_state_change", "ec2-state-change.json"),
+            ("ec2_tag_change", "tag-change.json"),
+            ("ec2_spot_interruption", "spot-interruption.json"),
+            ("asg_terminate_lifecycle", "asg-terminate-lifecycle.json"),
+        ):
+            event = load_event(sample)
+            event["resources"] = [f"arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}"]
+            for key in ("instance-id", "EC2InstanceId"):
+                if key in event["detail"]:
+                    event["detail"][key] = instance_id
+            self.answers.payload(handler, self.client.lambda_.invoke(handler, event).payload)
+
+
 def test_no_secret_and_no_external_id_spreads(
     world: World,
     wire: Faults,
@@ -221,48 +270,13 @@ def test_no_secret_and_no_external_id_spreads(
             runtime, "settings", lambda: stage().model_copy(update={"retry_mode": "standard", "max_attempts": 1})
         )
         runtime.reset()
-        http = client.http
-
-        def call(method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
-            headers = {"Content-Type": content_type} if body is not None else {}
-            text = body if isinstance(body, str) or body is None else json.dumps(body)
-            response = getattr(http, method.lower())(path, headers=headers, body=text or b"")
-            return answers.http(method, path, response)
-
-        def read_everything() -> None:
-            call("GET", "/upstreams")
-            call("GET", "/accounts")
-            call("GET", "/accounts/prod")
-            call("GET", "/healthz")
-            call("GET", "/prometheus/targets")
-            clusters = []
-            for doc in upstreams():
-                name = doc["metadata"]["name"]
-                call("GET", f"/upstreams/shop/{name}")
-                call("GET", f"/endpoints/shop/{name}")
-                clusters.append(f"{name}_shop")
-            call("POST", "/v3/discovery:endpoints", {"resource_names": clusters})
-
-        def scans() -> None:
-            call("POST", "/scan")
-            event = client.events.generate_cw_event(
-                source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
-            )
-            answers.payload("scheduled_scan", client.lambda_.invoke("scheduled_scan", event).payload)
-
-        def deliver_every_event(instance_id: str) -> None:
-            for handler, sample in (
-                ("ec2_state_change", "ec2-state-change.json"),
-                ("ec2_tag_change", "tag-change.json"),
-                ("ec2_spot_interruption", "spot-interruption.json"),
-                ("asg_terminate_lifecycle", "asg-terminate-lifecycle.json"),
-            ):
-                event = load_event(sample)
-                event["resources"] = [f"arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}"]
-                for key in ("instance-id", "EC2InstanceId"):
-                    if key in event["detail"]:
-                        event["detail"][key] = instance_id
-                answers.payload(handler, client.lambda_.invoke(handler, event).payload)
+        driver = Driver(client, answers)
+        call, read_everything, scans, deliver_every_event = (
+            driver.call,
+            driver.read_everything,
+            driver.scans,
+            driver.deliver_every_event,
+        )
 
         # the API, with the documents as users write them
         account = {

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,11 @@ from typing import Any
 import pytest
 import yaml
 from google.protobuf import json_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from chalicelib.domain.endpoints import Endpoint, EndpointSet
+from chalicelib.render import eds
 from sidecar import agent as sidecar_agent
 from sidecar.agent import Agent, Backoff, Config, ConfigError, Outcome, ShapeError, Upstream, to_discovery_response
 from tests.sidecar.conftest import CLA_TYPE, FakeApi, Reply, endpoint_body, flatten, parse_eds_text
@@ -107,6 +112,30 @@ def test_conversion_is_stable_bytes() -> None:
     first = sidecar_agent.render(to_discovery_response(body, "us-east-1"))
     again = sidecar_agent.render(to_discovery_response(json.loads(json.dumps(body)), "us-east-1"))
     assert first == again and first.endswith(b"\n")
+
+
+ENDPOINT_OBJECTS = st.builds(
+    Endpoint,
+    address=st.ip_addresses().map(str),
+    port=st.integers(1, 65535),
+    instance_id=st.from_regex(r"i-[0-9a-f]{4,17}", fullmatch=True),
+    zone=st.sampled_from(["us-east-1a", "us-east-1b", "eu-west-1c"]),
+    health=st.sampled_from(["HEALTHY", "DRAINING", "UNHEALTHY"]),
+    weight=st.integers(1, 10_000),
+    metadata=st.dictionaries(st.sampled_from(["version", "stage"]), st.text(max_size=5)).map(
+        lambda tags: tuple(sorted(tags.items()))
+    ),
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(endpoints=st.lists(ENDPOINT_OBJECTS, max_size=6), region=st.sampled_from(["us-east-1", "eu-west-1"]))
+def test_the_file_holds_what_rest_eds_serves_for_the_same_set(endpoints: list[Endpoint], region: str) -> None:
+    """One renderer: the sidecar's file for a `GET /endpoints` body is the server's REST EDS answer for that set."""
+    endpoint_set = EndpointSet.build("gloo-system", "web", region, endpoints)
+    body = json.loads(json.dumps(endpoint_set.public()))
+    served = eds.response([endpoint_set.cluster_name], {endpoint_set.cluster_name: endpoint_set})
+    assert to_discovery_response(body, expect=Upstream("gloo-system", "web")) == served
 
 
 def _bad(change: Any) -> dict[str, Any]:
@@ -592,16 +621,46 @@ def test_example_bootstrap_parses_as_an_envoy_bootstrap() -> None:
     assert "path_config_source" in readme and "resource_api_version: V3" in readme
 
 
+def _imported_modules(path: Path) -> list[str]:
+    lines = path.read_text().splitlines()
+    return [line.split()[1] for line in lines if line.startswith(("import ", "from ")) and "__future__" not in line]
+
+
 def test_sidecar_requirements_are_the_standard_library_at_most_botocore() -> None:
     lines = [line.strip() for line in (SIDECAR / "requirements.txt").read_text().splitlines()]
     assert all(not line or line.startswith("#") or line.startswith("botocore") for line in lines)
-    imports = [
-        line
-        for line in (SIDECAR / "agent.py").read_text().splitlines()
-        if line.startswith(("import ", "from ")) and "__future__" not in line
-    ]
     stdlib = set(sys.stdlib_module_names)
-    assert all(line.split()[1].split(".")[0] in stdlib for line in imports), imports
+    # The one thing it takes from the server is the Envoy renderer, itself standard library only.
+    renderer = ROOT / "chalicelib" / "render" / "cla.py"
+    imports = _imported_modules(SIDECAR / "agent.py")
+    assert all(name.split(".")[0] in stdlib or name.startswith("chalicelib.render") for name in imports), imports
+    assert all(name.split(".")[0] in stdlib for name in _imported_modules(renderer))
+    assert not [
+        line for line in (ROOT / "chalicelib" / "render" / "__init__.py").read_text().splitlines() if "import" in line
+    ]
+
+
+def test_a_copy_of_the_sidecar_and_chalicelib_runs_without_site_packages(fake_api: FakeApi, tmp_path: Path) -> None:
+    """As sidecar/README.md says: copy `sidecar/` and `chalicelib/` anywhere; nothing beyond the standard library."""
+    fake_api.publish("gloo-system", "web", "v1", ENDPOINTS)
+    where = tmp_path / "copy"
+    for folder in ("sidecar", "chalicelib"):
+        shutil.copytree(ROOT / folder, where / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "eds"
+    environment = {key: value for key, value in os.environ.items() if "proxy" not in key.lower()}
+    done = subprocess.run(  # -S: no site-packages (no pydantic, no botocore); -E: no PYTHONPATH
+        [sys.executable, "-S", "-E", "-m", "sidecar", "--once", "--base-url", fake_api.url, "--out-dir", str(out), WEB],
+        cwd=where,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    _, (assignment,) = parse_eds_text((out / WEB_FILE).read_text())
+    assert sorted(flatten(assignment)) == sorted(
+        (e["address"], e["port"], e["instance_id"], e["zone"], e["health"]) for e in ENDPOINTS
+    )
 
 
 # --------------------------------------------------------------------------- end to end, the real API

@@ -50,51 +50,48 @@ def good_body(version: str = "v1") -> dict[str, Any]:
 
 def acceptable(body: Any) -> bool:
     """Envoy's rules and the contract, written independently of the agent."""
-    if not isinstance(body, dict):
-        return False
-    if body.get("namespace") != "gloo-system" or body.get("name") != "web":
-        return False
-    if body.get("cluster_name") != "web_gloo-system":
-        return False
-    version = body.get("version")
-    if not isinstance(version, str) or not version or not version.isprintable():
+    if not isinstance(body, dict) or not _acceptable_identity(body):
         return False
     region = body.get("region")
     if region is not None and not isinstance(region, str):
         return False
     endpoints = body.get("endpoints")
-    if not isinstance(endpoints, list):
+    return isinstance(endpoints, list) and all(_acceptable_entry(entry) for entry in endpoints)
+
+
+def _acceptable_identity(body: dict[str, Any]) -> bool:
+    """The reply answers for gloo-system/web, with a version."""
+    if body.get("namespace") != "gloo-system" or body.get("name") != "web":
         return False
-    for entry in endpoints:
-        if not isinstance(entry, dict):
+    if body.get("cluster_name") != "web_gloo-system":
+        return False
+    version = body.get("version")
+    return isinstance(version, str) and bool(version) and version.isprintable()
+
+
+def _acceptable_entry(entry: Any) -> bool:
+    """One endpoint Envoy takes: an IP literal, a port and a weight in range, printable ids, a health status."""
+    if not isinstance(entry, dict):
+        return False
+    try:
+        ipaddress.ip_address(entry.get("address"))
+    except ValueError:
+        return False
+    port, weight = entry.get("port"), entry.get("weight", 1)
+    for value, low, high in ((port, 1, 65535), (weight, 1, UINT32_MAX)):
+        if type(value) is not int or not low <= value <= high:
             return False
-        try:
-            ipaddress.ip_address(entry.get("address"))
-        except ValueError:
+    for key in ("instance_id", "zone"):
+        text = entry.get(key)
+        if not isinstance(text, str) or not text.isprintable() or len(text) > 255:
             return False
-        port, weight = entry.get("port"), entry.get("weight", 1)
-        for value, low, high in ((port, 1, 65535), (weight, 1, UINT32_MAX)):
-            if type(value) is not int or not low <= value <= high:
-                return False
-        for key in ("instance_id", "zone"):
-            text = entry.get(key)
-            if not isinstance(text, str) or not text.isprintable() or len(text) > 255:
-                return False
-        if str(entry.get("health")).upper() not in {
-            "UNKNOWN",
-            "HEALTHY",
-            "UNHEALTHY",
-            "DRAINING",
-            "TIMEOUT",
-            "DEGRADED",
-        }:
-            return False
-        if not isinstance(entry.get("health"), str):
-            return False
-        metadata = entry.get("metadata", {})
-        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-            return False
-    return True
+    if not isinstance(entry.get("health"), str) or entry["health"].upper() not in ENVOY_HEALTH:
+        return False
+    metadata = entry.get("metadata", {})
+    return isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+
+
+ENVOY_HEALTH = {"UNKNOWN", "HEALTHY", "UNHEALTHY", "DRAINING", "TIMEOUT", "DEGRADED"}
 
 
 NAMES = st.sampled_from(

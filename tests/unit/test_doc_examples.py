@@ -73,98 +73,132 @@ def _scalar_violations(rules: validate_pb2.FieldRules, value: Any, field: descri
     plain = not isinstance(value, message.Message)
     if kind and plain and not value and getattr(getattr(rules, kind), "ignore_empty", False):
         return []
-    found = []
     if kind == "string":
-        r = rules.string
-        if r.HasField("min_len") and len(value) < r.min_len:
-            found.append(f"shorter than {r.min_len}")
-        if r.HasField("max_len") and len(value) > r.max_len:
-            found.append(f"longer than {r.max_len}")
-    elif kind in _NUMERIC:
-        r = getattr(rules, kind)
-        for bound, ok in (
-            ("gt", lambda b: value > b),
-            ("gte", lambda b: value >= b),
-            ("lt", lambda b: value < b),
-            ("lte", lambda b: value <= b),
-        ):
-            if r.HasField(bound) and not ok(getattr(r, bound)):
-                found.append(f"{value} violates {bound} {getattr(r, bound)}")
-        allowed = list(getattr(r, "in"))
-        if allowed and value not in allowed:
-            found.append(f"{value} not in {allowed}")
-    elif kind == "enum" and rules.enum.defined_only and field.enum_type.values_by_number.get(value) is None:
-        found.append(f"undefined enum value {value}")
-    elif kind == "duration" and isinstance(value, message.Message):
-        r, v = rules.duration, seconds(value)
-        for bound, ok in (("gt", v.__gt__), ("gte", v.__ge__), ("lt", v.__lt__), ("lte", v.__le__)):
-            if r.HasField(bound) and not ok(seconds(getattr(r, bound))):
-                found.append(f"{v}s violates {bound} {seconds(getattr(r, bound))}s")
+        return _string_violations(rules.string, value)
+    if kind in _NUMERIC:
+        return _numeric_violations(getattr(rules, kind), value)
+    if kind == "enum" and rules.enum.defined_only and field.enum_type.values_by_number.get(value) is None:
+        return [f"undefined enum value {value}"]
+    if kind == "duration" and isinstance(value, message.Message):
+        return _duration_violations(rules.duration, value)
+    return []
+
+
+def _string_violations(r: Any, value: str) -> list[str]:
+    found = []
+    if r.HasField("min_len") and len(value) < r.min_len:
+        found.append(f"shorter than {r.min_len}")
+    if r.HasField("max_len") and len(value) > r.max_len:
+        found.append(f"longer than {r.max_len}")
     return found
+
+
+def _numeric_violations(r: Any, value: Any) -> list[str]:
+    found = []
+    for bound, ok in (
+        ("gt", lambda b: value > b),
+        ("gte", lambda b: value >= b),
+        ("lt", lambda b: value < b),
+        ("lte", lambda b: value <= b),
+    ):
+        if r.HasField(bound) and not ok(getattr(r, bound)):
+            found.append(f"{value} violates {bound} {getattr(r, bound)}")
+    allowed = list(getattr(r, "in"))
+    if allowed and value not in allowed:
+        found.append(f"{value} not in {allowed}")
+    return found
+
+
+def _duration_violations(r: Any, value: message.Message) -> list[str]:
+    v = seconds(value)
+    return [
+        f"{v}s violates {bound} {seconds(getattr(r, bound))}s"
+        for bound, ok in (("gt", v.__gt__), ("gte", v.__ge__), ("lt", v.__lt__), ("lte", v.__le__))
+        if r.HasField(bound) and not ok(seconds(getattr(r, bound)))
+    ]
 
 
 def pgv_violations(msg: message.Message, path: str = "") -> list[str]:
     """What Envoy's `validate` annotations reject in `msg` (required fields and oneofs, lengths, bounds)."""
-    found: list[str] = []
     desc = msg.DESCRIPTOR
     if desc.full_name == "google.protobuf.Any":
-        if not msg.type_url:  # type: ignore[attr-defined]
-            return [f"{path}: Any without @type"]
-        inner_desc = descriptor_pool.Default().FindMessageTypeByName(msg.TypeName())  # type: ignore[attr-defined]
-        inner = message_factory.GetMessageClass(inner_desc)()
-        msg.Unpack(inner)  # type: ignore[attr-defined]
-        return pgv_violations(inner, f"{path}<{inner_desc.name}>")
-    for oneof in desc.oneofs:
-        options = oneof.GetOptions()
-        if options.Extensions[validate_pb2.required] and msg.WhichOneof(oneof.name) is None:
-            found.append(f"{path}: one of {oneof.name} is required")
+        return _any_violations(msg, path)
+    found = [
+        f"{path}: one of {oneof.name} is required"
+        for oneof in desc.oneofs
+        if oneof.GetOptions().Extensions[validate_pb2.required] and msg.WhichOneof(oneof.name) is None
+    ]
     for field in desc.fields:
         rules = field.GetOptions().Extensions[validate_pb2.rules]
         where = f"{path}.{field.name}" if path else field.name
         value = getattr(msg, field.name)
-        if _is_repeated(field):
-            if field.message_type is not None and field.message_type.GetOptions().map_entry:
-                values = list(value.values())
-                item_rules = rules.map.values
-                if rules.map.min_pairs and len(values) < rules.map.min_pairs:
-                    found.append(f"{where}: fewer than {rules.map.min_pairs} pairs")
-            else:
-                values = list(value)
-                item_rules = rules.repeated.items
-                if (
-                    rules.repeated.min_items
-                    and len(values) < rules.repeated.min_items
-                    and not (rules.repeated.ignore_empty and not values)
-                ):
-                    found.append(f"{where}: fewer than {rules.repeated.min_items} items")
-            for index, item in enumerate(values):
-                if isinstance(item, message.Message):
-                    found += pgv_violations(item, f"{where}[{index}]")
-                found += [f"{where}[{index}]: {v}" for v in _scalar_violations(item_rules, item, field)]
-            continue
         in_unset_oneof = (
             field.containing_oneof is not None and msg.WhichOneof(field.containing_oneof.name) != field.name
         )
-        if field.message_type is not None:
-            present = msg.HasField(field.name)
-            kind = rules.WhichOneof("type")
-            required = (
-                (rules.HasField("message") and rules.message.required)
-                or (kind == "duration" and rules.duration.required)
-                or (kind == "any" and rules.any.required)
-            )
-            if not present:
-                if required and not in_unset_oneof:
-                    found.append(f"{where}: required")
-                continue
-            if field.message_type.full_name in _WRAPPERS:
-                found += [f"{where}: {v}" for v in _scalar_violations(rules, value.value, field)]
-            else:
-                found += [f"{where}: {v}" for v in _scalar_violations(rules, value, field)]
-                found += pgv_violations(value, where)
+        if _is_repeated(field):
+            found += _repeated_violations(field, rules, value, where)
+        elif field.message_type is not None:
+            found += _message_field_violations(msg, field, rules, value, where, in_unset_oneof)
         elif not in_unset_oneof:
             found += [f"{where}: {v}" for v in _scalar_violations(rules, value, field)]
     return found
+
+
+def _any_violations(msg: message.Message, path: str) -> list[str]:
+    if not msg.type_url:  # type: ignore[attr-defined]
+        return [f"{path}: Any without @type"]
+    inner_desc = descriptor_pool.Default().FindMessageTypeByName(msg.TypeName())  # type: ignore[attr-defined]
+    inner = message_factory.GetMessageClass(inner_desc)()
+    msg.Unpack(inner)  # type: ignore[attr-defined]
+    return pgv_violations(inner, f"{path}<{inner_desc.name}>")
+
+
+def _repeated_violations(
+    field: descriptor.FieldDescriptor, rules: validate_pb2.FieldRules, value: Any, where: str
+) -> list[str]:
+    """A repeated field or a map: its count, then each item."""
+    found = []
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        values = list(value.values())
+        item_rules = rules.map.values
+        if rules.map.min_pairs and len(values) < rules.map.min_pairs:
+            found.append(f"{where}: fewer than {rules.map.min_pairs} pairs")
+    else:
+        values = list(value)
+        item_rules = rules.repeated.items
+        if (
+            rules.repeated.min_items
+            and len(values) < rules.repeated.min_items
+            and not (rules.repeated.ignore_empty and not values)
+        ):
+            found.append(f"{where}: fewer than {rules.repeated.min_items} items")
+    for index, item in enumerate(values):
+        if isinstance(item, message.Message):
+            found += pgv_violations(item, f"{where}[{index}]")
+        found += [f"{where}[{index}]: {v}" for v in _scalar_violations(item_rules, item, field)]
+    return found
+
+
+def _message_field_violations(
+    msg: message.Message,
+    field: descriptor.FieldDescriptor,
+    rules: validate_pb2.FieldRules,
+    value: Any,
+    where: str,
+    in_unset_oneof: bool,
+) -> list[str]:
+    """A message field: required when unset; a wrapper's value, or the message's own rules and fields."""
+    if not msg.HasField(field.name):
+        kind = rules.WhichOneof("type")
+        required = (
+            (rules.HasField("message") and rules.message.required)
+            or (kind == "duration" and rules.duration.required)
+            or (kind == "any" and rules.any.required)
+        )
+        return [f"{where}: required"] if required and not in_unset_oneof else []
+    if field.message_type.full_name in _WRAPPERS:
+        return [f"{where}: {v}" for v in _scalar_violations(rules, value.value, field)]
+    return [f"{where}: {v}" for v in _scalar_violations(rules, value, field)] + pgv_violations(value, where)
 
 
 # --- the Envoy examples ------------------------------------------------------------------------------------------

@@ -1,0 +1,119 @@
+"""The layers of docs/ARCHITECTURE.md hold: arrows only point down, and nothing imports in a circle.
+
+Every import counts, also those inside functions (a lazy import is still a dependency).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "chalicelib"
+
+# Lower layers first; a module may import its own layer and the ones listed after it.
+LAYERS = {
+    "chalicelib.domain": {"chalicelib.domain"},
+    "chalicelib.render": {"chalicelib.domain", "chalicelib.render"},
+    "chalicelib.edges": {"chalicelib.domain", "chalicelib.edges", "chalicelib.config", "chalicelib.observability"},
+    "chalicelib.usecases": {
+        "chalicelib.domain",
+        "chalicelib.render",
+        "chalicelib.edges",
+        "chalicelib.usecases",
+        "chalicelib.config",
+        "chalicelib.observability",
+    },
+}
+PURE = ("chalicelib.domain", "chalicelib.render")
+# Use cases every other use case may call: shared steps and tag discovery (run by scans and events).
+SHARED_USE_CASES = {"chalicelib.usecases.upstreams", "chalicelib.usecases.tag_discovery"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def resolve(name: str) -> str:
+    """`chalicelib.x.y` as the module that defines it (`from package import module` names a module)."""
+    while name:
+        if (ROOT / (name.replace(".", "/") + ".py")).exists() or (ROOT / name.replace(".", "/")).is_dir():
+            return name
+        name = name.rpartition(".")[0]
+    return name
+
+
+def imports(path: Path) -> dict[str, set[str]]:
+    """Every module `path` imports: ec2-eds modules resolved, third-party ones by top-level name."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            assert node.level == 0, f"{path}: relative import (use chalicelib.… absolute imports)"
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    ours = {resolve(name) for name in found if name.startswith("chalicelib")}
+    theirs = {name.split(".")[0] for name in found if not name.startswith("chalicelib")}
+    return {"ours": ours - {"chalicelib"}, "theirs": theirs}
+
+
+GRAPH = {module_name(path): imports(path) for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_the_package_is_layered_as_documented() -> None:
+    layered = [name for name in GRAPH if any(name.startswith(layer + ".") for layer in LAYERS)]
+    assert len(layered) > 20  # the walk found the layers
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_arrows_only_point_down(module: str) -> None:
+    layer = next((layer for layer in LAYERS if module.startswith(layer + ".") or module == layer), None)
+    if layer is None:
+        return  # entry points, runtime, config, observability: above the layers
+    allowed = LAYERS[layer]
+    up = sorted(
+        target
+        for target in GRAPH[module]["ours"]
+        if not any(target == ok or target.startswith(ok + ".") for ok in allowed)
+    )
+    assert up == [], f"{module} imports from a layer above it"
+
+
+@pytest.mark.parametrize("module", sorted(name for name in GRAPH if name.startswith(PURE)))
+def test_the_domain_and_renderers_are_pure(module: str) -> None:
+    assert GRAPH[module]["theirs"].isdisjoint({"boto3", "botocore", "chalice", "aws_lambda_powertools"})
+
+
+@pytest.mark.parametrize("module", sorted(name for name in GRAPH if name.startswith("chalicelib.usecases.")))
+def test_no_use_case_reaches_into_another(module: str) -> None:
+    others = {
+        target
+        for target in GRAPH[module]["ours"]
+        if target.startswith("chalicelib.usecases.") and target != module and target not in SHARED_USE_CASES
+    }
+    assert others == set()
+
+
+def test_no_import_cycle() -> None:
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(module: str) -> None:
+        if module in path:
+            cycle = path[path.index(module) :] + [module]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        if module in done or module not in GRAPH:
+            return
+        path.append(module)
+        for target in sorted(GRAPH[module]["ours"]):
+            if target != module:
+                visit(target)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(GRAPH):
+        visit(module)
