@@ -19,7 +19,7 @@ from chalicelib.config import settings
 from chalicelib.edges.clients import ClientFactory
 from chalicelib.edges.clients import counting as clients_counting
 from chalicelib.edges.credentials import AccountResolver, CredentialResolver
-from chalicelib.edges.inventory import Ec2Inventory
+from chalicelib.edges.inventory import Ec2Inventory, InstanceLister
 from chalicelib.edges.scan_queue import ScanQueue
 from chalicelib.edges.store import DynamoStore
 from chalicelib.edges.tables import Tables
@@ -136,14 +136,16 @@ def plan_scan() -> dict[str, Any]:
     }
 
 
-def scan_groups(bodies: list[str], time_left: Callable[[], float] | None = None) -> list[dict[str, Any]]:
+def scan_groups(
+    bodies: list[str], time_left: Callable[[], float] | None = None, lister: InstanceLister | None = None
+) -> list[dict[str, Any]]:
     """The scan queue's handler (and the local poller's): each message one group's worker run; a
     continuation goes back on the queue. An exception escapes, so SQS retries the message (and its
     dead-letter queue keeps one that keeps failing)."""
     results = []
     for body in bodies:
         task = scan.GroupTask.from_json(body)
-        result = scan.run_group(store(), inventory(), now, task, scan_knobs(), time_left)
+        result = scan.run_group(store(), lister or inventory(), now, task, scan_knobs(), time_left)
         if result.continuation is not None:
             scan_queue().send([result.continuation.to_json()])
         results.append(result.as_dict())
