@@ -295,6 +295,35 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+BENCH_SHAPE = Shape(
+    groups=200, instances=200_000, upstreams=2_000, big_share=0.05, page_size=10, pages_per_invocation=5, batch=100
+)
+
+
+def scenario(logs: Any, plain_moto: bool, shape: Shape = BENCH_SHAPE) -> dict[str, Any]:
+    """`make bench`: the simulation on its own emulator (moto's server over HTTP, tables made here)."""
+    from chalicelib import config
+    from chalicelib.edges.store import table_definitions
+    from devtools import stack
+
+    from . import aws_bench
+
+    os.environ.update(stack.aws_environment("http://127.0.0.1:9"))
+    os.environ["AWS_READ_TIMEOUT"] = "600"
+    emulator = aws_bench.start_emulator(logs, plain_moto)
+    try:
+        os.environ["AWS_ENDPOINT_URL"] = emulator.endpoint
+        config.reset()
+        runtime.reset()
+        conf = runtime.settings()
+        db = boto3.client("dynamodb", region_name="us-east-1")
+        for definition in table_definitions(conf.upstreams_table, conf.endpoints_table):
+            db.create_table(**definition)
+        return summary(simulate(shape))
+    finally:
+        emulator.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", type=int, default=200)
@@ -302,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstreams", type=int, default=2_000)
     parser.add_argument("--page-size", type=int, default=1000)
     parser.add_argument("--pages-per-invocation", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=100, help="instances per reservation")
     parser.add_argument("--concurrency", type=int, default=50)
     args = parser.parse_args(argv)
     shape = Shape(
@@ -311,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         page_size=args.page_size,
         pages_per_invocation=args.pages_per_invocation,
         concurrency=args.concurrency,
+        batch=args.batch,
     )
     json.dump(summary(simulate(shape)), sys.stdout, indent=2)
     print()

@@ -8,8 +8,8 @@ the logic directly.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError

@@ -288,8 +288,11 @@ def _tasks(
 
 def _record_current_statuses(store: Store, entries: dict[str, StoredUpstream]) -> int:
     """Statuses that changed without a listing (a document that no longer validates)."""
-    stale = [e for e in entries.values() if e.recorded is not None and e.status != e.recorded]
-    return sum(record_status(store, replace(entry, status=entry.recorded), entry.status) for entry in stale)
+    failed = 0
+    for entry in entries.values():
+        if entry.recorded is not None and entry.status != entry.recorded:
+            failed += record_status(store, replace(entry, status=entry.recorded), entry.status)
+    return failed
 
 
 def _record_unresolved(store: Store, unresolved: list[tuple[StoredUpstream, SpecError]]) -> int:
