@@ -286,10 +286,13 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "worker_cpu_s_max": cpu[-1] if cpu else 0.0,
         "worker_cpu_s_total": sum(cpu),
         "plan_cpu_s": result["plan"]["cpu_s"],
+        "worker_wall_s_max": max((i["wall_s"] for i in invocations), default=0.0),
         "completion_s_estimate": result["completion_s"],
         "concurrency": result["shape"]["concurrency"],
         "within_schedule": result["completion_s"] <= SCHEDULE_SECONDS,
         "upstreams_accepted": states.count("Accepted"),
+        "upstreams_written": sum(1 for value in result["written"].values() if value["served"] is not None),
+        "upstreams_failing_by_design": 2 * (result["seeded"]["upstreams"] // result["shape"]["groups"]),
         "upstreams_error": states.count("Error"),
         "steady_writes": result["steady"]["writes"],
     }
