@@ -425,7 +425,7 @@ def plan_work(moto: IamMoto) -> None:
     admin = moto.admin_store()
     expect(
         planned["errors"] == 0
-        and planned["groups"] == 4  # three groups of upstreams, one more for the account's discovery
+        and planned["groups"] == 3  # three groups of upstreams (the account's discovery shares its role's)
         and admin.get_scan_record().planned is not None
         and admin.get_endpoint_set(NS, "deleted") is None,
         f"plan: {planned}",
