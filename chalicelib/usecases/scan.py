@@ -473,14 +473,15 @@ def fail_group(store: Store, scope: Scope, task: GroupTask, err: DiscoveryError)
         extra={"group": task.group, "error_code": err.code, "reason": str(err), "upstreams": [u.key for u in members]},
     )
     count_with("DiscoveryErrors", 1, {"group": task.group, "code": err.code})
+    errors = len(members)
     for upstream in members:
         entry = scope.entries[upstream.key]
         count_with("DiscoveryErrors", 1, {"upstream": upstream.key})
         failed = Status(ERROR, str(err), entry.status.endpoints, entry.status.skipped, err.code)
-        record_status(store, entry, failed)
+        errors += record_status(store, entry, failed)  # a failed status write counts too
     if not task.behind:  # written on change only
         store.fall_behind(task.group, task.last_ok)
-    return GroupResult(task.group, tally=Tally(errors=len(members)), failure=err.code)
+    return GroupResult(task.group, tally=Tally(errors=errors), failure=err.code)
 
 
 def apply_listing(
