@@ -84,7 +84,8 @@ def test_a_rebalance_recommendation_drains_the_instance_at_once(client: Any, fle
     assert result["kind"] == "RebalanceEvent" and result["changed"] == 1
     assert health(client) == {fleet[0]: "DRAINING", fleet[1]: "HEALTHY", fleet[2]: "HEALTHY"}
     assert draining_count(client) == 1
-    full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())  # the mark holds while it runs
+    # the mark holds while it runs
+    full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
     assert health(client)[fleet[0]] == "DRAINING"
 
 
