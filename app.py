@@ -11,9 +11,6 @@ from chalicelib import local_gateway, runtime
 from chalicelib.observability import flush, logger, start_tracing
 from chalicelib.usecases import admin, api, replies
 
-# The scan use case is imported by the two handlers that scan (POST /scan, the schedule), on their
-# first invocation: a poll's cold start does not load it (bench/coldstart.py).
-
 # configure_logs=False: Chalice would set the `ec2-eds` logger, Powertools' own, to ERROR.
 app = Chalice(app_name="ec2-eds", configure_logs=False)
 YAML_OR_JSON = ["application/json", "application/yaml", "application/x-yaml", "text/yaml"]
@@ -152,9 +149,7 @@ def delete_account(name):
 
 @app.route("/scan", methods=["POST"], authorizer=ADMIN)
 def start_scan():
-    from chalicelib.usecases import scan
-
-    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(app.lambda_context))
+    summary = runtime.full_scan(seconds_left(app.lambda_context))  # in this invocation, every group
     return respond(admin.scan_summary(summary.as_dict()))
 
 
@@ -231,11 +226,18 @@ def ec2_scheduled_change(event):
 
 
 # The rate is a deployment setting: Chalice loads the app with the stage's variables.
+# The scheduled scan fans out: it plans (reads the upstreams, groups them, records the scan) and sends
+# one message per (credentials, region) group to the scan queue, whose handler lists and writes that group.
 @app.schedule(Rate(int(os.environ.get("SCAN_RATE_MINUTES", "5")), unit=Rate.MINUTES))
 def scheduled_scan(event):
-    from chalicelib.usecases import scan
+    return runtime.plan_scan()
 
-    return scan.full_scan(runtime.store(), runtime.inventory(), runtime.now, seconds_left(event.context)).as_dict()
+
+# One group per invocation (a group too large for one continues in another, from its page token);
+# a message whose handler keeps failing goes to the scan dead-letter queue (deploy/merge/*.json).
+@app.on_sqs_message(queue=os.environ.get("SCAN_QUEUE", "ec2-eds-dev-scan"), batch_size=1)
+def scan_group(event):
+    return {"groups": runtime.scan_groups([record.body for record in event], seconds_left(event.context))}
 
 
 # Last, so that it covers every route above.

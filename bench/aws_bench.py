@@ -360,7 +360,7 @@ def events_per_change(emulator: Emulator, background: int = 100) -> dict[str, An
     os.environ["UPSTREAMS_TABLE"], os.environ["ENDPOINTS_TABLE"] = tables
     config.reset()
     runtime.reset()
-    first = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now)
+    first = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
     ec2 = emulator.client("ec2")
     results: dict[str, Any] = {
         "upstreams_in_group": first.upstreams,

@@ -77,7 +77,7 @@ def one_delay(
         requests.put(f"{base}/upstreams/{namespace}/web", json=body, timeout=30).raise_for_status()
 
         def scan(_: str = "") -> None:
-            full_scan(runtime.store(), runtime.inventory(), runtime.now)
+            full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
 
         def deliver(instance_id: str) -> None:
             runtime.deliver(fleet.event_for(ec2, instance_id, "state-change"))

@@ -311,7 +311,7 @@ def scenario(
         }
         namespace = kind.replace("-", "")
         requests.put(f"{base}/upstreams/{namespace}/web", json=body, timeout=30).raise_for_status()
-        full_scan(runtime.store(), runtime.inventory(), runtime.now)
+        full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
         cluster = f"web_{namespace}"
         port = stack.free_port()
         api_port = int(base.rsplit(":", 1)[1])

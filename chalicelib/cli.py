@@ -502,7 +502,7 @@ SCAN_NOTES = {
 
 def cmd_scan(args: argparse.Namespace) -> None:
     with progress("scanning"):
-        summary = full_scan(runtime.store(), runtime.inventory(), runtime.now).as_dict()
+        summary = full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs()).as_dict()
     if args.output:
         emit(summary, args.output)
     else:

@@ -24,7 +24,6 @@ class Settings(BaseModel):
     secret_prefix: str = Field("ec2-eds/", alias="SECRET_PREFIX")
     secret_cache_seconds: int = Field(300, ge=0, alias="SECRET_CACHE_SECONDS")
     credentials_refresh_margin_seconds: int = Field(300, ge=0, alias="CREDENTIALS_REFRESH_MARGIN_SECONDS")
-    last_scan_resolution_seconds: int = Field(60, ge=0, alias="LAST_SCAN_RESOLUTION_SECONDS")
     draining_ttl_seconds: int = Field(7200, ge=60, alias="DRAINING_TTL_SECONDS")
     # how long before a scheduled maintenance (NotBefore) its instance starts DRAINING
     drain_lead_seconds: int = Field(600, ge=0, alias="DRAIN_LEAD_SECONDS")
@@ -36,6 +35,12 @@ class Settings(BaseModel):
     discovery_port_tag_key: str = Field("ec2-eds/port", min_length=1, max_length=128, alias="DISCOVERY_PORT_TAG_KEY")
     discovery_grace_seconds: int = Field(300, ge=0, alias="DISCOVERY_GRACE_SECONDS")
     scan_concurrency: int = Field(8, ge=1, le=64, alias="SCAN_CONCURRENCY")
+    # the scan fan-out (chalicelib/usecases/scan.py): one message per group on the scan queue; a group's
+    # worker lists SCAN_PAGE_SIZE instances a page and continues in another invocation past its time
+    # (or past SCAN_PAGES_PER_INVOCATION pages, when that is not 0)
+    scan_queue: str = Field("ec2-eds-dev-scan", min_length=1, max_length=80, alias="SCAN_QUEUE")
+    scan_page_size: int = Field(1000, ge=5, le=1000, alias="SCAN_PAGE_SIZE")
+    scan_pages_per_invocation: int = Field(0, ge=0, alias="SCAN_PAGES_PER_INVOCATION")
     retry_mode: Literal["standard", "adaptive", "legacy"] = Field("adaptive", alias="AWS_RETRY_MODE")
     max_attempts: int = Field(5, ge=1, le=20, alias="AWS_MAX_ATTEMPTS")
     connect_timeout: float = Field(5.0, gt=0, alias="AWS_CONNECT_TIMEOUT")

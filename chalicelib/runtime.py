@@ -8,6 +8,7 @@ the logic directly.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,11 +17,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chalicelib import config
 from chalicelib.config import settings
 from chalicelib.edges.clients import ClientFactory
+from chalicelib.edges.clients import counting as clients_counting
 from chalicelib.edges.credentials import AccountResolver, CredentialResolver
-from chalicelib.edges.inventory import Ec2Inventory
+from chalicelib.edges.inventory import Ec2Inventory, InstanceLister
+from chalicelib.edges.scan_queue import ScanQueue
 from chalicelib.edges.store import DynamoStore
 from chalicelib.edges.tables import Tables
 from chalicelib.observability import logger
+from chalicelib.usecases import scan
+from chalicelib.usecases.tag_discovery import DiscoveryKnobs
 
 if TYPE_CHECKING:
     from chalicelib.usecases import lifecycle
@@ -33,6 +38,7 @@ _resolver: CredentialResolver | None = None
 _inventory: Ec2Inventory | None = None
 _accounts: AccountResolver | None = None
 _lifecycle: lifecycle.Lifecycle | None = None
+_scan_queue: ScanQueue | None = None
 
 
 def clients() -> ClientFactory:
@@ -91,18 +97,74 @@ def monotonic() -> float:
     return time.monotonic()
 
 
+def scan_knobs() -> scan.ScanKnobs:
+    """The scan's settings, from this process's environment."""
+    conf = settings()
+    return scan.ScanKnobs(
+        deadline_margin_seconds=conf.scan_deadline_margin_seconds,
+        concurrency=conf.scan_concurrency,
+        drain_lead_seconds=conf.drain_lead_seconds,
+        draining_ttl_seconds=conf.draining_ttl_seconds,
+        page_size=conf.scan_page_size,
+        pages_per_invocation=conf.scan_pages_per_invocation,
+        discovery=DiscoveryKnobs(
+            enabled=conf.discovery_enabled,
+            tag_key=conf.discovery_tag_key,
+            port_tag_key=conf.discovery_port_tag_key,
+            grace_seconds=conf.discovery_grace_seconds,
+        ),
+    )
+
+
+def full_scan(time_left: Callable[[], float] | None = None, only: set[str] | None = None) -> scan.ScanSummary:
+    """The whole scan in this process (`POST /scan`, `cli scan`, a PUT applied at once)."""
+    return scan.full_scan(store(), inventory(), now, time_left, only, scan_knobs())
+
+
+def scan_queue() -> ScanQueue:
+    global _scan_queue
+    if _scan_queue is None:
+        _scan_queue = ScanQueue(clients().client("sqs"), settings().scan_queue)
+    return _scan_queue
+
+
+def plan_scan() -> dict[str, Any]:
+    """The scheduled scan, fanned out: plan, then one scan-queue message per group (the schedule's handler)."""
+    with clients_counting() as counter:
+        planned = scan.plan(store(), now, scan_knobs())
+        scan_queue().send([task.to_json() for task in planned.tasks])
+    return {
+        "upstreams": planned.upstreams,
+        "groups": len(planned.tasks),
+        "errors": planned.errors,
+        "aws_calls": counter.as_dict(),
+    }
+
+
+def scan_groups(
+    bodies: list[str], time_left: Callable[[], float] | None = None, lister: InstanceLister | None = None
+) -> list[dict[str, Any]]:
+    """The scan queue's handler (and the local poller's): each message one group's worker run; a
+    continuation goes back on the queue. An exception escapes, so SQS retries the message (and its
+    dead-letter queue keeps one that keeps failing)."""
+    results = []
+    for body in bodies:
+        task = scan.GroupTask.from_json(body)
+        result = scan.run_group(store(), lister or inventory(), now, task, scan_knobs(), time_left)
+        if result.continuation is not None:
+            scan_queue().send([result.continuation.to_json()])
+        results.append(result.as_dict())
+    return results
+
+
 def apply_now(keys: set[str]) -> None:
     """A changed upstream or account is served at once: its groups are reconciled now, within
     APPLY_SECONDS; what does not fit is left to the next scan (`PUT` routes and `cli apply`)."""
-    from chalicelib.usecases.scan import full_scan  # the use case, composed here like the others
-
     conf = settings()
     deadline = monotonic() + conf.apply_seconds
     # A group is started only while the budget lasts (the scan keeps its usual margin on top).
     try:
-        full_scan(
-            store(), inventory(), now, lambda: conf.scan_deadline_margin_seconds + deadline - monotonic(), only=keys
-        )
+        full_scan(lambda: conf.scan_deadline_margin_seconds + deadline - monotonic(), only=keys)
     except (ClientError, BotoCoreError) as err:  # stored already: the next scheduled scan applies it
         logger.warning(
             "applying a change at once failed; the next scan applies it", extra={"error_type": type(err).__name__}
@@ -147,7 +209,7 @@ def complete_drains(bodies: list[str]) -> list[str]:
 
 def reset() -> None:
     """Forget every dependency and client, e.g. after pointing at another emulator."""
-    global _factory, _store, _resolver, _inventory, _accounts, _lifecycle
+    global _factory, _store, _resolver, _inventory, _accounts, _lifecycle, _scan_queue
     _factory = None
-    _store = _resolver = _inventory = _accounts = _lifecycle = None
+    _store = _resolver = _inventory = _accounts = _lifecycle = _scan_queue = None
     config.reset()

@@ -100,8 +100,8 @@ class LifecycleActions:
 
 
 def poll_drain_queue(
-    sqs: Any, queue_url: str, handle: Callable[[list[str]], list[str]], stop: threading.Event, every: float = 0.1
-) -> list[str]:
+    sqs: Any, queue_url: str, handle: Callable[[list[str]], list[Any]], stop: threading.Event, every: float = 0.1
+) -> list[Any]:
     """Deliver the drain queue's messages to `handle` as they become visible (their delay over),
     deleting each one handled, as Lambda's SQS trigger does; until `stop` is set. Answers the outcomes."""
     outcomes: list[str] = []

@@ -61,12 +61,17 @@ FUNCTIONS = (
     "ec2_rebalance_recommendation",
     "ec2_scheduled_change",
     "asg_drain_complete",
+    "scan_group",
 )
 # Invoked asynchronously by EventBridge (the schedule is a rule too): these get a failure destination.
-ASYNC_FUNCTIONS = FUNCTIONS[1:-1]
+ASYNC_FUNCTIONS = FUNCTIONS[1:-2]
 # The drain queue's consumer (chalicelib/usecases/lifecycle.py) completes lifecycle actions: no table, no discovery.
 DRAIN_FUNCTION = "asg_drain_complete"
-DISCOVERY_FUNCTIONS = FUNCTIONS[:-1]
+# The scan fans out: the schedule plans (tables and the scan queue only, no AWS listing), the scan
+# queue's consumer lists and writes one (credentials, region) group per invocation.
+PLANNER, SCAN_FUNCTION = "scheduled_scan", "scan_group"
+SCAN_FUNCTION_TIMEOUT = 300  # lambda_timeout of scan_group in .chalice/config.json
+DISCOVERY_FUNCTIONS = tuple(function for function in FUNCTIONS if function not in (DRAIN_FUNCTION, PLANNER))
 # The Auto Scaling groups whose terminate lifecycle actions ec2-eds may complete (their names).
 DEFAULT_ASG_NAMES = ("*",)
 DRAIN_FUNCTION_TIMEOUT = 60  # lambda_timeout of asg_drain_complete in .chalice/config.json
@@ -111,9 +116,16 @@ DYNAMODB: dict[str, dict[str, list[str]]] = {
             "dynamodb:Scan",
         ],
     },
-    "scheduled_scan": {
+    # the planner: reads upstreams, accounts, the scan record and marks; records the scan and
+    # statuses; forgets expired drains; deletes orphaned sets (a transaction with the upstream's check)
+    PLANNER: {
+        UPSTREAMS: ["dynamodb:GetItem", "dynamodb:Scan", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem"],
+        ENDPOINTS: ["dynamodb:GetItem", "dynamodb:DeleteItem", "dynamodb:Scan"],
+    },
+    # a group worker: the scan's writes, its members' set heads in one BatchGetItem
+    SCAN_FUNCTION: {
         UPSTREAMS: [*_UPSTREAMS_READ_WRITE, "dynamodb:DeleteItem"],
-        ENDPOINTS: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Scan"],
+        ENDPOINTS: ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"],
     },
     "ec2_state_change": {
         UPSTREAMS: ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan", "dynamodb:ConditionCheckItem"],
@@ -127,7 +139,7 @@ DYNAMODB: dict[str, dict[str, list[str]]] = {
 }
 # The functions that scan (POST /scan and a PUT in the API, the schedule): they alone ask
 # DescribeInstanceStatus (instance health and scheduled maintenance); events describe one instance.
-SCANNERS = (API_HANDLER, "scheduled_scan")
+SCANNERS = (API_HANDLER, SCAN_FUNCTION)
 # The actions the code calls (proven necessary against moto in tests/deploy/test_least_privilege.py);
 # logs, X-Ray and SQS are called by Lambda itself on the function's behalf and checked statically.
 DISCOVERY_ACTIONS = (
@@ -155,6 +167,36 @@ def failure_queue_name(stage: str) -> str:
 def drain_queue_name(stage: str) -> str:
     """The SQS delay queue holding lifecycle completions until the drain period is over (DRAIN_QUEUE)."""
     return str(stage_environment(stage, PROJECT_DIR)["DRAIN_QUEUE"])
+
+
+def scan_queue_name(stage: str) -> str:
+    """The SQS queue of the scan's group tasks (SCAN_QUEUE); its dead-letter queue adds `-dead-letters`."""
+    return str(stage_environment(stage, PROJECT_DIR)["SCAN_QUEUE"])
+
+
+def scan_queue_statements(stage: str, function: str) -> list[dict[str, Any]]:
+    """The planner sends one message per group; a worker sends its continuation, and Lambda's SQS
+    trigger receives and deletes as the worker's role."""
+    actions = {
+        PLANNER: ["sqs:GetQueueUrl", "sqs:SendMessage"],
+        SCAN_FUNCTION: [
+            "sqs:DeleteMessage",
+            "sqs:GetQueueAttributes",
+            "sqs:GetQueueUrl",
+            "sqs:ReceiveMessage",
+            "sqs:SendMessage",
+        ],
+    }.get(function)
+    if actions is None:
+        return []
+    return [
+        {
+            "Sid": "ScanQueue",
+            "Effect": "Allow",
+            "Action": actions,
+            "Resource": f"arn:aws:sqs:*:*:{scan_queue_name(stage)}",
+        }
+    ]
 
 
 def drain_queue_arn(stage: str) -> str:
@@ -281,6 +323,7 @@ def function_policy(
             discovery[0]["Action"] = ["ec2:DescribeInstanceStatus", "ec2:DescribeInstances"]
         statements.extend(discovery)
     statements.extend(lifecycle_statements(stage, function, asg_names))
+    statements.extend(scan_queue_statements(stage, function))
     if function in ASYNC_FUNCTIONS:
         # Lambda sends a failed asynchronous invocation to the on-failure destination as the function's role.
         statements.append(
@@ -395,6 +438,35 @@ def gateway_responses() -> dict[str, Any]:
     }
 
 
+def scan_queue_resources(stage: str) -> dict[str, Any]:
+    """The scan queue and its dead-letter queue: a group task whose worker fails 3 times (an
+    exception, a timeout) is kept there 14 days; the next schedule plans the group again anyway."""
+    return {
+        "ScanDeadLetterQueue": {
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": f"{scan_queue_name(stage)}-dead-letters",
+                "MessageRetentionPeriod": 1209600,
+                "SqsManagedSseEnabled": True,
+            },
+        },
+        "ScanQueue": {
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": scan_queue_name(stage),
+                # Lambda's advice for an SQS trigger: a visibility timeout of 6 x the function's timeout.
+                "VisibilityTimeout": 6 * SCAN_FUNCTION_TIMEOUT,
+                "MessageRetentionPeriod": 3600,  # a task older than an hour is superseded by newer scans
+                "SqsManagedSseEnabled": True,
+                "RedrivePolicy": {
+                    "deadLetterTargetArn": {"Fn::GetAtt": ["ScanDeadLetterQueue", "Arn"]},
+                    "maxReceiveCount": 3,
+                },
+            },
+        },
+    }
+
+
 def merge_template(stage: str) -> dict[str, Any]:
     """What `chalice package --merge-template` adds to the stage's SAM template."""
     resources: dict[str, Any] = table_resources(stage)
@@ -416,6 +488,7 @@ def merge_template(stage: str) -> dict[str, Any]:
             "SqsManagedSseEnabled": True,
         },
     }
+    resources.update(scan_queue_resources(stage))
     traced = stage in XRAY_STAGES
     if traced:  # X-Ray's SDK, beside the deployment zip (devtools/tracing_layer.py, run by `make package`)
         resources[TRACING_LAYER] = {
@@ -435,6 +508,8 @@ def merge_template(stage: str) -> dict[str, Any]:
             resources[logical]["Properties"]["Layers"] = [{"Ref": TRACING_LAYER}]
         if function == DRAIN_FUNCTION:  # its SQS trigger names the queue: create the queue first
             resources[logical]["DependsOn"] = ["DrainQueue"]
+        if function == SCAN_FUNCTION:
+            resources[logical]["DependsOn"] = ["ScanQueue"]
         resources[cfn_role_name(function)] = {"Properties": {"RoleName": role_name(stage, function)}}
         # chalice 1.34 names the API handler's log group after a resource that does not exist
         # (`${ApiHandler}`): every group gets its literal name, which the policies name too.
@@ -459,6 +534,8 @@ def merge_template(stage: str) -> dict[str, Any]:
         "EndpointsTableName": {"Value": {"Ref": "EndpointsTable"}},
         "FailedInvocationsQueueUrl": {"Value": {"Ref": "FailedInvocationsQueue"}},
         "DrainQueueUrl": {"Value": {"Ref": "DrainQueue"}},
+        "ScanQueueUrl": {"Value": {"Ref": "ScanQueue"}},
+        "ScanDeadLetterQueueUrl": {"Value": {"Ref": "ScanDeadLetterQueue"}},
     }
     for function in FUNCTIONS:
         outputs[f"{cfn_role_name(function)}Arn"] = {"Value": {"Fn::GetAtt": [cfn_role_name(function), "Arn"]}}

@@ -17,6 +17,7 @@ import io
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,9 +27,10 @@ import boto3
 import yaml
 
 from chalicelib import runtime
+from chalicelib.config import settings
 from chalicelib.observability import logger
 from chalicelib.usecases.scan import full_scan
-from devtools import envoy_local, fleet, stack
+from devtools import asg, envoy_local, fleet, stack
 
 GATEWAY_EXAMPLE = stack.PROJECT_DIR / "docs" / "examples" / "envoy-rest-cds-local.yaml"
 LOGS = ("moto.log", "chalice.log", "envoy.log")
@@ -164,7 +166,8 @@ def serve(args: argparse.Namespace, logs: Path, kept: list[str], cleanup: contex
 
     api, base = stack.start_chalice(args.port, dict(os.environ), log=logs / "chalice.log")
     cleanup.callback(api.stop)
-    summary = full_scan(runtime.store(), runtime.inventory(), runtime.now)
+    summary = full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
+    start_scan_poller(base, warn, cleanup)  # the next scans fan out over the scan queue, as deployed
     print(f"API (chalice local): {base}   log: {logs / 'chalice.log'}", flush=True)
     print(f"first scan: {summary.as_dict()}", flush=True)
 
@@ -255,12 +258,40 @@ def keep_scanning(
 
 
 def scan(base: str, warn: Throttled) -> None:
-    """One full scan, telling what it changed or how many upstreams failed."""
-    summary = full_scan(runtime.store(), runtime.inventory(), runtime.now)
-    if summary.errors:
-        warn(f"scan: {summary.errors} errors (GET {base}/upstreams shows each status)", sys.stderr)
-    elif summary.changed:
-        print(f"scan: {summary.changed} sets changed", flush=True)
+    """The scheduled scan as deployed: plan, one scan-queue message per group (the poller runs them)."""
+    planned = runtime.plan_scan()
+    if planned["errors"]:
+        warn(f"scan: {planned['errors']} errors (GET {base}/upstreams shows each status)", sys.stderr)
+
+
+def start_scan_poller(base: str, warn: Throttled, cleanup: contextlib.ExitStack) -> None:
+    """The scan queue's Lambda trigger, locally: a thread delivers each message to the handler code
+    (`runtime.scan_groups`, as app.py's `scan_group`) and deletes it once handled."""
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(QueueName=settings().scan_queue)["QueueUrl"]
+    stop = threading.Event()
+
+    def handle(bodies: list[str]) -> list[dict[str, Any]]:
+        results = runtime.scan_groups(bodies)
+        for result in results:
+            if result["errors"]:
+                warn(f"scan: {result['errors']} errors (GET {base}/upstreams shows each status)", sys.stderr)
+            elif result["changed"]:
+                print(f"scan: {result['changed']} sets changed", flush=True)
+        return results
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                asg.poll_drain_queue(sqs, url, handle, stop)
+            except Exception as err:  # noqa: BLE001 - as Lambda would, retry the message later
+                warn(f"scan worker failed ({type(err).__name__}); its message is retried", sys.stderr)
+                stop.wait(1.0)
+
+    thread = threading.Thread(target=poll, name="scan-queue", daemon=True)
+    thread.start()
+    cleanup.callback(thread.join, 5)
+    cleanup.callback(stop.set)
 
 
 if __name__ == "__main__":

@@ -69,11 +69,43 @@ def active_draining(marks: dict[str, str], now: str) -> frozenset[str]:
     return frozenset(instance for instance, until in marks.items() if until > now)
 
 
+PLANNED = "*"  # the key of the latest planned full scan in the flat marks of `ScanRecord.as_marks`
+
+
+@dataclass(frozen=True, slots=True)
+class ScanRecord:
+    """The scan record (`~scan`): what `lastScan` is computed from, written so that an unchanged
+    scan writes one item whatever the number of groups.
+
+    - `planned`: when the latest full scan was planned (its start); the one write of a steady scan;
+    - `behind`: groups whose listing failed, or was not reached, since: group -> the last time it was
+      listed successfully ("" if never); written when a group falls behind, removed when it recovers;
+    - `listed`: groups listed by a narrowed scan (a PUT applied at once) -> when.
+    """
+
+    planned: str | None = None
+    behind: dict[str, str] = field(default_factory=dict)
+    listed: dict[str, str] = field(default_factory=dict)
+
+    def last(self, group: str) -> str | None:
+        """When the group was last listed successfully, as far as the record tells."""
+        if group in self.behind:
+            return self.behind[group] or None
+        return max((mark for mark in (self.planned, self.listed.get(group)) if mark), default=None)
+
+    def as_marks(self) -> dict[str, str]:
+        """Flat: PLANNED -> the planned time, and every group the record names -> its `last` ("" never)."""
+        marks = {group: self.last(group) or "" for group in {*self.behind, *self.listed}}
+        return {PLANNED: self.planned, **marks} if self.planned else marks
+
+
 def last_scan(entry: StoredUpstream, marks: dict[str, str]) -> str | None:
-    """When the upstream's group was last listed successfully, if after the upstream was stored."""
+    """When the upstream's group was last listed successfully (`ScanRecord.last`, flat as
+    `as_marks`), if after the upstream was stored."""
     if entry.upstream is None:
         return None
-    mark = marks.get(str(entry.upstream.group))
+    group = str(entry.upstream.group)
+    mark = marks[group] if group in marks else marks.get(PLANNED)
     return mark if mark and mark >= entry.updated_at else None
 
 

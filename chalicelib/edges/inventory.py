@@ -148,6 +148,30 @@ class Ec2Inventory:
             self._listed_as[(credentials, region)] = identity
         return listed
 
+    def list_page(
+        self, credentials: Credentials, region: str, token: str | None, page_size: int = 1000
+    ) -> tuple[list[Instance], str | None]:
+        """One page of DescribeInstances (running instances) and the token of the next, None at the end:
+        a group too large for one invocation continues from there in the next."""
+        request: dict[str, Any] = {
+            "Filters": [{"Name": "instance-state-name", "Values": ["running"]}],
+            "MaxResults": max(5, min(page_size, 1000)),
+            **({"NextToken": token} if token else {}),
+        }
+        found: list[Instance] = []
+        answers: list[dict[str, Any]] = []
+        identity = self._identity(credentials)
+        self._describe(credentials, region, identity, _page=answers, **request)
+        with self._lock:
+            self._listed_as[(credentials, region)] = identity
+        for answer in answers:
+            found.extend(
+                to_instance(instance)
+                for reservation in answer.get("Reservations", ())
+                for instance in reservation.get("Instances", ())
+            )
+        return found, (answers[-1].get("NextToken") or None) if answers else None
+
     def describe(self, credentials: Credentials, region: str, instance_ids: Iterable[str]) -> list[Instance]:
         ids = sorted(set(instance_ids))
         if not ids:
@@ -199,10 +223,19 @@ class Ec2Inventory:
         return DiscoveryError(f"{operation} failed unexpectedly ({type(err).__name__})", type(err).__name__)
 
     def _describe(
-        self, credentials: Credentials, region: str, identity: Identity | None, **request: Any
+        self,
+        credentials: Credentials,
+        region: str,
+        identity: Identity | None,
+        _page: list[dict[str, Any]] | None = None,
+        **request: Any,
     ) -> list[Instance]:
+        """Every page (or, with `_page`, the one page asked for, appended there), errors named."""
         try:
             client = self._factory.client("ec2", region, identity)
+            if _page is not None:
+                _page.append(client.describe_instances(**request))
+                return []
             paginator = client.get_paginator("describe_instances")
             pages = paginator.paginate(**request, PaginationConfig={"PageSize": 1000})
             return [

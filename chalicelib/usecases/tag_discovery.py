@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from chalicelib.config import settings
 from chalicelib.domain.accounts import Account
 from chalicelib.domain.endpoints import Instance, tag_value
 from chalicelib.domain.spec import DNS1123_LABEL, Credentials, GroupKey, Upstream, parse_upstream
@@ -27,6 +26,20 @@ from chalicelib.edges.store import Conflict, Store
 from chalicelib.observability import logger
 
 DISCOVERED_LABEL = "ec2-eds/discovered"
+CHANGE_KINDS = ("created", "updated", "removed", "refused")  # the fields of DiscoveryChanges
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryKnobs:
+    """The settings discovery reads (DISCOVERY_*), passed in from the composition root."""
+
+    enabled: bool = False
+    tag_key: str = "ec2-eds/upstream"
+    port_tag_key: str = "ec2-eds/port"
+    grace_seconds: int = 300
+
+
+DEFAULTS = DiscoveryKnobs()
 
 
 @dataclass
@@ -49,9 +62,9 @@ def account_groups(accounts: Iterable[Account]) -> dict[GroupKey, Account]:
     }
 
 
-def requested_name(instance: Instance) -> tuple[str, str] | None:
+def requested_name(instance: Instance, knobs: DiscoveryKnobs = DEFAULTS) -> tuple[str, str] | None:
     """(namespace, name) an instance's discovery tag asks for, or None."""
-    value = tag_value(instance.tags, settings().discovery_tag_key)
+    value = tag_value(instance.tags, knobs.tag_key)
     if value is None or instance.state != "running":
         return None
     namespace, sep, name = value.strip().partition("/")
@@ -63,9 +76,8 @@ def requested_name(instance: Instance) -> tuple[str, str] | None:
     return namespace, name
 
 
-def document(namespace: str, name: str, account: str, region: str) -> dict[str, Any]:
+def document(namespace: str, name: str, account: str, region: str, knobs: DiscoveryKnobs = DEFAULTS) -> dict[str, Any]:
     """The Gloo Upstream document of a discovered upstream."""
-    conf = settings()
     return {
         "apiVersion": "gloo.solo.io/v1",
         "kind": "Upstream",
@@ -74,8 +86,8 @@ def document(namespace: str, name: str, account: str, region: str) -> dict[str, 
             "awsEc2": {
                 "region": region,
                 "account": account,
-                "filters": [{"kvPair": {"key": conf.discovery_tag_key, "value": f"{namespace}/{name}"}}],
-                "portTag": conf.discovery_port_tag_key,
+                "filters": [{"kvPair": {"key": knobs.tag_key, "value": f"{namespace}/{name}"}}],
+                "portTag": knobs.port_tag_key,
             }
         },
     }
@@ -90,6 +102,7 @@ def wanted(
     listings: dict[GroupKey, list[Instance]],
     groups: dict[GroupKey, Account],
     holders: dict[str, tuple[str | None, str | None]] | None = None,
+    knobs: DiscoveryKnobs = DEFAULTS,
 ) -> dict[str, Upstream]:
     """The upstreams the listed instances ask for.
 
@@ -100,13 +113,13 @@ def wanted(
     asked: dict[str, list[Upstream]] = {}
     for group, account in groups.items():
         for instance in listings.get(group, ()):
-            names = requested_name(instance)
+            names = requested_name(instance, knobs)
             if names is None:
                 continue
             namespace, name = names
             candidates = asked.setdefault(f"{namespace}/{name}", [])
             if all((c.ec2.account, c.ec2.region) != (account.name, group.region) for c in candidates):
-                candidates.append(parse_upstream(document(namespace, name, account.name, group.region)))
+                candidates.append(parse_upstream(document(namespace, name, account.name, group.region, knobs)))
     found: dict[str, Upstream] = {}
     for key, candidates in asked.items():
         holder = (holders or {}).get(key)
@@ -126,12 +139,26 @@ def holder(entry: StoredUpstream) -> tuple[str | None, str | None]:
     return spec.get("account"), spec.get("region")
 
 
+def held_here(
+    desired: dict[str, Upstream], entries: dict[str, StoredUpstream], here: tuple[str, str]
+) -> dict[str, Upstream]:
+    """What one group's worker may create or update: it sees only its own (account, region), so a
+    name a discovered upstream of another account or region holds stays with it (until that one is
+    removed for its instances being gone; then the next scan gives the name to who asks)."""
+    return {
+        key: upstream
+        for key, upstream in desired.items()
+        if key not in entries or not is_discovered(entries[key]) or holder(entries[key]) == here
+    }
+
+
 def apply(
     store: Store,
     entries: dict[str, StoredUpstream],
     desired: dict[str, Upstream],
     listed: set[tuple[str, str]],
     now: datetime,
+    knobs: DiscoveryKnobs = DEFAULTS,
 ) -> DiscoveryChanges:
     """Create, update and (after the grace period) remove discovered upstreams.
 
@@ -155,7 +182,7 @@ def apply(
             (changes.created if entry is None else changes.updated).append(key)
         if key in missing:
             store.forget_marks(MISSING, [key])
-    grace = timedelta(seconds=settings().discovery_grace_seconds)
+    grace = timedelta(seconds=knobs.grace_seconds)
     for key, entry in entries.items():
         if not is_discovered(entry) or key in desired or holder(entry) not in listed:
             continue

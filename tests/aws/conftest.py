@@ -61,7 +61,7 @@ def scan(aws: None) -> Callable[[], ScanSummary]:
     """One full reconcile with the process-wide store and the real Ec2Inventory."""
 
     def run() -> ScanSummary:
-        return full_scan(runtime.store(), runtime.inventory(), runtime.now)
+        return full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
 
     return run
 

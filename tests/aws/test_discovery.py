@@ -163,7 +163,9 @@ def test_ten_upstreams_sharing_credentials_cost_one_listing(
         assert ids(dynamo_store, f"gloo-system/svc-{n}") == set(fleet[n])
 
 
-def test_a_scan_with_no_fleet_change_writes_nothing(dynamo_store: DynamoStore, launch: Launch, scan: Scan) -> None:
+def test_a_scan_with_no_fleet_change_writes_only_its_scan_record(
+    dynamo_store: DynamoStore, launch: Launch, scan: Scan
+) -> None:
     put(dynamo_store, "web", filters=[{"key": "web"}])
     put(dynamo_store, "api", filters=[{"key": "api"}], roleArn=ROLE)
     launch({"web": "1"}, count=2)
@@ -178,12 +180,17 @@ def test_a_scan_with_no_fleet_change_writes_nothing(dynamo_store: DynamoStore, l
     assert second.changed == 0
     assert second.errors == 0
     assert calls(second).get("dynamodb:PutItem", 0) == 0
-    assert calls(second).get("dynamodb:UpdateItem", 0) == 0
+    assert calls(second).get("dynamodb:UpdateItem", 0) == 1  # the scan record (`planned`), whatever the groups
     assert calls(second).get("dynamodb:DeleteItem", 0) == 0
+    assert calls(second).get("dynamodb:TransactWriteItems", 0) == 0
     assert calls(second)["ec2:DescribeInstances"] == 2
     assert calls(second)["sts:AssumeRole"] == 0  # the assumed credentials are still good
     assert dynamo_store.endpoint_digests() == digests
-    assert {key: status(dynamo_store, key) for key in digests} == statuses
+    after = {key: status(dynamo_store, key) for key in digests}
+    assert all(after[key]["lastScan"] > statuses[key]["lastScan"] for key in digests)  # the record says so
+    assert {key: {**value, "lastScan": None} for key, value in after.items()} == {
+        key: {**value, "lastScan": None} for key, value in statuses.items()
+    }
 
 
 def test_a_stopped_instance_is_dropped_on_the_next_scan(

@@ -52,7 +52,7 @@ def members(name: str) -> dict[str, str]:
 
 
 def scan() -> dict[str, Any]:
-    return full_scan(runtime.store(), runtime.inventory(), runtime.now).as_dict()
+    return full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs()).as_dict()
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ def fleet(aws: None) -> list[str]:
     ids = [launch_one(ec2, {"app": "web"}) for _ in range(3)]
     document = {"spec": {"awsEc2": {"region": "us-east-1", "filters": [{"kvPair": {"key": "app", "value": "web"}}]}}}
     runtime.store().put_upstream(parse_upstream(document, "shop", "web"), "2026-01-01T00:00:00Z")
-    full_scan(runtime.store(), runtime.inventory(), runtime.now)
+    full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
     return ids
 
 
@@ -85,7 +85,8 @@ def test_a_rebalance_recommendation_drains_the_instance_at_once(client: Any, fle
     assert result["kind"] == "RebalanceEvent" and result["changed"] == 1
     assert health(client) == {fleet[0]: "DRAINING", fleet[1]: "HEALTHY", fleet[2]: "HEALTHY"}
     assert draining_count(client) == 1
-    full_scan(runtime.store(), runtime.inventory(), runtime.now)  # the mark holds while it runs
+    # the mark holds while it runs
+    full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
     assert health(client)[fleet[0]] == "DRAINING"
 
 

@@ -31,7 +31,7 @@ from tests.factories import ActingLister, launch_one, upstream
 
 
 def scan() -> Any:
-    return full_scan(runtime.store(), runtime.inventory(), runtime.now)
+    return full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
 
 
 def put(name: str, filters: list[dict[str, Any]] | None = None, **ec2: Any) -> None:

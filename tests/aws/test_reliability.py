@@ -41,7 +41,7 @@ def groups(aws: None) -> list[str]:
 
 
 def scan(**kwargs: Any) -> Any:
-    return full_scan(runtime.store(), runtime.inventory(), runtime.now, **kwargs)
+    return full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs(), **kwargs)
 
 
 def served(name: str) -> int | None:

@@ -13,7 +13,7 @@ import pytest
 
 from chalicelib.domain.accounts import parse_account
 from chalicelib.domain.endpoints import Endpoint, EndpointSet
-from chalicelib.domain.status import ACCEPTED, ERROR, REJECTED, Status
+from chalicelib.domain.status import ACCEPTED, ERROR, REJECTED, ScanRecord, Status
 from chalicelib.edges.store import DynamoStore, MemoryStore
 from tests.factories import upstream, upstream_document
 
@@ -95,7 +95,8 @@ class TestStore:
 
     def test_list_does_not_show_the_scan_marks(self, store: Any) -> None:
         store.put_upstream(upstream("web"), NOW)
-        store.put_scan_marks({"us-east-1|-|-": NOW})
+        store.plan_scan(NOW)
+        store.fall_behind("us-east-1|-|-", NOW)
 
         assert [entry.key for entry in store.list_upstreams()] == ["gloo-system/web"]
 
@@ -247,15 +248,20 @@ class TestStore:
 
         assert store.get_endpoint_set("gloo-system", "web") == written
 
-    def test_scan_marks_round_trip(self, store: Any) -> None:
+    def test_the_scan_record_round_trips_and_each_group_keeps_its_own_entry(self, store: Any) -> None:
         assert store.get_scan_marks() == {}
-        marks = {"us-east-1|-|-": NOW, "eu-west-1|default/s|arn:aws:iam::123456789012:role/r": LATER}
+        failing, fine = "us-east-1|-|-", "eu-west-1|default/s|arn:aws:iam::123456789012:role/r"
 
-        store.put_scan_marks(marks)
-        assert store.get_scan_marks() == marks
+        store.plan_scan(NOW)
+        store.fall_behind(failing, "")  # never listed
+        store.fall_behind(failing, LATER)  # already behind: keeps when it was last listed
+        store.mark_listed(fine, LATER)
+        assert store.get_scan_record() == ScanRecord(NOW, {failing: ""}, {fine: LATER})
+        assert store.get_scan_marks() == {"*": NOW, failing: "", fine: LATER}
 
-        store.put_scan_marks({"us-east-1|-|-": LATER})
-        assert store.get_scan_marks() == {"us-east-1|-|-": LATER}
+        store.catch_up(failing)
+        store.plan_scan(LATER, forget=[fine])
+        assert store.get_scan_record() == ScanRecord(LATER)
 
     def test_a_stored_document_that_no_longer_validates_is_rejected_with_a_reason(self, store: Any) -> None:
         bad = upstream_document("old", region="mars-central")

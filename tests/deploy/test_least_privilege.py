@@ -12,7 +12,9 @@ for a function's role. That user holds exactly the policy document of
 (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` of the user, `AWS_ENDPOINT_URL`
 at moto, `runtime.reset()`), from the same seeded state every time:
 
-- `scheduled_scan`: `scan.full_scan`, over three credentials groups
+- `scheduled_scan`: `runtime.plan_scan`, the planner (tables and the scan queue only), which
+  deletes the orphaned set;
+- `scan_group`: `scan.run_tasks` over a plan's tasks, the group workers, over three credentials groups
   (the function's own, a `secretRef`, a `roleArn` with `externalId`), an
   orphaned endpoint set, a set large enough to be stored in chunks, and
   upstreams discovered from tags (`DISCOVERY_ENABLED`): one to create, one
@@ -144,13 +146,26 @@ def actions_of(document: dict[str, Any]) -> list[str]:
     return sorted({action for statement in document["Statement"] for action in statement["Action"]})
 
 
+# The scan worker sends a message only to continue a group past one invocation, which the seeded
+# fleet never needs: its SQS actions are checked statically (tests/deploy/test_policies.py), and the
+# continuation itself on moto by tests/bench/test_scale.py.
+# The planner deletes an orphaned set inside a transaction (its Delete needs dynamodb:DeleteItem on
+# AWS), which moto does not check action by action; the seeded orphan is not chunked.
+STATIC_BY_FUNCTION = {
+    "scan_group": {"sqs:GetQueueUrl", "sqs:SendMessage"},
+    "scheduled_scan": {"dynamodb:DeleteItem"},
+}
+
+
 def code_actions(function: str) -> list[str]:
     document = policy_document(function)
     lambdas = {a for s in document["Statement"] if s["Sid"] == "FailureDestination" for a in s["Action"]}
     return [
         action
         for action in actions_of(document)
-        if action.startswith(CODE_SERVICES) and action not in STATIC_ACTIONS and action not in lambdas
+        if action.startswith(CODE_SERVICES)
+        and action not in STATIC_ACTIONS | STATIC_BY_FUNCTION.get(function, set())
+        and action not in lambdas
     ]
 
 
@@ -271,6 +286,7 @@ def seed(moto: IamMoto) -> None:
     for number, name in enumerate(("web-secret", "web-role", "deleted", GONE), start=2):
         assert store.put_endpoint_set(EndpointSet.build(NS, name, REGION, fake_endpoints(1, number)), None)
     moto.client("sqs").create_queue(QueueName=gen.drain_queue_name(STAGE))  # idempotent: messages may remain
+    moto.client("sqs").create_queue(QueueName=gen.scan_queue_name(STAGE))
 
 
 def seed_group(admin: Any) -> None:
@@ -419,8 +435,25 @@ def expect(condition: bool, what: str) -> None:
 SCAN_DISCOVERS = {"created": 1, "updated": 0, "removed": 1, "refused": 0}
 
 
-def scan_work(_: IamMoto) -> None:
-    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now).as_dict()
+def plan_work(moto: IamMoto) -> None:
+    """The schedule's handler: plan (one task per group on the scan queue), the orphan set deleted."""
+    planned = runtime.plan_scan()
+    admin = moto.admin_store()
+    expect(
+        planned["errors"] == 0
+        and planned["groups"] == 3  # three groups of upstreams (the account's discovery shares its role's)
+        and admin.get_scan_record().planned is not None
+        and admin.get_endpoint_set(NS, "deleted") is None,
+        f"plan: {planned}",
+    )
+
+
+def scan_work(moto: IamMoto) -> None:
+    """The scan queue's handler, for every task of a plan (made as the admin)."""
+    knobs = runtime.scan_knobs()
+    planned = scan.plan(moto.admin_store(), runtime.now, knobs)
+    results = scan.run_tasks(runtime.store(), runtime.inventory(), runtime.now, planned.tasks, knobs, None)
+    summary = scan.summarize(planned, results, {}, discovering=True).as_dict()
     expect(
         summary["errors"] == 0
         and "health_errors" not in summary  # DescribeInstanceStatus answered for every group
@@ -517,7 +550,8 @@ def api_work(moto: IamMoto) -> None:
 
 WORK: dict[str, Callable[[IamMoto], None]] = {
     "api_handler": api_work,
-    "scheduled_scan": scan_work,
+    "scheduled_scan": plan_work,
+    "scan_group": scan_work,
     **{function: event_work(fixture) for function, fixture in EVENT_FIXTURES.items()},
     "asg_terminate_lifecycle": terminate_lifecycle_work,
     "asg_drain_complete": drain_complete_work,
@@ -665,10 +699,10 @@ def test_assume_role_is_scoped(
     iam_moto: IamMoto, as_function: Callable[[dict[str, Any]], None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A role outside arn:aws:iam::*:role/ec2-eds-* cannot be assumed, though it trusts the function."""
-    as_function(for_moto(policy_document("scheduled_scan")))
+    as_function(for_moto(policy_document("scan_group")))
     document = upstream("other-role", roleArn=f"arn:aws:iam::{ACCOUNT}:role/not-eds")
     iam_moto.admin_store().put_upstream(parse_upstream(document, NS, "other-role"), "2026-01-01T00:00:00Z")
-    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now)
+    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
     assert summary.errors == 1
     status = iam_moto.admin_store().get_upstream(NS, "other-role")
     assert status is not None and status.status.code == "AccessDenied", status
@@ -676,10 +710,10 @@ def test_assume_role_is_scoped(
 
 def test_wrong_external_id_is_refused(iam_moto: IamMoto, as_function: Callable[[dict[str, Any]], None]) -> None:
     """The member role's trust policy demands the external id: a wrong one fails the role's group only."""
-    as_function(for_moto(policy_document("scheduled_scan")))
+    as_function(for_moto(policy_document("scan_group")))
     document = upstream("wrong-id", roleArn=f"arn:aws:iam::{ACCOUNT}:role/{MEMBER_ROLE}", externalId="not-the-id")
     iam_moto.admin_store().put_upstream(parse_upstream(document, NS, "wrong-id"), "2026-01-01T00:00:00Z")
-    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now)
+    summary = scan.full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs())
     assert summary.errors == 1 and summary.changed == 4
 
 

@@ -103,14 +103,20 @@ def test_functions_are_the_apps() -> None:
     assert set(gen.ASYNC_FUNCTIONS) == {
         name for name, source in handlers.items() if type(source).__name__ != "SQSEventConfig"
     }
-    (drain,) = [source for source in handlers.values() if type(source).__name__ == "SQSEventConfig"]
-    assert drain.name == gen.DRAIN_FUNCTION and drain.batch_size == 1
+    queued = {source.name: source for source in handlers.values() if type(source).__name__ == "SQSEventConfig"}
+    assert set(queued) == {gen.DRAIN_FUNCTION, gen.SCAN_FUNCTION}
+    assert queued[gen.DRAIN_FUNCTION].batch_size == 1 and queued[gen.SCAN_FUNCTION].batch_size == 1
     for stage in gen.STAGES:  # the queue the trigger names is the stage's, which the merge template creates
         assert stage_environment(stage, ROOT)["DRAIN_QUEUE"] == gen.drain_queue_name(stage) == f"ec2-eds-{stage}-drain"
+        assert stage_environment(stage, ROOT)["SCAN_QUEUE"] == gen.scan_queue_name(stage) == f"ec2-eds-{stage}-scan"
+        template = gen.merge_template(stage)["Resources"]
+        assert template["ScanQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 3
+        assert template["ScanQueue"]["Properties"]["VisibilityTimeout"] >= gen.SCAN_FUNCTION_TIMEOUT
+        assert template[gen.cfn_name(gen.SCAN_FUNCTION)]["DependsOn"] == ["ScanQueue"]
 
 
 def test_assume_role_pattern_is_configurable() -> None:
-    custom = gen.function_policy("prod", "scheduled_scan", ["arn:aws:iam::111122223333:role/eds-reader"])
+    custom = gen.function_policy("prod", "scan_group", ["arn:aws:iam::111122223333:role/eds-reader"])
     statement = next(s for s in custom["Statement"] if s["Action"] == ["sts:AssumeRole"])
     assert statement["Resource"] == ["arn:aws:iam::111122223333:role/eds-reader"]
 
@@ -140,7 +146,7 @@ def test_member_trust_command_fills_the_placeholders() -> None:
     assert gen.PLACEHOLDER_ACCOUNT not in text and gen.PLACEHOLDER_EXTERNAL_ID not in text
     condition = trust["Statement"][0]["Condition"]
     assert condition["StringEquals"] == {"sts:ExternalId": "my-external-id"}
-    assert "arn:aws:iam::111122223333:role/ec2-eds-prod-scheduled_scan" in condition["ArnEquals"]["aws:PrincipalArn"]
+    assert "arn:aws:iam::111122223333:role/ec2-eds-prod-scan_group" in condition["ArnEquals"]["aws:PrincipalArn"]
 
 
 # --- .chalice/config.json -----------------------------------------------------------------------
@@ -254,6 +260,12 @@ def _sqs_scoped(s: Scoped) -> None:
         assert s.function in gen.ASYNC_FUNCTIONS and s.actions == ["sqs:SendMessage"]
         assert s.resources == [f"arn:aws:sqs:*:*:ec2-eds-{s.stage}-failed-invocations"]
         return
+    if s.sid == "ScanQueue":  # the planner sends the groups' tasks; a worker consumes them, sends continuations
+        assert s.resources == [f"arn:aws:sqs:*:*:ec2-eds-{s.stage}-scan"]
+        send = ["sqs:GetQueueUrl", "sqs:SendMessage"]
+        expected = {gen.PLANNER: send, gen.SCAN_FUNCTION: sorted({*send, *SQS_TRIGGER_ACTIONS})}
+        assert s.actions == expected[s.function], s
+        return
     # the drain queue: sent to on a lifecycle event, consumed by the drain function
     assert s.resources == [f"arn:aws:sqs:*:*:ec2-eds-{s.stage}-drain"]
     expected = {
@@ -293,11 +305,12 @@ def test_policy_holds_only_known_actions(stage: str, function: str) -> None:
     actions = {action for statement in statements(stage, function) for action in statement["Action"]}
     assert actions <= CODE_ACTIONS | LAMBDA_ACTIONS
     status = "ec2:DescribeInstanceStatus"  # instance health and scheduled maintenance: the scanners only
-    # every function but the drain queue's lists instances (events, scans, POST /scan)
-    assert (set(gen.DISCOVERY_ACTIONS) - {status} <= actions) == (function != gen.DRAIN_FUNCTION)
+    # every function but the drain queue's and the scan's planner lists instances (events, scans, POST /scan)
+    assert (set(gen.DISCOVERY_ACTIONS) - {status} <= actions) == (function not in (gen.DRAIN_FUNCTION, gen.PLANNER))
     assert (status in actions) == (function in gen.SCANNERS)
     assert {"logs:CreateLogStream", "logs:PutLogEvents"} <= actions
-    assert ("sqs:SendMessage" in actions) == (function in (*gen.ASYNC_FUNCTIONS, gen.DRAIN_FUNCTION))
+    senders = (*gen.ASYNC_FUNCTIONS, gen.DRAIN_FUNCTION, gen.SCAN_FUNCTION)
+    assert ("sqs:SendMessage" in actions) == (function in senders)
     assert ("autoscaling:CompleteLifecycleAction" in actions) == (function == gen.DRAIN_FUNCTION)
     assert ("xray:PutTraceSegments" in actions) == (stage in gen.XRAY_STAGES)
     if function in gen.DYNAMODB:

@@ -210,7 +210,10 @@ WRITES = (
     "put_status",
     "observe",
     "delete_orphan_set",
-    "put_scan_marks",
+    "plan_scan",
+    "fall_behind",
+    "catch_up",
+    "mark_listed",
     "set_mark",
     "forget_marks",
 )

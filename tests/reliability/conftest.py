@@ -310,7 +310,7 @@ class World:
         return secret_id
 
     def scan(self, **kwargs: Any) -> ScanSummary:
-        return full_scan(runtime.store(), runtime.inventory(), runtime.now, **kwargs)
+        return full_scan(runtime.store(), runtime.inventory(), runtime.now, knobs=runtime.scan_knobs(), **kwargs)
 
     def members(self, key: str) -> set[str] | None:
         namespace, _, name = key.partition("/")

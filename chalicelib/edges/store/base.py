@@ -5,7 +5,8 @@ Kinds (all in two DynamoDB tables, partition key `id`):
 - endpoint sets: `namespace/name` -> the set's head (version, digest, count; under 1 KB, so a
   304 reads it alone) and its records, compressed, in chunk items past that (see `chunks`);
 - observation logs: `~seen/<group id>` -> when an event last observed each instance of a group;
-- marks: `~scan` (last listing per group), `~draining`, `~missing` (small maps of key -> time);
+- the scan record `~scan` (`ScanRecord`: the latest planned scan, the groups behind);
+- marks: `~draining`, `~missing` (small maps of key -> time);
 - named accounts.
 
 `Store` is all of them, which is what the composition root hands to the use cases.
@@ -21,7 +22,7 @@ from typing import Protocol
 from chalicelib.domain.accounts import Account
 from chalicelib.domain.endpoints import EndpointSet
 from chalicelib.domain.spec import Upstream
-from chalicelib.domain.status import Status, StoredUpstream
+from chalicelib.domain.status import ScanRecord, Status, StoredUpstream
 
 SCAN_MARKS_ID = "~scan"
 OBSERVATIONS_PREFIX = "~seen/"  # + a group's id: the group's observation log
@@ -95,6 +96,10 @@ class EndpointSets(Protocol):
 
     def endpoint_digests(self) -> dict[str, str]: ...
 
+    def set_digests(self, keys: Iterable[str]) -> dict[str, str]:
+        """The digests of these sets (those that exist), read consistently."""
+        ...
+
     def put_endpoint_set(self, endpoint_set: EndpointSet, expected_digest: str | None) -> bool: ...
 
     def write_set(self, endpoint_set: EndpointSet, expected_digest: str | None, guard: Guard) -> Outcome: ...
@@ -117,9 +122,27 @@ class ObservationLog(Protocol):
 
 
 class Marks(Protocol):
-    def get_scan_marks(self) -> dict[str, str]: ...
+    def get_scan_record(self) -> ScanRecord: ...
 
-    def put_scan_marks(self, marks: dict[str, str]) -> None: ...
+    def get_scan_marks(self) -> dict[str, str]:
+        """The scan record, flat (`ScanRecord.as_marks`): what `last_scan` reads."""
+        ...
+
+    def plan_scan(self, at: str, forget: Iterable[str] = ()) -> None:
+        """Record a planned full scan (one write), forgetting the record's entries of `forget` groups."""
+        ...
+
+    def fall_behind(self, group: str, last_ok: str) -> None:
+        """Record that a group's listing failed or was not reached; a group already behind keeps its `last_ok`."""
+        ...
+
+    def catch_up(self, group: str) -> None:
+        """A group behind was listed successfully again."""
+        ...
+
+    def mark_listed(self, group: str, at: str) -> None:
+        """A narrowed scan (a PUT applied at once) listed the group."""
+        ...
 
     def set_mark(self, kind: str, key: str, value: str) -> None: ...
 

@@ -23,7 +23,7 @@ from chalicelib.domain.accounts import Account
 from chalicelib.domain.endpoints import EndpointSet
 from chalicelib.domain.names import upstream_key
 from chalicelib.domain.spec import Upstream
-from chalicelib.domain.status import PENDING, Status, StoredUpstream, stored
+from chalicelib.domain.status import PENDING, ScanRecord, Status, StoredUpstream, stored
 from chalicelib.edges.store.base import (
     ACCOUNT_PREFIX,
     ANY,
@@ -256,6 +256,24 @@ class DynamoStore:
         items = self._scan(self.endpoints_table, ProjectionExpression="id, digest", ConsistentRead=True)
         return {item["id"]["S"]: item["digest"]["S"] for item in items if "#" not in item["id"]["S"]}
 
+    def set_digests(self, keys: Iterable[str]) -> dict[str, str]:
+        """The digests of these sets (those that exist), read consistently, heads only."""
+        wanted, found = sorted(set(keys)), {}
+        for start in range(0, len(wanted), 100):  # BatchGetItem's limit
+            request = {
+                self.endpoints_table: {
+                    "Keys": [{"id": {"S": key}} for key in wanted[start : start + 100]],
+                    "ProjectionExpression": "id, digest",
+                    "ConsistentRead": True,
+                }
+            }
+            while request:
+                answer = self._db.batch_get_item(RequestItems=request)
+                for item in answer.get("Responses", {}).get(self.endpoints_table, ()):
+                    found[item["id"]["S"]] = item["digest"]["S"]
+                request = answer.get("UnprocessedKeys") or {}
+        return found
+
     def put_endpoint_set(self, endpoint_set: EndpointSet, expected_digest: str | None) -> bool:
         return self.write_set(endpoint_set, expected_digest, Guard()) is Outcome.WRITTEN
 
@@ -453,14 +471,58 @@ class DynamoStore:
 
     # -- scan marks ------------------------------------------------------------
 
-    def get_scan_marks(self) -> dict[str, str]:
-        answer = self._db.get_item(TableName=self.upstreams_table, Key={"id": {"S": SCAN_MARKS_ID}})
-        return json.loads(answer["Item"]["marks"]["S"]) if "Item" in answer else {}
+    # One item, `~scan`: `planned`, and one attribute per group behind (`b:<group>`) or listed by a
+    # narrowed scan (`l:<group>`), so that workers of different groups never overwrite each other.
 
-    def put_scan_marks(self, marks: dict[str, str]) -> None:
-        self._db.put_item(
+    def get_scan_record(self) -> ScanRecord:
+        answer = self._db.get_item(
+            TableName=self.upstreams_table, Key={"id": {"S": SCAN_MARKS_ID}}, ConsistentRead=True
+        )
+        item = answer.get("Item", {})
+        legacy = json.loads(item["marks"]["S"]) if "marks" in item else {}  # group -> time, before the record
+        behind = {name[2:]: value["S"] for name, value in item.items() if name.startswith(BEHIND)}
+        listed = {name[2:]: value["S"] for name, value in item.items() if name.startswith(LISTED)}
+        return ScanRecord(item["planned"]["S"] if "planned" in item else None, behind, {**legacy, **listed})
+
+    def get_scan_marks(self) -> dict[str, str]:
+        return self.get_scan_record().as_marks()
+
+    def plan_scan(self, at: str, forget: Iterable[str] = ()) -> None:
+        names = {"#p": "planned", "#m": "marks"}
+        names.update({f"#f{n}": f"{prefix}{group}" for n, (prefix, group) in enumerate(_both(forget))})
+        removed = ", ".join(name for name in names if name.startswith("#f") or name == "#m")
+        self._db.update_item(
             TableName=self.upstreams_table,
-            Item={"id": {"S": SCAN_MARKS_ID}, "marks": {"S": json.dumps(marks, sort_keys=True)}},
+            Key={"id": {"S": SCAN_MARKS_ID}},
+            UpdateExpression=f"SET #p = :at REMOVE {removed}",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={":at": {"S": at}},
+        )
+
+    def fall_behind(self, group: str, last_ok: str) -> None:
+        self._db.update_item(
+            TableName=self.upstreams_table,
+            Key={"id": {"S": SCAN_MARKS_ID}},
+            UpdateExpression="SET #b = if_not_exists(#b, :ok)",
+            ExpressionAttributeNames={"#b": f"{BEHIND}{group}"},
+            ExpressionAttributeValues={":ok": {"S": last_ok}},
+        )
+
+    def catch_up(self, group: str) -> None:
+        self._db.update_item(
+            TableName=self.upstreams_table,
+            Key={"id": {"S": SCAN_MARKS_ID}},
+            UpdateExpression="REMOVE #b",
+            ExpressionAttributeNames={"#b": f"{BEHIND}{group}"},
+        )
+
+    def mark_listed(self, group: str, at: str) -> None:
+        self._db.update_item(
+            TableName=self.upstreams_table,
+            Key={"id": {"S": SCAN_MARKS_ID}},
+            UpdateExpression="SET #l = :at",
+            ExpressionAttributeNames={"#l": f"{LISTED}{group}"},
+            ExpressionAttributeValues={":at": {"S": at}},
         )
 
     # -- marks: small maps of key -> time (DRAINING instances, MISSING discovered upstreams) --------
@@ -566,3 +628,10 @@ def table_definitions(upstreams_table: str, endpoints_table: str) -> list[dict[s
         }
         for name in (upstreams_table, endpoints_table)
     ]
+
+
+BEHIND, LISTED = "b:", "l:"  # attribute prefixes of the scan record
+
+
+def _both(groups: Iterable[str]) -> list[tuple[str, str]]:
+    return [(prefix, group) for group in sorted(set(groups)) for prefix in (BEHIND, LISTED)]

@@ -12,7 +12,7 @@ from chalicelib.domain.accounts import Account
 from chalicelib.domain.endpoints import EndpointSet
 from chalicelib.domain.names import upstream_key
 from chalicelib.domain.spec import Upstream
-from chalicelib.domain.status import PENDING, Status, StoredUpstream, stored
+from chalicelib.domain.status import PENDING, ScanRecord, Status, StoredUpstream, stored
 from chalicelib.edges.store.base import ANY, Conflict, Guard, Observations, Outcome
 from chalicelib.edges.store.chunks import encode_document
 
@@ -24,7 +24,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self.upstreams: dict[str, dict[str, Any]] = {}
         self.sets: dict[str, EndpointSet] = {}
-        self.marks: dict[str, str] = {}
+        self.scan = ScanRecord()
         self.marks_by_kind: dict[str, dict[str, str]] = {}
         self.accounts: dict[str, Account] = {}
         self.logs: dict[str, Observations] = {}
@@ -100,6 +100,9 @@ class MemoryStore:
     def list_endpoint_sets(self) -> list[EndpointSet]:
         return [self.sets[key] for key in sorted(self.sets)]
 
+    def set_digests(self, keys: Iterable[str]) -> dict[str, str]:
+        return {key: self.sets[key].digest for key in keys if key in self.sets}
+
     def endpoint_digests(self) -> dict[str, str]:
         return {key: endpoint_set.digest for key, endpoint_set in self.sets.items()}
 
@@ -161,13 +164,37 @@ class MemoryStore:
                 self.writes += 1
                 self.logs[group] = Observations(log.version, kept)
 
-    def get_scan_marks(self) -> dict[str, str]:
-        return dict(self.marks)
+    def get_scan_record(self) -> ScanRecord:
+        with self._lock:
+            return ScanRecord(self.scan.planned, dict(self.scan.behind), dict(self.scan.listed))
 
-    def put_scan_marks(self, marks: dict[str, str]) -> None:
+    def get_scan_marks(self) -> dict[str, str]:
+        return self.get_scan_record().as_marks()
+
+    def plan_scan(self, at: str, forget: Iterable[str] = ()) -> None:
         with self._lock:
             self.writes += 1
-            self.marks = dict(marks)
+            gone = set(forget)
+            behind = {group: mark for group, mark in self.scan.behind.items() if group not in gone}
+            listed = {group: mark for group, mark in self.scan.listed.items() if group not in gone}
+            self.scan = ScanRecord(at, behind, listed)
+
+    def fall_behind(self, group: str, last_ok: str) -> None:
+        with self._lock:
+            self.writes += 1
+            behind = {group: last_ok, **self.scan.behind}
+            self.scan = ScanRecord(self.scan.planned, behind, self.scan.listed)
+
+    def catch_up(self, group: str) -> None:
+        with self._lock:
+            self.writes += 1
+            behind = {key: mark for key, mark in self.scan.behind.items() if key != group}
+            self.scan = ScanRecord(self.scan.planned, behind, self.scan.listed)
+
+    def mark_listed(self, group: str, at: str) -> None:
+        with self._lock:
+            self.writes += 1
+            self.scan = ScanRecord(self.scan.planned, self.scan.behind, {**self.scan.listed, group: at})
 
     def set_mark(self, kind: str, key: str, value: str) -> None:
         with self._lock:

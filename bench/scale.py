@@ -1,0 +1,355 @@
+"""A simulated organisation scanned the deployed way: planner, scan queue, one group per invocation.
+
+`simulate` seeds an emulated AWS (moto: in-process for the test, `bench.fastmoto`'s server for
+`make bench`) with `groups` (credentials, region) groups of running instances and upstreams,
+one group whose secret is missing (its listing fails), one group whose worker is killed as a
+Lambda timeout would kill it (its message comes back until SQS moves it to the dead-letter
+queue) and one group larger than the others that continues over several invocations from its
+DescribeInstances page token. It then runs `runtime.plan_scan` (the schedule's handler) and
+delivers the scan queue's messages one per invocation to `runtime.scan_groups` (the
+`scan_group` handler), as Lambda's SQS trigger does, timing each invocation; then it scans
+again with nothing changed and counts the DynamoDB items written.
+
+`python -m bench.scale [--groups N --instances N --upstreams N]`, with AWS_ENDPOINT_URL at a moto
+server whose tables exist (`make bench` starts one), prints the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+
+from chalicelib import runtime
+from chalicelib.domain.spec import parse_upstream
+from chalicelib.edges import clients
+from chalicelib.edges.inventory import InstanceLister
+
+REGIONS = (
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-central-1",
+    "ap-southeast-1",
+    "ap-northeast-1",
+    "sa-east-1",
+)
+NOW = "2026-12-01T00:00:00Z"
+WRITES = ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem")
+SCHEDULE_SECONDS = 300.0
+
+
+class InvocationTimeout(BaseException):  # noqa: N818 - what ends an invocation, not an error the code handles
+    """Lambda ending an invocation at its timeout: nothing after it runs, the message is not deleted."""
+
+
+class Hanging:
+    """The real lister, except that listing `region` never returns (as far as the invocation can tell)."""
+
+    def __init__(self, inner: InstanceLister, region: str) -> None:
+        self.inner, self.region = inner, region
+
+    def list_page(self, credentials: Any, region: str, token: str | None, page_size: int = 1000) -> Any:
+        if region == self.region:
+            raise InvocationTimeout(region)
+        return self.inner.list_page(credentials, region, token, page_size)  # type: ignore[attr-defined]
+
+    def list_running(self, credentials: Any, region: str) -> Any:
+        return self.inner.list_running(credentials, region)
+
+    def describe(self, credentials: Any, region: str, ids: Any) -> Any:
+        return self.inner.describe(credentials, region, ids)
+
+    def instance_health(self, credentials: Any, region: str) -> Any:
+        return self.inner.instance_health(credentials, region)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Shape:
+    groups: int = 6
+    instances: int = 600
+    upstreams: int = 12
+    big_share: float = 0.25  # of the instances, in the one big group (which needs continuations)
+    page_size: int = 50
+    pages_per_invocation: int = 1
+    concurrency: int = 50  # Lambda concurrency assumed for the completion estimate
+    batch: int = 10  # instances per reservation (moto's MaxResults counts reservations, AWS's instances)
+
+
+@dataclass
+class Run:
+    invocations: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[str] = field(default_factory=list)
+
+
+def group_regions(shape: Shape) -> list[str]:
+    """One region per group (a region then an index: `us-east-1`, ... past ten regions, the same
+    regions again under another role): group 0 is big, 1 fails (secret), 2 times out."""
+    return [REGIONS[n % len(REGIONS)] for n in range(shape.groups)]
+
+
+def credentials_of(n: int) -> dict[str, Any]:
+    if n == 1:
+        return {"secretRef": {"namespace": "shop", "name": "missing"}}
+    if n >= len(REGIONS):
+        return {"roleArn": f"arn:aws:iam::123456789012:role/ec2-eds-member-{n // len(REGIONS)}"}
+    return {}
+
+
+def sizes(shape: Shape) -> list[int]:
+    big = int(shape.instances * shape.big_share)
+    rest = (shape.instances - big) // max(1, shape.groups - 1)
+    return [big] + [rest] * (shape.groups - 1)
+
+
+def seed(shape: Shape) -> dict[str, Any]:
+    """Instances (one reservation per page-size batch) and upstreams: every group's upstreams share
+    its listing; an upstream selects by its `app` tag."""
+    regions = group_regions(shape)
+    per_group = max(1, shape.upstreams // shape.groups)
+    seeded: dict[str, Any] = {"groups": [], "upstreams": 0, "instances": 0}
+    store = runtime.store()
+    for n, (region, count) in enumerate(zip(regions, sizes(shape), strict=True)):
+        ec2 = boto3.client("ec2", region_name=region)
+        launched = _launch(ec2, count, per_group, f"g{n}", shape.batch)
+        for u in range(per_group):
+            spec = {
+                "region": region,
+                "filters": [{"kvPair": {"key": "app", "value": f"g{n}-{u}"}}],
+                **credentials_of(n),
+            }
+            store.put_upstream(
+                parse_upstream({"metadata": {"name": f"g{n}-{u}", "namespace": "org"}, "spec": {"awsEc2": spec}}), NOW
+            )
+        seeded["groups"].append({"group": n, "region": region, "instances": launched})
+        seeded["upstreams"] += per_group
+        seeded["instances"] += launched
+    return seeded
+
+
+def _launch(ec2: Any, count: int, upstreams: int, tag: str, size: int) -> int:
+    """Instances in batches (a reservation each), the batches spread over the group's upstreams."""
+    launched = 0
+    while launched < count:
+        batch = min(size, count - launched)
+        app = f"{tag}-{(launched // size) % upstreams}"
+        ec2.run_instances(
+            ImageId="ami-12c6146b",
+            MinCount=batch,
+            MaxCount=batch,
+            InstanceType="t3.micro",
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "app", "Value": app}]}],
+        )
+        launched += batch
+    return launched
+
+
+def queues() -> tuple[Any, str, str]:
+    """The scan queue and its dead-letter queue, as deploy/merge/*.json makes them (no visibility
+    wait here: a message an invocation did not delete comes back at once)."""
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    dead = sqs.create_queue(QueueName=f"{runtime.settings().scan_queue}-dead-letters")["QueueUrl"]
+    dead_arn = sqs.get_queue_attributes(QueueUrl=dead, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    redrive = json.dumps({"deadLetterTargetArn": dead_arn, "maxReceiveCount": "3"})
+    url = sqs.create_queue(
+        QueueName=runtime.settings().scan_queue, Attributes={"VisibilityTimeout": "0", "RedrivePolicy": redrive}
+    )["QueueUrl"]
+    return sqs, url, dead
+
+
+def deliver(sqs: Any, url: str, lister: InstanceLister, run: Run) -> None:
+    """Lambda's SQS trigger, batch size 1: until the queue is empty, one invocation per message."""
+    while True:
+        answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=0)
+        messages = answer.get("Messages", [])
+        if not messages:
+            return
+        for message in messages:
+            run.invocations.append(_invoke(sqs, url, message, lister))
+
+
+def _invoke(sqs: Any, url: str, message: dict[str, Any], lister: InstanceLister) -> dict[str, Any]:
+    group = json.loads(message["Body"])["group"]
+    cpu, wall = time.process_time(), time.perf_counter()
+    outcome = "ok"
+    try:
+        results = runtime.scan_groups([message["Body"]], lister=lister)
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        outcome = "continued" if results[0]["continued"] else ("failed" if results[0]["failure"] else "ok")
+    except InvocationTimeout:
+        outcome = "timed out"
+    return {
+        "group": group,
+        "outcome": outcome,
+        "cpu_s": time.process_time() - cpu,
+        "wall_s": time.perf_counter() - wall,
+    }
+
+
+def completion_estimate(invocations: list[dict[str, Any]], concurrency: int) -> float:
+    """When the last group would be done with `concurrency` invocations at once: each group's
+    invocations run one after another (a continuation is sent when the previous one ends),
+    groups are spread over the concurrent slots as they come (a greedy list schedule)."""
+    chains: dict[str, float] = {}
+    for invocation in invocations:
+        chains[invocation["group"]] = chains.get(invocation["group"], 0.0) + invocation["wall_s"]
+    slots = [0.0] * max(1, concurrency)
+    for length in sorted(chains.values(), reverse=True):
+        heapq.heappush(slots, heapq.heappop(slots) + length)
+    return max(slots)
+
+
+def steady_writes(lister: InstanceLister, sqs: Any, url: str) -> dict[str, Any]:
+    """A second scan with nothing changed: DynamoDB write calls, planner and workers together."""
+    run = Run()
+    with clients.counting() as counter:
+        planned = runtime.plan_scan()  # counts its own calls
+        deliver(sqs, url, lister, run)
+    calls = counter.as_dict()
+    for name, n in planned["aws_calls"].items():
+        calls[name] = calls.get(name, 0) + n
+    return {
+        "writes": sum(n for name, n in calls.items() if name.split(":")[-1] in WRITES and name.startswith("dynamodb")),
+        "calls": {name: n for name, n in sorted(calls.items()) if name.startswith("dynamodb")},
+        "invocations": len(run.invocations),
+    }
+
+
+def simulate(shape: Shape) -> dict[str, Any]:
+    """Seed, scan the fanned-out way, then scan again unchanged: the figures (AWS at hand: moto)."""
+    os.environ["SCAN_PAGE_SIZE"] = str(shape.page_size)
+    os.environ["SCAN_PAGES_PER_INVOCATION"] = str(shape.pages_per_invocation)
+    runtime.reset()
+    seeded = seed(shape)
+    sqs, url, dead = queues()
+    lister = Hanging(runtime.inventory(), group_regions(shape)[2]) if shape.groups > 2 else runtime.inventory()
+    run = Run()
+    cpu, wall = time.process_time(), time.perf_counter()
+    planned = runtime.plan_scan()
+    plan_figures = {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall, **planned}
+    deliver(sqs, url, lister, run)
+    dead_letters = _drain(sqs, dead)
+    return {
+        "shape": shape.__dict__,
+        "seeded": seeded,
+        "plan": plan_figures,
+        "invocations": run.invocations,
+        "dead_letters": dead_letters,
+        "written": written_upstreams(),
+        "completion_s": completion_estimate(run.invocations, shape.concurrency),
+        "steady": steady_writes(lister, sqs, url),
+    }
+
+
+def _drain(sqs: Any, url: str) -> list[str]:
+    found = []
+    for message in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        found.append(json.loads(message["Body"])["group"])
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return found
+
+
+def written_upstreams() -> dict[str, dict[str, Any]]:
+    """Every upstream's status and served count, by key."""
+    store = runtime.store()
+    sets = {s.key: len(s.endpoints) for s in store.list_endpoint_sets()}
+    return {
+        entry.key: {"state": entry.status.state, "code": entry.status.code, "served": sets.get(entry.key)}
+        for entry in store.list_upstreams()
+    }
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures `make bench` reports."""
+    invocations = result["invocations"]
+    cpu = sorted(invocation["cpu_s"] for invocation in invocations)
+    states = [value["state"] for value in result["written"].values()]
+    return {
+        "groups": result["shape"]["groups"],
+        "instances": result["seeded"]["instances"],
+        "upstreams": result["seeded"]["upstreams"],
+        "invocations": len(invocations),
+        "continuations": sum(1 for i in invocations if i["outcome"] == "continued"),
+        "timed_out_invocations": sum(1 for i in invocations if i["outcome"] == "timed out"),
+        "dead_letters": len(result["dead_letters"]),
+        "worker_cpu_s_median": cpu[len(cpu) // 2] if cpu else 0.0,
+        "worker_cpu_s_max": cpu[-1] if cpu else 0.0,
+        "worker_cpu_s_total": sum(cpu),
+        "plan_cpu_s": result["plan"]["cpu_s"],
+        "worker_wall_s_max": max((i["wall_s"] for i in invocations), default=0.0),
+        "completion_s_estimate": result["completion_s"],
+        "concurrency": result["shape"]["concurrency"],
+        "within_schedule": result["completion_s"] <= SCHEDULE_SECONDS,
+        "upstreams_accepted": states.count("Accepted"),
+        "upstreams_written": sum(1 for value in result["written"].values() if value["served"] is not None),
+        "upstreams_failing_by_design": 2 * (result["seeded"]["upstreams"] // result["shape"]["groups"]),
+        "upstreams_error": states.count("Error"),
+        "steady_writes": result["steady"]["writes"],
+    }
+
+
+BENCH_SHAPE = Shape(
+    groups=200, instances=200_000, upstreams=2_000, big_share=0.05, page_size=10, pages_per_invocation=5, batch=100
+)
+
+
+def scenario(logs: Any, plain_moto: bool, shape: Shape = BENCH_SHAPE) -> dict[str, Any]:
+    """`make bench`: the simulation on its own emulator (moto's server over HTTP, tables made here)."""
+    from chalicelib import config
+    from chalicelib.edges.store import table_definitions
+    from devtools import stack
+
+    from . import aws_bench
+
+    os.environ.update(stack.aws_environment("http://127.0.0.1:9"))
+    os.environ["AWS_READ_TIMEOUT"] = "600"
+    emulator = aws_bench.start_emulator(logs, plain_moto)
+    try:
+        os.environ["AWS_ENDPOINT_URL"] = emulator.endpoint
+        config.reset()
+        runtime.reset()
+        conf = runtime.settings()
+        db = boto3.client("dynamodb", region_name="us-east-1")
+        for definition in table_definitions(conf.upstreams_table, conf.endpoints_table):
+            db.create_table(**definition)
+        return summary(simulate(shape))
+    finally:
+        emulator.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--groups", type=int, default=200)
+    parser.add_argument("--instances", type=int, default=200_000)
+    parser.add_argument("--upstreams", type=int, default=2_000)
+    parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--pages-per-invocation", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=100, help="instances per reservation")
+    parser.add_argument("--concurrency", type=int, default=50)
+    args = parser.parse_args(argv)
+    shape = Shape(
+        groups=args.groups,
+        instances=args.instances,
+        upstreams=args.upstreams,
+        page_size=args.page_size,
+        pages_per_invocation=args.pages_per_invocation,
+        concurrency=args.concurrency,
+        batch=args.batch,
+    )
+    json.dump(summary(simulate(shape)), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

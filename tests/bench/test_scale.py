@@ -1,0 +1,69 @@
+"""The scale simulation, small: the scheduled scan fanned out over the scan queue, on moto in-process.
+
+6 groups, 300 instances, 12 upstreams: one group's secret is missing (its listing fails), one
+group's worker is killed at every try as a Lambda timeout would (SQS hands its message to the
+dead-letter queue after 3 receives), one group is half the fleet and continues from its page
+token over several invocations (5 reservations of 10 instances a page on moto, one page per
+invocation). Behaviour only: no time is asserted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench import fastmoto, scale
+
+
+def test_the_scan_fans_out_by_group_continues_big_groups_isolates_failures_and_steady_writes_one_item(
+    aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fastmoto.patch()  # moto's tag lookup in constant time: the same answers, faster
+    monkeypatch.setenv("SCAN_PAGE_SIZE", "5")  # restored after the test
+    shape = scale.Shape(groups=6, instances=300, upstreams=12, big_share=0.5, page_size=5, pages_per_invocation=1)
+    result = scale.simulate(shape)
+    every_group_is_written_but_the_failing_and_the_timed_out_one(result)
+    the_big_group_continues_from_its_page_token_and_writes_only_once_complete(result)
+    a_timed_out_group_goes_to_the_dead_letter_queue_and_delays_no_other(result)
+    a_scan_that_changes_nothing_writes_one_item(result)
+
+
+def every_group_is_written_but_the_failing_and_the_timed_out_one(result: dict[str, Any]) -> None:
+    written = result["written"]
+    regions = scale.group_regions(scale.Shape())
+    for n, group in enumerate(result["seeded"]["groups"]):
+        mine = {key: value for key, value in written.items() if key.startswith(f"org/g{n}-")}
+        assert len(mine) == 2, n
+        if n == 1:  # the missing secret: Error, nothing made up
+            assert all(v["state"] == "Error" and v["code"] == "ResourceNotFoundException" for v in mine.values())
+            assert all(v["served"] is None for v in mine.values())
+        elif n == 2:  # killed at every try: nothing written, still waiting for its first scan
+            assert all(v["served"] is None for v in mine.values())
+        else:  # every instance of the group served by exactly one of its upstreams
+            assert all(v["state"] == "Accepted" for v in mine.values())
+            assert sum(v["served"] for v in mine.values()) == group["instances"], n
+    assert regions[2] in {group["region"] for group in result["seeded"]["groups"]}
+
+
+def the_big_group_continues_from_its_page_token_and_writes_only_once_complete(result: dict[str, Any]) -> None:
+    big = [i for i in result["invocations"] if i["group"].startswith("us-east-1|")]
+    # 150 instances, 50 a page, one page per invocation: two continuations, then the listing is applied.
+    assert [i["outcome"] for i in big] == ["continued", "continued", "ok"]
+    served = {key: v["served"] for key, v in result["written"].items() if key.startswith("org/g0-")}
+    assert sum(served.values()) == result["seeded"]["groups"][0]["instances"] == 150
+
+
+def a_timed_out_group_goes_to_the_dead_letter_queue_and_delays_no_other(result: dict[str, Any]) -> None:
+    outcomes = [(i["group"].split("|")[0], i["outcome"]) for i in result["invocations"]]
+    hanging = scale.group_regions(scale.Shape())[2]
+    assert [o for region, o in outcomes if region == hanging] == ["timed out"] * 3
+    assert len(result["dead_letters"]) == 1 and result["dead_letters"][0].startswith(hanging)
+    failed = [o for region, o in outcomes if region == scale.group_regions(scale.Shape())[1]]
+    assert failed == ["failed"]  # recorded once, not retried: the next scan tries again
+
+
+def a_scan_that_changes_nothing_writes_one_item(result: dict[str, Any]) -> None:
+    steady = result["steady"]
+    assert steady["writes"] == 1, steady["calls"]  # the planner's scan record
+    assert steady["calls"]["dynamodb:UpdateItem"] == 1
