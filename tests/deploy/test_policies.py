@@ -101,10 +101,41 @@ def test_functions_are_the_apps() -> None:
     assert set(gen.ASYNC_FUNCTIONS) == {
         name for name, source in handlers.items() if type(source).__name__ != "SQSEventConfig"
     }
-    (drain,) = [source for source in handlers.values() if type(source).__name__ == "SQSEventConfig"]
-    assert drain.name == gen.DRAIN_FUNCTION and drain.batch_size == 1
+    queued = {source.name: source for source in handlers.values() if type(source).__name__ == "SQSEventConfig"}
+    assert set(queued) == {gen.DRAIN_FUNCTION, gen.EVENT_FUNCTION}
+    assert queued[gen.DRAIN_FUNCTION].batch_size == 1
+    # The event queue is read in batches, waiting at most 2 s for one to fill (the latency it adds).
+    assert queued[gen.EVENT_FUNCTION].batch_size > 10
+    assert 0 < queued[gen.EVENT_FUNCTION].maximum_batching_window_in_seconds <= 2
     for stage in gen.STAGES:  # the queue the trigger names is the stage's, which the merge template creates
         assert stage_environment(stage, ROOT)["DRAIN_QUEUE"] == gen.drain_queue_name(stage) == f"ec2-eds-{stage}-drain"
+        assert stage_environment(stage, ROOT)["EVENT_QUEUE"] == gen.event_queue_name(stage) == f"ec2-eds-{stage}-events"
+
+
+def test_the_event_queue_takes_the_ec2_events_and_keeps_what_fails() -> None:
+    """The merge template: rules for each queued kind target the queue (allowed by its policy, for
+    those rules alone), failures go to the dead-letter queue after a few receives, the consumer
+    reports failures per message, and the direct rules of the queued kinds are disabled."""
+    for stage in gen.STAGES:
+        resources = gen.merge_template(stage)["Resources"]
+        queue = resources["EventQueue"]["Properties"]
+        assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["EventDeadLetterQueue", "Arn"]}
+        rules = {name: r for name, r in resources.items() if r.get("Type") == "AWS::Events::Rule"}
+        assert sorted(r["Properties"]["EventPattern"]["detail-type"][0] for r in rules.values()) == sorted(
+            gen.EVENT_PATTERNS[pattern]["detail-type"][0] for pattern in gen.QUEUED_PATTERNS.values()
+        )
+        assert all(
+            r["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": ["EventQueue", "Arn"]} for r in rules.values()
+        )
+        (statement,) = resources["EventQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == [{"Fn::GetAtt": [name, "Arn"]} for name in rules]
+        consumer = resources[gen.cfn_name(gen.EVENT_FUNCTION)]
+        (source,) = consumer["Properties"]["Events"].values()
+        assert source["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        assert consumer["Properties"]["FunctionName"] == gen.function_name(stage, gen.EVENT_FUNCTION)
+        for function in gen.QUEUED_FUNCTIONS:
+            (direct,) = resources[gen.cfn_name(function)]["Properties"]["Events"].values()
+            assert direct["Properties"]["State"] == "DISABLED"
 
 
 def test_assume_role_pattern_is_configurable() -> None:
@@ -223,6 +254,9 @@ def test_policy_is_scoped(stage: str, function: str) -> None:
         elif service == "sqs" and statement["Sid"] == "FailureDestination":
             assert function in gen.ASYNC_FUNCTIONS and actions == ["sqs:SendMessage"]
             assert resources == [f"arn:aws:sqs:*:*:ec2-eds-{stage}-failed-invocations"]
+        elif service == "sqs" and statement["Sid"] == "EventQueue":  # consumed by Lambda's trigger only
+            assert function == gen.EVENT_FUNCTION and actions == sorted(SQS_TRIGGER_ACTIONS)
+            assert resources == [f"arn:aws:sqs:*:*:ec2-eds-{stage}-events"]
         elif service == "sqs":  # the drain queue: sent to on a lifecycle event, consumed by the drain function
             assert resources == [f"arn:aws:sqs:*:*:ec2-eds-{stage}-drain"]
             expected = {
