@@ -155,7 +155,12 @@ def burst(size: int, upstreams: int, changes: int) -> dict[str, Any]:
     started = time.process_time()
     outcome = events.handle_batch([state_event(i.instance_id, "stopped") for i in stopping], deps)
     cpu = time.process_time() - started
-    left = sum(1 for s in store.list_endpoint_sets() for e in s.endpoints if e.instance_id in ec2.instances and ec2.instances[e.instance_id].state != "running")
+    left = sum(
+        1
+        for s in store.list_endpoint_sets()
+        for e in s.endpoints
+        if e.instance_id in ec2.instances and ec2.instances[e.instance_id].state != "running"
+    )
     return {
         "changes": changes,
         "instances": size,

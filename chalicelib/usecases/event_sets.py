@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from chalicelib.domain.endpoints import EndpointSet
+from chalicelib.domain.endpoints import Endpoint, EndpointSet
 from chalicelib.domain.filters import Matcher
 from chalicelib.domain.status import StoredUpstream
 from chalicelib.edges.store import Holding, Store
@@ -115,6 +115,7 @@ class SetCache:
         self._store = store
         self._members = members
         self.sets: dict[str, EndpointSet | None] = {}
+        self._by_id: dict[str, dict[str, Endpoint]] = {}
         self.reads = 0
 
     def read(self, keys: Iterable[str]) -> None:
@@ -126,6 +127,19 @@ class SetCache:
     def forget(self, keys: Iterable[str]) -> None:
         for key in keys:
             self.sets.pop(key, None)
+            self._by_id.pop(key, None)
+
+    def put(self, key: str, endpoint_set: EndpointSet) -> None:
+        """A set this handler wrote."""
+        self.sets[key] = endpoint_set
+        self._by_id.pop(key, None)
+
+    def endpoint(self, key: str, instance_id: str) -> Endpoint | None:
+        """The instance's endpoint in the set as read or written (indexed once per set)."""
+        if key not in self._by_id:
+            found = self.sets.get(key)
+            self._by_id[key] = {e.instance_id: e for e in (found.endpoints if found else ())}
+        return self._by_id[key].get(instance_id)
 
     def missing(self, keys: Iterable[str]) -> frozenset[str]:
         return frozenset(keys) - set(self.sets)

@@ -496,19 +496,27 @@ def _endpoints(
     return found
 
 
+def _unchanged(cache: SetCache, key: str, instance_id: str, endpoint: Endpoint | None) -> bool:
+    """Whether the set already holds the instance as wanted (checked without rebuilding the set)."""
+    stored = cache.endpoint(key, instance_id)
+    if endpoint is not None and stored is not None and stored.health == UNHEALTHY:
+        endpoint = replace(endpoint, health=UNHEALTHY)  # as keep_unhealthy would
+    return stored == endpoint
+
+
 def _write_one(
     deps: Deps, entry: StoredUpstream, cache: SetCache, endpoint: Endpoint | None, instance_id: str, guard: Guard
 ) -> Outcome | None:
     """Replace one instance's membership in one set, guarded; None when nothing changes."""
     stored_set = cache.sets.get(entry.key)
-    if stored_set is None:
-        return None  # never scanned: the next full scan builds the whole set
+    if stored_set is None or _unchanged(cache, entry.key, instance_id, endpoint):
+        return None  # never scanned (the next full scan builds the whole set), or already as wanted
     wanted = desired_set(entry, stored_set, instance_id, endpoint)
     if wanted.digest == stored_set.digest:
         return None
     outcome = deps.store.write_set(wanted, stored_set.digest, guard)
     if outcome is Outcome.WRITTEN:
-        cache.sets[entry.key] = wanted
+        cache.put(entry.key, wanted)
         unhealthy, draining_count = health_counts(wanted)
         status = replace(entry.status, endpoints=len(wanted.endpoints), unhealthy=unhealthy, draining=draining_count)
         if status != entry.status:
