@@ -64,11 +64,14 @@ class Clock:
         return self.now
 
 
+BASIS = 1000  # upstreams are drawn from the first 1,000 instances' tags, so every fleet size has the same ones
+
+
 def seed(store: Store, fleet: list[Instance], upstreams: int) -> list[Any]:
     """The upstreams and their sets as a scan writes them (built here directly: the scan is not timed)."""
     documents = [
         workload.upstream_document(f"u{n:04d}", filters)
-        for n, filters in enumerate(workload.filter_sets([dict(i.tags) for i in fleet], upstreams))
+        for n, filters in enumerate(workload.filter_sets([dict(i.tags) for i in fleet[:BASIS]], upstreams))
     ]
     index = TagIndex(fleet)
     parsed = []
@@ -99,7 +102,7 @@ def state_event(instance_id: str, state: str) -> dict[str, Any]:
 def _pick(upstreams: list[Any], fleet: list[Instance], at_least: int = 3) -> Instance:
     """An instance in a few sets (not the most popular service's, not none)."""
     matchers = [Matcher.compile(u.ec2.filters) for u in upstreams]
-    for instance in fleet[len(fleet) // 2 :]:
+    for instance in fleet[BASIS // 2 : BASIS]:  # the same instances whatever the fleet size
         held = sum(1 for m in matchers if m.matches(instance.tags))
         if at_least <= held <= 12:
             return instance
