@@ -209,6 +209,19 @@ def asg_drain_complete(event):
     return {"outcomes": runtime.complete_drains([record.body for record in event])}
 
 
+# The event queue: where the EventBridge rules of the deployment send EC2 events (the merge template's
+# rules; the direct rules above stay for `chalice deploy` without it, disabled by the template). A batch
+# waits up to EVENT_BATCH_WINDOW_SECONDS (at most 2 s) for up to EVENT_BATCH_SIZE events; the batch is
+# coalesced by group, and the failed messages alone are delivered again (then kept by the DLQ).
+@app.on_sqs_message(
+    queue=os.environ.get("EVENT_QUEUE", "ec2-eds-dev-events"),
+    batch_size=int(os.environ.get("EVENT_BATCH_SIZE", "1000")),
+    maximum_batching_window_in_seconds=min(2, int(os.environ.get("EVENT_BATCH_WINDOW_SECONDS", "2"))),
+)
+def ec2_event_batch(event):
+    return runtime.deliver_queue(event.to_dict())
+
+
 @app.on_cw_event({"source": ["aws.ec2"], "detail-type": ["EC2 Instance Rebalance Recommendation"]})
 def ec2_rebalance_recommendation(event):
     return runtime.deliver(event.to_dict())

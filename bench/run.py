@@ -63,6 +63,20 @@ def freshness() -> dict[str, Any]:
     return dict(json.loads(answer.stdout.strip().splitlines()[-1]))
 
 
+def events_scale() -> dict[str, Any]:
+    """Events cost their change, bursts coalesce (bench/events_bench.py) in a fresh interpreter."""
+    answer = subprocess.run(
+        [sys.executable, "-m", "bench.events_bench"],
+        cwd=stack.PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if answer.returncode != 0:
+        raise RuntimeError(f"bench.events_bench failed: {answer.stderr.strip()[-600:]}")
+    return dict(json.loads(answer.stdout.strip().splitlines()[-1]))
+
+
 def rolling() -> dict[str, Any]:
     """Scenario 8 in a fresh interpreter (bench/rolling.py): a rolling replacement behind a real Envoy."""
     answer = subprocess.run(
@@ -176,6 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise
     if stray.getvalue().strip():
         (logs / "stdout.log").write_text(stray.getvalue())
+    results["events_scale"] = timed("3b events cost their change, bursts coalesce", seconds, events_scale)
     results["reconcile"] = timed("4 pure reconcile", seconds, lambda: core("reconcile"))
     results["serving_latency"] = timed("5 serving latency", seconds, lambda: core("serving"))
     results["cold_start"] = timed("6 cold starts", seconds, lambda: coldstart.import_times(logs=logs))
@@ -214,6 +229,43 @@ def _point(results: dict[str, Any], u: int, c: int) -> dict[str, Any]:
 
 
 Goal = Callable[..., None]  # goal(name, target, measured, met, note="")
+
+
+def _event_goals(ev: dict[str, Any], goal: Callable[..., None]) -> None:
+    """Issue 14 goals 4 and 5: reads and CPU per event independent of the fleet; bursts coalesce."""
+    sizes = sorted((key for key in ev["scale"] if key.isdigit()), key=int)
+    after = {size: ev["scale"][size]["after"] for size in sizes}
+    before = {size: ev["scale"][size]["before"] for size in sizes}
+    reads = [after[size]["sets_read"] for size in sizes]
+    goal(
+        f"3b sets read per event, {' vs '.join(sizes)} instances x {ev['scale']['upstreams']} upstreams",
+        "equal, the instance's few sets",
+        ", ".join(f"{size}: {after[size]['sets_read']} (before: {before[size]['sets_read']})" for size in sizes),
+        len(set(reads)) == 1 and reads[0] < ev["scale"]["upstreams"],
+        "before: an instance with no membership record reads every set of its group, as every event did",
+    )
+    largest = sizes[-1]
+    goal(
+        f"3b CPU per event at {largest} instances x {ev['scale']['upstreams']} upstreams",
+        "< 50 ms",
+        f"{after[largest]['cpu_ms']} ms (before: {before[largest]['cpu_ms']} ms)",
+        after[largest]["cpu_ms"] < 50,
+    )
+    burst = ev["burst"]
+    goal(
+        f"3c a burst of {burst['changes']} state changes in one group: DescribeInstances",
+        f"<= {-(-burst['changes'] // 200)}",
+        f"{burst['describe_instances']} ({burst['stopped_still_served']} stopped still served)",
+        burst["describe_instances"] <= -(-burst["changes"] // 200) and burst["stopped_still_served"] == 0,
+    )
+    db = ev["dynamodb"]
+    gets = {when: db[when]["dynamodb"].get("dynamodb:GetItem", 0) for when in ("before", "after")}
+    goal(
+        f"3b DynamoDB path ({db['instances']} x {db['upstreams']}): GetItem per event",
+        "the instance's few sets + 2",
+        f"{gets['after']} (before: {gets['before']})",
+        db["after"]["fallbacks"] == 0 and gets["after"] <= db["after"]["sets_read"] + 2,
+    )
 
 
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -356,6 +408,8 @@ def _goals_events(results: dict[str, Any], goal: Goal) -> None:
             str(event["dynamodb_writes"]),
             event["dynamodb_writes"] == 0,
         )
+    if "events_scale" in results:
+        _event_goals(results["events_scale"], goal)
 
 
 def _goals_reconcile(results: dict[str, Any], goal: Goal) -> None:

@@ -7,6 +7,7 @@ the logic directly.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from chalicelib.usecases import scan
 from chalicelib.usecases.tag_discovery import DiscoveryKnobs
 
 if TYPE_CHECKING:
-    from chalicelib.usecases import lifecycle
+    from chalicelib.usecases import events, lifecycle
 # The event and lifecycle use cases (pydantic event models) are imported by the handlers that use
 # them, on their first invocation: a poll's cold start never loads them (bench/coldstart.py).
 
@@ -184,14 +185,77 @@ def drains() -> lifecycle.Lifecycle:
     return _lifecycle
 
 
+def event_deps() -> events.Deps:
+    """What the event handlers use: the process-wide store, EC2 and accounts, and the settings' knobs."""
+    from chalicelib.usecases import events
+
+    return events.Deps(store(), inventory(), accounts().account, now, events.EventSettings.of(settings()))
+
+
 def deliver(raw: Any) -> dict[str, Any]:
     """An EventBridge event, handled with the process-wide dependencies (the Lambda handlers and `cli event`)."""
     from chalicelib.usecases import events
 
+    deps = event_deps()
     if isinstance(raw, dict) and raw.get("source") == "aws.health":
-        summaries = events.handle_health(raw, store(), inventory(), accounts().account, now)
+        summaries = events.handle_health(raw, deps.store, deps.lister, deps.accounts, deps.clock, deps.knobs)
         return {"kind": events.HealthEvent.__name__, "instances": [summary.as_dict() for summary in summaries]}
-    return events.handle(raw, store(), inventory(), accounts().account, now).as_dict()
+    return events.handle(raw, deps.store, deps.lister, deps.accounts, deps.clock, knobs=deps.knobs).as_dict()
+
+
+def _is_health(raw: Any) -> bool:
+    return isinstance(raw, dict) and raw.get("source") == "aws.health"
+
+
+def deliver_batch(raws: list[Any]) -> list[bool]:
+    """A batch of the event queue's messages (EventBridge events), coalesced by group: for each,
+    whether it failed (the queue delivers it again, then keeps it in its dead-letter queue). AWS
+    Health events, which name several instances each, are delivered as `deliver` takes them."""
+    deps = event_deps()
+    health = [position for position, raw in enumerate(raws) if _is_health(raw)]
+    rest = [position for position in range(len(raws)) if position not in health]
+    outcome = events.handle_batch([raws[position] for position in rest], deps)
+    failed = {rest[position] for position in outcome.failed}
+    for position in health:
+        try:
+            summaries = events.handle_health(raws[position], deps.store, deps.lister, deps.accounts, now, deps.knobs)
+        except Exception as err:  # noqa: BLE001 - this message fails alone, to be delivered again
+            logger.warning(
+                "a health event failed; the queue delivers it again", extra={"error_type": type(err).__name__}
+            )
+            summaries = [events.EventSummary(errors=1)]
+        if any(summary.errors for summary in summaries):
+            failed.add(position)
+    return [position in failed for position in range(len(raws))]
+
+
+class EventFailed(Exception):
+    """An event of the queue's batch that failed: reported to SQS as a batch item failure."""
+
+
+def _message(record: dict[str, Any]) -> Any:
+    try:
+        return json.loads(record.get("body") or "")
+    except ValueError:
+        return None  # rejected as unsupported by the handler, counted, not retried
+
+
+def deliver_queue(sqs_event: dict[str, Any]) -> dict[str, Any]:
+    """The event queue's handler: the batch's events coalesced, failures reported per message with
+    Powertools' batch utility (`batchItemFailures`, ReportBatchItemFailures on the event source)."""
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+
+    records = sqs_event.get("Records") or []
+    failed = deliver_batch([_message(record) for record in records])
+    failing = {record["messageId"] for record, bad in zip(records, failed, strict=True) if bad}
+
+    def record_handler(record: Any) -> None:
+        if record.message_id in failing:
+            raise EventFailed(record.message_id)
+
+    # A batch whose every message failed is reported as such, not raised: the queue redelivers them all.
+    processor = BatchProcessor(EventType.SQS, raise_on_entire_batch_failure=False)
+    return dict(process_partial_response(event=sqs_event, record_handler=record_handler, processor=processor))
 
 
 def deliver_lifecycle(raw: Any) -> dict[str, Any]:

@@ -62,16 +62,37 @@ FUNCTIONS = (
     "ec2_scheduled_change",
     "asg_drain_complete",
     "scan_group",
+    "ec2_event_batch",
 )
-# Invoked asynchronously by EventBridge (the schedule is a rule too): these get a failure destination.
-ASYNC_FUNCTIONS = FUNCTIONS[1:-2]
 # The drain queue's consumer (chalicelib/usecases/lifecycle.py) completes lifecycle actions: no table, no discovery.
 DRAIN_FUNCTION = "asg_drain_complete"
 # The scan fans out: the schedule plans (tables and the scan queue only, no AWS listing), the scan
 # queue's consumer lists and writes one (credentials, region) group per invocation.
 PLANNER, SCAN_FUNCTION = "scheduled_scan", "scan_group"
 SCAN_FUNCTION_TIMEOUT = 300  # lambda_timeout of scan_group in .chalice/config.json
-DISCOVERY_FUNCTIONS = tuple(function for function in FUNCTIONS if function not in (DRAIN_FUNCTION, PLANNER))
+# The event queue's consumer: EC2 events in batches (chalicelib/usecases/events.py, coalesced by group).
+EVENT_FUNCTION = "ec2_event_batch"
+EVENT_FUNCTION_TIMEOUT = 120  # lambda_timeout of ec2_event_batch in .chalice/config.json
+# Invoked asynchronously by EventBridge (the schedule is a rule too): these get a failure destination.
+ASYNC_FUNCTIONS = tuple(f for f in FUNCTIONS if f not in (API_HANDLER, DRAIN_FUNCTION, EVENT_FUNCTION, SCAN_FUNCTION))
+DISCOVERY_FUNCTIONS = tuple(f for f in FUNCTIONS if f not in (DRAIN_FUNCTION, PLANNER))
+# The EventBridge rules of these functions are disabled by the merge template: their events go through
+# the event queue instead (the terminate lifecycle stays direct: it schedules the completion itself).
+QUEUED_FUNCTIONS = (
+    "ec2_state_change",
+    "ec2_spot_interruption",
+    "ec2_tag_change",
+    "ec2_rebalance_recommendation",
+    "ec2_scheduled_change",
+)
+# The event patterns (EVENT_PATTERNS below) the event queue receives, by the function they replace.
+QUEUED_PATTERNS = {
+    "ec2_state_change": "StateChange",
+    "ec2_spot_interruption": "SpotInterruption",
+    "ec2_tag_change": "TagChange",
+    "ec2_rebalance_recommendation": "RebalanceRecommendation",
+    "ec2_scheduled_change": "ScheduledChange",
+}
 # The Auto Scaling groups whose terminate lifecycle actions ec2-eds may complete (their names).
 DEFAULT_ASG_NAMES = ("*",)
 DRAIN_FUNCTION_TIMEOUT = 60  # lambda_timeout of asg_drain_complete in .chalice/config.json
@@ -89,13 +110,20 @@ _UPSTREAMS_READ_WRITE = [
     "dynamodb:Scan",
     "dynamodb:ConditionCheckItem",
 ]
-_EVENT_ENDPOINTS = ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"]
+_EVENT_ENDPOINTS = [
+    "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",
+    "dynamodb:PutItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:UpdateItem",
+]
 # What each function calls on each table (chalicelib/edges/store.py, by code path):
 # - every reader: Scan of upstreams (list), GetItem of `~scan`/`~draining`;
 # - scan: UpdateItem (status, draining marks), PutItem (scan marks, endpoint sets and their chunks),
 #   Scan of endpoint digests, DeleteItem (replaced chunks, sets of deleted upstreams);
 # - events: GetItem + BatchGetItem (a set and its chunks), PutItem/DeleteItem (the new set, old chunks),
 #   UpdateItem (status, draining marks), PutItem on upstreams for the first draining mark;
+#   GetItem + UpdateItem of membership records `~in/<group>/<instance>` in the endpoints table;
 # - discovered upstreams (DISCOVERY_ENABLED, chalicelib/usecases/tag_discovery.py): the scan creates them
 #   (PutItem), marks them missing (UpdateItem/PutItem) and deletes them (DeleteItem of the upstream
 #   and its set); a tag-change event creates one (PutItem of the upstream and an empty set);
@@ -136,6 +164,7 @@ DYNAMODB: dict[str, dict[str, list[str]]] = {
     "asg_terminate_lifecycle": {UPSTREAMS: _UPSTREAMS_READ_WRITE, ENDPOINTS: _EVENT_ENDPOINTS},
     "ec2_rebalance_recommendation": {UPSTREAMS: _UPSTREAMS_READ_WRITE, ENDPOINTS: _EVENT_ENDPOINTS},
     "ec2_scheduled_change": {UPSTREAMS: _UPSTREAMS_READ_WRITE, ENDPOINTS: _EVENT_ENDPOINTS},
+    EVENT_FUNCTION: {UPSTREAMS: _UPSTREAMS_READ_WRITE, ENDPOINTS: _EVENT_ENDPOINTS},
 }
 # The functions that scan (POST /scan and a PUT in the API, the schedule): they alone ask
 # DescribeInstanceStatus (instance health and scheduled maintenance); events describe one instance.
@@ -197,6 +226,19 @@ def scan_queue_statements(stage: str, function: str) -> list[dict[str, Any]]:
             "Resource": f"arn:aws:sqs:*:*:{scan_queue_name(stage)}",
         }
     ]
+
+
+def event_queue_name(stage: str) -> str:
+    """The SQS queue the EventBridge rules send EC2 events to (EVENT_QUEUE), batched to ec2_event_batch."""
+    return f"{APP}-{stage}-events"
+
+
+def event_dead_letter_queue_name(stage: str) -> str:
+    """Where the event queue keeps a message that failed EVENT_RECEIVES times."""
+    return f"{APP}-{stage}-events-dlq"
+
+
+EVENT_RECEIVES = 3
 
 
 def drain_queue_arn(stage: str) -> str:
@@ -261,6 +303,16 @@ def lifecycle_statements(stage: str, function: str, asg_names: Sequence[str]) ->
                 "Action": ["sqs:GetQueueUrl", "sqs:SendMessage"],
                 "Resource": drain_queue_arn(stage),
             },
+        ]
+    if function == EVENT_FUNCTION:
+        # Lambda's SQS trigger receives and deletes as the function's role; the code sends nothing.
+        return [
+            {
+                "Sid": "EventQueue",
+                "Effect": "Allow",
+                "Action": ["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"],
+                "Resource": f"arn:aws:sqs:*:*:{event_queue_name(stage)}",
+            }
         ]
     if function == DRAIN_FUNCTION:
         return [
@@ -528,6 +580,7 @@ def merge_template(stage: str) -> dict[str, Any]:
                 "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": ["FailedInvocationsQueue", "Arn"]}}},
             },
         }
+    _merge(resources, event_queue_resources(stage))
     resources.update(gateway_responses())
     outputs: dict[str, Any] = {
         "UpstreamsTableName": {"Value": {"Ref": "UpstreamsTable"}},
@@ -536,10 +589,97 @@ def merge_template(stage: str) -> dict[str, Any]:
         "DrainQueueUrl": {"Value": {"Ref": "DrainQueue"}},
         "ScanQueueUrl": {"Value": {"Ref": "ScanQueue"}},
         "ScanDeadLetterQueueUrl": {"Value": {"Ref": "ScanDeadLetterQueue"}},
+        "EventQueueUrl": {"Value": {"Ref": "EventQueue"}},
+        "EventDeadLetterQueueUrl": {"Value": {"Ref": "EventDeadLetterQueue"}},
     }
     for function in FUNCTIONS:
         outputs[f"{cfn_role_name(function)}Arn"] = {"Value": {"Fn::GetAtt": [cfn_role_name(function), "Arn"]}}
     return {"Resources": resources, "Outputs": outputs}
+
+
+def event_queue_resources(stage: str) -> dict[str, Any]:
+    """The event queue, its dead-letter queue, the rules that fill it (and the policy letting them),
+    ReportBatchItemFailures on its consumer, and the direct rules it replaces disabled."""
+    rules = {f"EventQueue{name}Rule": QUEUED_PATTERNS[function] for function, name in _queued_names().items()}
+    resources: dict[str, Any] = {
+        "EventDeadLetterQueue": {
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": event_dead_letter_queue_name(stage),
+                "MessageRetentionPeriod": 1209600,
+                "SqsManagedSseEnabled": True,
+            },
+        },
+        "EventQueue": {
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": event_queue_name(stage),
+                "VisibilityTimeout": 6 * EVENT_FUNCTION_TIMEOUT,  # Lambda's advice for an SQS trigger
+                "MessageRetentionPeriod": 3600,  # an event older than an hour: the scans have seen it
+                "SqsManagedSseEnabled": True,
+                "RedrivePolicy": {
+                    "deadLetterTargetArn": {"Fn::GetAtt": ["EventDeadLetterQueue", "Arn"]},
+                    "maxReceiveCount": EVENT_RECEIVES,
+                },
+            },
+        },
+        "EventQueuePolicy": {
+            "Type": "AWS::SQS::QueuePolicy",
+            "Properties": {
+                "Queues": [{"Ref": "EventQueue"}],
+                "PolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Sid": "EventBridgeRules",
+                            "Effect": "Allow",
+                            "Principal": {"Service": "events.amazonaws.com"},
+                            "Action": "sqs:SendMessage",
+                            "Resource": {"Fn::GetAtt": ["EventQueue", "Arn"]},
+                            "Condition": {
+                                "ArnEquals": {"aws:SourceArn": [{"Fn::GetAtt": [rule, "Arn"]} for rule in rules]}
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    for rule, pattern in rules.items():
+        resources[rule] = {
+            "Type": "AWS::Events::Rule",
+            "Properties": {
+                "EventPattern": EVENT_PATTERNS[pattern],
+                "State": "ENABLED",
+                "Targets": [{"Arn": {"Fn::GetAtt": ["EventQueue", "Arn"]}, "Id": "event-queue"}],
+            },
+        }
+    consumer = cfn_name(EVENT_FUNCTION)
+    resources[consumer] = {
+        "DependsOn": ["EventQueue"],
+        "Properties": {
+            "Events": {
+                f"{consumer}SqsEventSource": {"Properties": {"FunctionResponseTypes": ["ReportBatchItemFailures"]}}
+            }
+        },
+    }
+    for function in QUEUED_FUNCTIONS:  # their events come through the queue now
+        logical = cfn_name(function)
+        resources[logical] = {"Properties": {"Events": {f"{logical}Event": {"Properties": {"State": "DISABLED"}}}}}
+    return resources
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Merge `extra` into `into`, mappings key by key (as `chalice package --merge-template` does)."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _queued_names() -> dict[str, str]:
+    return {function: cfn_name(function) for function in QUEUED_FUNCTIONS}
 
 
 # The EventBridge rules of app.py, as a member account forwards them.

@@ -16,6 +16,17 @@ now, once per affected (credentials, region) group, so duplicate and
 out-of-order events converge and a stale "running" event never brings a
 stopped instance back. Writes are conditional on the version read, and a
 conflicting write is recomputed on the newer set.
+
+Events come one at a time (EventBridge straight to a function, `cli event`) or
+in batches from the event queue; a batch is coalesced by group: one
+DescribeInstances per 200 of a group's instances, each upstream set read once.
+
+An event costs its change: it reads only the sets the instance can be in or
+enter (`candidates`): those its membership record names (every set an event
+put it in), those whose filters its recorded or current tags satisfy, and
+those whose filters name a tag key that changed. An instance with no record
+(only ever seen by scans) falls back to every set of its groups, once, and
+is counted (`EventIndexFallbacks`).
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from aws_lambda_powertools.utilities.parser import ValidationError, parse
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from chalicelib.config import settings
+from chalicelib.config import Settings
 from chalicelib.domain.accounts import Account
 from chalicelib.domain.endpoints import UNHEALTHY, Endpoint, EndpointSet, Instance, endpoint_of
 from chalicelib.domain.filters import Matcher
@@ -42,9 +53,10 @@ from chalicelib.domain.status import DRAINING, StoredUpstream, active_draining, 
 from chalicelib.domain.times import iso, stamp
 from chalicelib.edges import clients
 from chalicelib.edges.inventory import DiscoveryError, InstanceLister
-from chalicelib.edges.store import Conflict, Guard, Outcome, Store
+from chalicelib.edges.store import Conflict, Guard, Holding, Outcome, Store
 from chalicelib.observability import count, count_with, log_unexpected, logger
 from chalicelib.usecases import tag_discovery
+from chalicelib.usecases.event_sets import SetCache, UpstreamIndex, candidates, mismatched
 from chalicelib.usecases.upstreams import resolve_entries
 
 INSTANCE_ARN = re.compile(r"^arn:aws[a-z-]*:ec2:[a-z0-9-]*:\d*:instance/(i-[0-9a-f]+)$")
@@ -168,6 +180,7 @@ class Trigger:
     instance_id: str
     drain: bool
     event_id: str
+    changed_keys: frozenset[str] = frozenset()  # tag keys a tag change names (added, changed, removed)
 
 
 def parse_event(raw: Any) -> Trigger:
@@ -195,7 +208,38 @@ def parse_event(raw: Any) -> Trigger:
     else:
         instance_id = event.detail.instance_id
     drain = isinstance(event, SpotInterruptionEvent | LifecycleEvent | RebalanceEvent)
-    return Trigger(model.__name__, event.account, event.region, instance_id, drain, event.id)
+    changed = (
+        frozenset(key.lower() for key in event.detail.changed_tag_keys)
+        if isinstance(event, TagChangeEvent)
+        else frozenset()
+    )
+    return Trigger(model.__name__, event.account, event.region, instance_id, drain, event.id, changed)
+
+
+@dataclass(frozen=True, slots=True)
+class EventSettings:
+    """The knobs events need, passed in from the entry points (runtime.py builds them from Settings)."""
+
+    discovery_enabled: bool = False
+    draining_ttl_seconds: int = 7200
+    drain_lead_seconds: int = 600
+    # Values of one `instance-id` filter in a DescribeInstances call: EC2 takes at most 200 per filter.
+    describe_batch: int = 200
+
+    @classmethod
+    def of(cls, conf: Settings) -> EventSettings:
+        return cls(conf.discovery_enabled, conf.draining_ttl_seconds, conf.drain_lead_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    """What handling events needs: the store, EC2, whose account a group sees, a clock, the knobs."""
+
+    store: Store
+    lister: InstanceLister
+    accounts: Callable[[Credentials], str]
+    clock: Callable[[], datetime]
+    knobs: EventSettings = EventSettings()
 
 
 @dataclass
@@ -208,12 +252,86 @@ class EventSummary:
     conflicts: int = 0
     superseded: int = 0  # groups where a newer observation of the instance was already applied
     errors: int = 0
+    sets_read: int = 0  # endpoint sets read for this instance (its candidates, or its groups' on a fallback)
+    fallbacks: int = 0  # groups read whole: no membership record, or a stale one
+    recorded: int = 0  # writes of its membership records (where it is, for the next event)
     discovered: list[str] | None = None  # upstreams a discovery tag created
     ignored: str | None = None
     aws_calls: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if value is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What applying one instance's observation to one group did."""
+
+    changed: int = 0
+    conflicts: int = 0
+    superseded: int = 0
+    errors: int = 0
+    sets_read: int = 0
+    fallbacks: int = 0
+    recorded: int = 0  # writes of the membership record
+
+    def plus(self, other: Applied) -> Applied:
+        return Applied(*(getattr(self, name) + getattr(other, name) for name in Applied.__slots__))
+
+
+@dataclass(frozen=True, slots=True)
+class GroupWork:
+    """One group's share of a batch: its upstreams, and the triggers of instances it can see."""
+
+    group: GroupKey
+    members: dict[str, StoredUpstream]
+    triggers: tuple[Trigger, ...]
+
+    @property
+    def instance_ids(self) -> list[str]:
+        return sorted({trigger.instance_id for trigger in self.triggers})
+
+    def changed(self, instance_id: str) -> frozenset[str]:
+        return frozenset().union(*(t.changed_keys for t in self.triggers if t.instance_id == instance_id))
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One observation: when it was made (noted before asking EC2) and what EC2 answered."""
+
+    at: str
+    instance: Instance | None | DiscoveryError
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One attempt at applying an observation: done, or the sets to (re)read before a fresh one."""
+
+    applied: Applied
+    done: bool
+    read: frozenset[str] = frozenset()
+    stale: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What a batch did, by instance: its groups (with their sizes) and each group's outcome."""
+
+    groups: dict[str, dict[GroupKey, int]]
+    applied: dict[tuple[GroupKey, str], Applied]
+    failed: dict[str, Exception]  # instances whose draining mark could not be written
+    discovered: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """One summary per event of a batch, and the positions of those that failed (to be retried):
+    an error in one of its groups, or a draining mark that could not be written (`raised`)."""
+
+    summaries: list[EventSummary]
+    failed: list[int]
+    raised: dict[int, Exception]
+    aws_calls: dict[str, int]
 
 
 def affected_groups(
@@ -282,76 +400,360 @@ def observation_time(clock: Callable[[], datetime]) -> str:
         return now
 
 
-def _apply_group(
-    store: Store,
-    trigger: Trigger,
-    group: GroupKey,
-    members: list[StoredUpstream],
-    describe: Callable[[GroupKey, bool], Instance | None | DiscoveryError],
-    clock: Callable[[], datetime],
-    draining: frozenset[str],
-    summary: EventSummary,
-) -> None:
-    """Apply what EC2 says of the instance now to each upstream of one group.
+# --- describing: a group's instances of a batch in as few calls as EC2 allows ----------------------------
 
-    Optimistic, in the order that makes an observation win only over older ones: read the
-    sets, then observe the instance (note the time, describe, record it in the group's log
-    if it is the newest), then write each changed set guarded by "the set is still the one
-    read, and this observation is still the newest". A set changed meanwhile (by a scan or
-    another event) means the observation may be older than what the set now reflects: start
-    again with a fresh observation. A newer observation recorded meanwhile: stop, its
-    observer applies it.
-    """
-    instance_id = trigger.instance_id
-    for attempt in range(WRITE_ATTEMPTS):
-        current = {entry.key: store.get_endpoint_set(entry.namespace, entry.name) for entry in members}
-        at = observation_time(clock)
-        instance = describe(group, attempt > 0)
-        if isinstance(instance, DiscoveryError):
-            summary.errors += 1
-            logger.warning(
-                "describing the event's instance failed; the next scan retries",
-                extra={"group": str(group), "error_code": instance.code, "reason": str(instance)},
+
+def describe_group(
+    lister: InstanceLister, group: GroupKey, instance_ids: list[str], batch: int
+) -> dict[str, Instance] | DiscoveryError:
+    """The instances as EC2 sees them now, `batch` ids per DescribeInstances; an id EC2 does not
+    know is absent (gone). A failure is the group's error for all of them."""
+    found: dict[str, Instance] = {}
+    try:
+        for start in range(0, len(instance_ids), batch):
+            found.update(
+                (i.instance_id, i)
+                for i in lister.describe(group.credentials, group.region, instance_ids[start : start + batch])
             )
-            count_with("DiscoveryErrors", 1, {"group": str(group), "code": instance.code})
-            return
-        if not store.observe(group.id, instance_id, at):
-            summary.superseded += 1  # a newer observation of this instance is being applied
-            return
-        changed_meanwhile = False
-        for entry in members:
-            assert entry.upstream is not None
-            summary.upstreams += attempt == 0
-            stored_set = current[entry.key]
-            if stored_set is None:
-                continue  # never scanned: the next full scan builds the whole set
-            guard = Guard(generation=entry.generation, group=group.id, instance=(instance_id, at))
-            try:
-                wanted = desired_set(entry, stored_set, instance_id, membership(entry.upstream, instance, draining))
-                if wanted.digest == stored_set.digest:
-                    continue
-                outcome = store.write_set(wanted, stored_set.digest, guard)
-            except Exception as err:  # noqa: BLE001 - one upstream must not stop the others
-                summary.errors += 1
-                log_unexpected("applying an event to an upstream failed", err, upstream=entry.key)
-                continue
-            if outcome is Outcome.WRITTEN:
-                summary.changed += 1
-                unhealthy, draining_count = health_counts(wanted)
-                status = replace(
-                    entry.status, endpoints=len(wanted.endpoints), unhealthy=unhealthy, draining=draining_count
-                )
-                if status != entry.status:
-                    store.put_status(entry.namespace, entry.name, status, entry.generation)
-            elif outcome is Outcome.SET_CHANGED:
-                changed_meanwhile = True
-            elif outcome is Outcome.OBSERVED:
-                summary.superseded += 1
-                return
-        if not changed_meanwhile:
-            return
-        summary.conflicts += 1
-    raise RuntimeError(f"could not apply the event to group {group} after {WRITE_ATTEMPTS} conflicting writes")
+    except DiscoveryError as err:
+        return err
+    except Exception as err:  # noqa: BLE001 - an unexpected failure is this group's error
+        log_unexpected("describing the event's instances failed unexpectedly", err, group=str(group))
+        return DiscoveryError(f"describe failed ({type(err).__name__})", type(err).__name__)
+    return found
+
+
+def observe_now(deps: Deps, group: GroupKey, instance_ids: list[str]) -> dict[str, Seen]:
+    """Observe instances: note the time, then ask EC2 (so the time is never later than what EC2 said)."""
+    at = observation_time(deps.clock)
+    described = describe_group(deps.lister, group, instance_ids, deps.knobs.describe_batch)
+    if isinstance(described, DiscoveryError):
+        return {instance_id: Seen(at, described) for instance_id in instance_ids}
+    return {instance_id: Seen(at, described.get(instance_id)) for instance_id in instance_ids}
+
+
+def _describe_failed(group: GroupKey, err: DiscoveryError) -> Applied:
+    logger.warning(
+        "describing the event's instance failed; the next scan retries",
+        extra={"group": str(group), "error_code": err.code, "reason": str(err)},
+    )
+    count_with("DiscoveryErrors", 1, {"group": str(group), "code": err.code})
+    return Applied(errors=1)
+
+
+# --- applying one observation of one instance to the sets of one group ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Needed:
+    """The sets an observation can change, the instance's record, and whether the sets are the
+    whole group (no record, or a stale one)."""
+
+    keys: frozenset[str]
+    record: Holding | None
+    whole: bool
+
+
+def _needed(
+    deps: Deps, work: GroupWork, index: UpstreamIndex, cache: SetCache, instance_id: str, instance: Instance | None
+) -> Needed:
+    record = deps.store.holding(work.group.id, instance_id)  # after observing: sees any earlier observer's keys
+    tags = instance.tags if instance is not None else None
+    keys = candidates(index, record, tags, work.changed(instance_id))
+    if record is None:
+        return Needed(keys, None, True)
+    known = {tuple(sorted(record.tags))} | ({tuple(sorted(tags))} if tags is not None else set())
+    if mismatched(cache.of(keys - cache.missing(keys)), instance_id, known):
+        return Needed(index.keys, record, True)
+    return Needed(keys, record, False)
+
+
+def _hold(
+    deps: Deps, group: GroupKey, instance_id: str, needed: Needed, endpoints: dict[str, Endpoint | None], seen: Seen
+) -> tuple[frozenset[str], int]:
+    """Record, before writing, every set the instance will be in: the recorded keys to take out after
+    the writes, and the writes made (none when the record already says it all: a duplicate event)."""
+    members = frozenset(key for key, endpoint in endpoints.items() if endpoint is not None)
+    tags = tuple(sorted(seen.instance.tags)) if isinstance(seen.instance, Instance) else ()
+    record = needed.record
+    leaving = (record.keys - members) & frozenset(endpoints) if record is not None else frozenset()
+    if record is None or not members <= record.keys or leaving or tuple(sorted(record.tags)) != tags:
+        deps.store.hold(group.id, instance_id, sorted(members), seen.at, tags)
+        return leaving, 1
+    return leaving, 0
+
+
+def _endpoints(
+    work: GroupWork, index: UpstreamIndex, keys: frozenset[str], instance: Instance | None, draining: frozenset[str]
+) -> dict[str, Endpoint | None]:
+    """The instance's endpoint in each of these upstreams now (None: not a member)."""
+    found: dict[str, Endpoint | None] = {}
+    running = instance is not None and instance.state == "running"
+    for key in sorted(keys):
+        upstream = work.members[key].upstream
+        member = running and upstream is not None and index.matchers[key].matches(instance.tags)  # type: ignore[union-attr]
+        found[key] = endpoint_of(upstream, instance, draining) if member else None  # type: ignore[arg-type]
+    return found
+
+
+def _unchanged(cache: SetCache, key: str, instance_id: str, endpoint: Endpoint | None) -> bool:
+    """Whether the set already holds the instance as wanted (checked without rebuilding the set)."""
+    stored = cache.endpoint(key, instance_id)
+    if endpoint is not None and stored is not None and stored.health == UNHEALTHY:
+        endpoint = replace(endpoint, health=UNHEALTHY)  # as keep_unhealthy would
+    return stored == endpoint
+
+
+def _write_one(
+    deps: Deps, entry: StoredUpstream, cache: SetCache, endpoint: Endpoint | None, instance_id: str, guard: Guard
+) -> Outcome | None:
+    """Replace one instance's membership in one set, guarded; None when nothing changes."""
+    stored_set = cache.sets.get(entry.key)
+    if stored_set is None or _unchanged(cache, entry.key, instance_id, endpoint):
+        return None  # never scanned (the next full scan builds the whole set), or already as wanted
+    wanted = desired_set(entry, stored_set, instance_id, endpoint)
+    if wanted.digest == stored_set.digest:
+        return None
+    outcome = deps.store.write_set(wanted, stored_set.digest, guard)
+    if outcome is Outcome.WRITTEN:
+        cache.put(entry.key, wanted)
+        unhealthy, draining_count = health_counts(wanted)
+        status = replace(entry.status, endpoints=len(wanted.endpoints), unhealthy=unhealthy, draining=draining_count)
+        if status != entry.status:
+            deps.store.put_status(entry.namespace, entry.name, status, entry.generation)
+    return outcome
+
+
+def _write_all(
+    deps: Deps, work: GroupWork, cache: SetCache, endpoints: dict[str, Endpoint | None], instance_id: str, at: str
+) -> tuple[Applied, frozenset[str], frozenset[str]]:
+    """Write every set whose membership of the instance changes: what it did, the sets another writer
+    changed meanwhile, and the sets that failed."""
+    guard_of = {key: Guard(work.members[key].generation, work.group.id, None, (instance_id, at)) for key in endpoints}
+    applied, conflicts, failed = Applied(), set(), set()
+    for key, endpoint in endpoints.items():
+        try:
+            outcome = _write_one(deps, work.members[key], cache, endpoint, instance_id, guard_of[key])
+        except Exception as err:  # noqa: BLE001 - one upstream must not stop the others
+            failed.add(key)
+            log_unexpected("applying an event to an upstream failed", err, upstream=key)
+            continue
+        if outcome is Outcome.OBSERVED:
+            return applied.plus(Applied(superseded=1)), frozenset(), frozenset(failed)
+        applied = applied.plus(Applied(changed=int(outcome is Outcome.WRITTEN)))
+        if outcome is Outcome.SET_CHANGED:
+            conflicts.add(key)
+    return applied.plus(Applied(errors=len(failed))), frozenset(conflicts), frozenset(failed)
+
+
+def _attempt(
+    deps: Deps,
+    work: GroupWork,
+    index: UpstreamIndex,
+    cache: SetCache,
+    instance_id: str,
+    seen: Seen,
+    draining: frozenset[str],
+) -> Step:
+    """One attempt: record the observation, find the sets it can change, write them guarded.
+
+    Every set written was read before the observation was made (a set read after it could hold
+    a newer listing, which an older observation must not override): a set found missing sends
+    the caller to read it and observe again."""
+    store, group = deps.store, work.group
+    if isinstance(seen.instance, DiscoveryError):
+        return Step(_describe_failed(group, seen.instance), True)
+    if not store.observe(group.id, instance_id, seen.at):
+        return Step(Applied(superseded=1), True)  # a newer observation of this instance is being applied
+    needed = _needed(deps, work, index, cache, instance_id, seen.instance)
+    if cache.missing(needed.keys):
+        return Step(Applied(), False, read=needed.keys)
+    endpoints = _endpoints(work, index, needed.keys, seen.instance, draining)
+    leaving, recorded = _hold(deps, group, instance_id, needed, endpoints, seen)
+    applied, conflicts, failed = _write_all(deps, work, cache, endpoints, instance_id, seen.at)
+    applied = applied.plus(Applied(fallbacks=int(needed.whole), recorded=recorded + int(bool(leaving - failed))))
+    if applied.superseded or conflicts:
+        return Step(applied, not conflicts, read=needed.keys, stale=conflicts)
+    if leaving - failed:
+        store.release(group.id, instance_id, sorted(leaving - failed), seen.at)
+    return Step(applied, True)
+
+
+def apply_instance(
+    deps: Deps,
+    work: GroupWork,
+    index: UpstreamIndex,
+    cache: SetCache,
+    instance_id: str,
+    seen: Seen,
+    draining: frozenset[str],
+) -> Applied:
+    """Apply what EC2 says of the instance to the sets of one group, observing again (with the sets
+    it needs read first) as long as another writer changed a set meanwhile."""
+    total = Applied()
+    for attempt in range(WRITE_ATTEMPTS):
+        step = _attempt(deps, work, index, cache, instance_id, seen, draining)
+        total = total.plus(step.applied)
+        if step.done:
+            return total
+        total = total.plus(Applied(conflicts=int(bool(step.stale))))
+        cache.forget(step.stale)
+        cache.read(step.read)
+        seen = observe_now(deps, work.group, [instance_id])[instance_id]
+        logger.debug("observing again", extra={"instance": instance_id, "attempt": attempt + 1})
+    raise RuntimeError(f"could not apply the event to group {work.group} after {WRITE_ATTEMPTS} conflicting writes")
+
+
+def apply_group(deps: Deps, work: GroupWork, draining: frozenset[str]) -> dict[tuple[GroupKey, str], Applied]:
+    """Apply a batch's instances to one group: read the sets their records point to, describe them
+    all at once (after the reads), then apply each."""
+    ids = work.instance_ids
+    index = UpstreamIndex(work.members.values())
+    cache = SetCache(deps.store, work.members)
+    reads: dict[str, int] = {}  # sets each instance made the handler read (a set is read once per batch)
+    for instance_id in ids:
+        before = cache.reads
+        record = deps.store.holding(work.group.id, instance_id)
+        cache.read(candidates(index, record, None, work.changed(instance_id)))
+        reads[instance_id] = cache.reads - before
+    seen = observe_now(deps, work.group, ids)
+    applied: dict[tuple[GroupKey, str], Applied] = {}
+    for instance_id in ids:
+        before = cache.reads
+        try:
+            outcome = apply_instance(deps, work, index, cache, instance_id, seen[instance_id], draining)
+        except Exception as err:  # noqa: BLE001 - one instance must not stop the others
+            log_unexpected("applying an event to a group failed", err, group=str(work.group))
+            outcome = Applied(errors=1)
+        read = reads[instance_id] + cache.reads - before
+        applied[(work.group, instance_id)] = outcome.plus(Applied(sets_read=read))
+    return applied
+
+
+# --- a batch of events ------------------------------------------------------------------------------------
+
+
+def _parse(raw: Any) -> Trigger | EventSummary:
+    try:
+        return parse_event(raw)
+    except UnsupportedEvent as err:
+        logger.warning("event ignored", extra={"reason": str(err)})
+        count("EventsRejected")
+        return EventSummary(ignored=str(err))
+
+
+def mark_drains(
+    store: Store, triggers: list[Trigger], now: datetime, knobs: EventSettings
+) -> tuple[frozenset[str], dict[str, Exception]]:
+    """Mark DRAINING the instances asked to drain (a repeated warning writes nothing): the active
+    draining instances, and those whose mark could not be written (their events fail, to be retried)."""
+    draining = active_draining(store.get_marks(DRAINING), iso(now))
+    until = iso(now + timedelta(seconds=knobs.draining_ttl_seconds))
+    failed: dict[str, Exception] = {}
+    for instance_id in sorted({t.instance_id for t in triggers if t.drain} - draining):
+        try:
+            store.set_mark(DRAINING, instance_id, until)
+        except Exception as err:  # noqa: BLE001 - this event fails; the others go on
+            failed[instance_id] = err
+    return draining | ({t.instance_id for t in triggers if t.drain} - set(failed)), failed
+
+
+def plan(
+    triggers: list[Trigger], entries: list[StoredUpstream], accounts: Callable[[Credentials], str]
+) -> tuple[dict[GroupKey, GroupWork], dict[str, dict[GroupKey, int]]]:
+    """The work of each group (coalesced over the batch), and each instance's groups with their sizes."""
+    members: dict[GroupKey, dict[str, StoredUpstream]] = {}
+    by_group: dict[GroupKey, list[Trigger]] = defaultdict(list)
+    groups_of: dict[str, dict[GroupKey, int]] = defaultdict(dict)
+    for trigger in triggers:
+        for group, entries_of in affected_groups(entries, trigger, accounts).items():
+            members[group] = {entry.key: entry for entry in entries_of}
+            by_group[group].append(trigger)
+            groups_of[trigger.instance_id][group] = len(entries_of)
+    works = {group: GroupWork(group, members[group], tuple(found)) for group, found in by_group.items()}
+    return works, groups_of
+
+
+def _catalog(deps: Deps, triggers: list[Trigger], now: datetime) -> tuple[list[StoredUpstream], list[str]]:
+    """The resolved upstreams (one Scan of the upstreams table), after tag discovery's creations."""
+    store = deps.store
+    stored = store.list_upstreams()
+    known = None
+    discovered: list[str] = []
+    tagged = [t for t in triggers if t.kind == TagChangeEvent.__name__]
+    if deps.knobs.discovery_enabled and tagged:
+        known = store.list_accounts()
+        for trigger in tagged:
+            discovered += _discover_from(store, trigger, stored, known, _describer(deps, trigger), now)
+        if discovered:
+            stored = store.list_upstreams()
+    resolved, _ = resolve_entries(store, stored, known)  # the scan reports unresolved ones
+    return list(resolved.values()), discovered
+
+
+def _describer(deps: Deps, trigger: Trigger) -> Callable[[GroupKey], Instance | None | DiscoveryError]:
+    def describe(group: GroupKey) -> Instance | None | DiscoveryError:
+        found = describe_group(deps.lister, group, [trigger.instance_id], deps.knobs.describe_batch)
+        return found if isinstance(found, DiscoveryError) else found.get(trigger.instance_id)
+
+    return describe
+
+
+def deliver(triggers: list[Trigger], deps: Deps) -> Delivery:
+    """Apply a batch's triggers: drain marks, then each group's coalesced work (each group isolated)."""
+    now = deps.clock()
+    draining, failed = mark_drains(deps.store, triggers, now, deps.knobs)
+    live = [trigger for trigger in triggers if trigger.instance_id not in failed]
+    entries, discovered = _catalog(deps, live, now) if live else ([], [])
+    works, groups_of = plan(live, entries, deps.accounts)
+    applied: dict[tuple[GroupKey, str], Applied] = {}
+    for work in works.values():
+        try:
+            applied.update(apply_group(deps, work, draining))
+        except Exception as err:  # noqa: BLE001 - one group must not stop the others
+            log_unexpected("applying an event to a group failed", err, group=str(work.group))
+            applied.update({(work.group, i): Applied(errors=1) for i in work.instance_ids})
+    return Delivery(dict(groups_of), applied, failed, discovered)
+
+
+def summarize(parsed: Trigger | EventSummary, delivery: Delivery) -> EventSummary:
+    """One event's summary: the outcome of its instance in each of its groups."""
+    if isinstance(parsed, EventSummary):
+        return parsed
+    groups = delivery.groups.get(parsed.instance_id, {})
+    total = Applied()
+    for group in groups:
+        total = total.plus(delivery.applied.get((group, parsed.instance_id), Applied()))
+    summary = EventSummary(parsed.kind, parsed.instance_id, sum(groups.values()), len(groups))
+    for name in Applied.__slots__:
+        setattr(summary, name, getattr(total, name))
+    if parsed.kind == TagChangeEvent.__name__ and delivery.discovered:
+        summary.discovered = delivery.discovered
+    if not groups:
+        logger.debug("no upstream covers this instance's account and region", extra={"account": parsed.account})
+        summary.ignored = f"no upstream covers account {parsed.account} in {parsed.region}"
+    return summary
+
+
+def handle_batch(raws: list[Any], deps: Deps, given: list[Trigger] | None = None) -> BatchOutcome:
+    """Deliver a batch of EventBridge events (the event queue's messages), coalesced by group.
+
+    `given`: triggers already parsed (an AWS Health event's instances) instead of `raws`."""
+    with clients.counting() as counter:
+        parsed: list[Trigger | EventSummary] = list(given) if given is not None else [_parse(raw) for raw in raws]
+        delivery = deliver([p for p in parsed if isinstance(p, Trigger)], deps)
+    summaries = [summarize(p, delivery) for p in parsed]
+    raised = {
+        position: delivery.failed[p.instance_id]
+        for position, p in enumerate(parsed)
+        if isinstance(p, Trigger) and p.instance_id in delivery.failed
+    }
+    failed = sorted(set(raised) | {position for position, summary in enumerate(summaries) if summary.errors})
+    for summary in summaries:
+        logger.info("event handled", extra={"summary": summary.as_dict()})
+    count("EventsHandled", len(summaries))
+    count("EventIndexFallbacks", sum(summary.fallbacks for summary in summaries))
+    return BatchOutcome(summaries, failed, raised, counter.as_dict())
 
 
 def handle(
@@ -361,66 +763,18 @@ def handle(
     accounts: Callable[[Credentials], str],
     clock: Callable[[], datetime],
     given: Trigger | None = None,
+    knobs: EventSettings | None = None,
 ) -> EventSummary:
     """Deliver one EventBridge event: the same code runs in Lambda and in `cli event`.
 
-    `given`: the trigger already parsed from `raw` (one of an AWS Health event's instances)."""
-    summary = EventSummary()
-    with clients.counting() as counter:
-        try:
-            trigger = given or parse_event(raw)
-        except UnsupportedEvent as err:
-            logger.warning("event ignored", extra={"reason": str(err)})
-            count("EventsRejected")
-            summary.ignored = str(err)
-            return summary
-        summary.kind, summary.instance_id = trigger.kind, trigger.instance_id
-        now = clock()
-        draining = active_draining(store.get_marks(DRAINING), iso(now))
-        if trigger.drain and trigger.instance_id not in draining:  # a repeated warning writes nothing
-            until = iso(now + timedelta(seconds=settings().draining_ttl_seconds))
-            store.set_mark(DRAINING, trigger.instance_id, until)
-            draining |= {trigger.instance_id}
-        described: dict[GroupKey, Instance | None | DiscoveryError] = {}
-
-        def describe(group: GroupKey, fresh: bool = False) -> Instance | None | DiscoveryError:
-            """The instance as EC2 sees it now, once per group whatever asks (unless `fresh`)."""
-            if fresh or group not in described:
-                try:
-                    found = lister.describe(group.credentials, group.region, [trigger.instance_id])
-                    described[group] = found[0] if found else None
-                except DiscoveryError as err:
-                    described[group] = err
-                except Exception as err:  # noqa: BLE001 - an unexpected failure is this group's error
-                    log_unexpected("describing the event's instance failed unexpectedly", err, group=str(group))
-                    described[group] = DiscoveryError(f"describe failed ({type(err).__name__})", type(err).__name__)
-            return described[group]
-
-        stored = store.list_upstreams()
-        known = None
-        if settings().discovery_enabled and trigger.kind == TagChangeEvent.__name__:
-            known = store.list_accounts()
-            summary.discovered = _discover_from(store, trigger, stored, known, describe, now)
-            if summary.discovered:
-                stored = store.list_upstreams()
-        resolved, _ = resolve_entries(store, stored, known)  # the scan reports unresolved ones
-        groups = affected_groups(list(resolved.values()), trigger, accounts)
-        if not groups:
-            logger.debug(
-                "no upstream covers this instance's account and region",
-                extra={"account": trigger.account, "region": trigger.region},
-            )
-            summary.ignored = f"no upstream covers account {trigger.account} in {trigger.region}"
-        summary.groups = len(groups)
-        for group, members in groups.items():
-            try:
-                _apply_group(store, trigger, group, members, describe, clock, draining, summary)
-            except Exception as err:  # noqa: BLE001 - one group must not stop the others
-                summary.errors += 1
-                log_unexpected("applying an event to a group failed", err, group=str(group))
-    summary.aws_calls = counter.as_dict()
-    logger.info("event handled", extra={"summary": summary.as_dict(), "event_id": raw.get("id")})
-    count("EventsHandled")
+    A draining mark that cannot be written fails the event as a whole (raised), so that Lambda
+    retries it: a drain warning must not be lost."""
+    deps = Deps(store, lister, accounts, clock, knobs or EventSettings())
+    outcome = handle_batch([raw], deps, [given] if given is not None else None)
+    if outcome.raised:
+        raise outcome.raised[0]
+    summary = outcome.summaries[0]
+    summary.aws_calls = outcome.aws_calls
     return summary
 
 
@@ -469,17 +823,30 @@ def health_time(value: str | None) -> datetime | None:
     return None
 
 
+def _not_yet(ids: list[str], start: datetime | None, lead: timedelta, now: datetime) -> str | None:
+    """Why a health event drains nothing now, or None when it does."""
+    if not ids:
+        return "names no EC2 instance"
+    if start is None:
+        return "has no startTime"
+    if start - lead > now:
+        return f"starts at {iso(start)}: scans drain from {iso(start - lead)}"
+    return None
+
+
 def handle_health(
     raw: Any,
     store: Store,
     lister: InstanceLister,
     accounts: Callable[[Credentials], str],
     clock: Callable[[], datetime],
+    knobs: EventSettings | None = None,
 ) -> list[EventSummary]:
     """An AWS Health scheduled change for EC2: each instance it names is drained when the change
-    starts within DRAIN_LEAD_SECONDS (or has started), then applied as any draining event is.
-    A change further ahead drains nothing now: the scans see it in DescribeInstanceStatus' events
-    and drain from its NotBefore minus the lead time."""
+    starts within DRAIN_LEAD_SECONDS (or has started), then applied as any draining event is (all
+    of them at once, coalesced by group). A change further ahead drains nothing now: the scans see
+    it in DescribeInstanceStatus' events and drain from its NotBefore minus the lead time."""
+    knobs = knobs or EventSettings()
     try:
         event: Any = parse(event=raw, model=HealthEvent)
     except ValidationError as err:
@@ -493,24 +860,18 @@ def handle_health(
     ids = list(dict.fromkeys(match.group(1) for value in named if (match := HEALTH_INSTANCE.match(value))))
     start, end = health_time(detail.start_time), health_time(detail.end_time)
     now = clock()
-    lead = timedelta(seconds=settings().drain_lead_seconds)
-    if not ids or start is None or start - lead > now:
-        reason = (
-            "names no EC2 instance"
-            if not ids
-            else "has no startTime"
-            if start is None
-            else f"starts at {iso(start)}: scans drain from {iso(start - lead)}"
-        )
-        logger.info("health event: nothing to drain now", extra={"reason": reason, "instances": ids})
-        return [EventSummary(kind=HealthEvent.__name__, ignored=f"{detail.event_type_code} {reason}")]
-    until = max(end or start + timedelta(seconds=settings().draining_ttl_seconds), now + timedelta(minutes=1))
+    wait = _not_yet(ids, start, timedelta(seconds=knobs.drain_lead_seconds), now)
+    if wait is not None or start is None:
+        logger.info("health event: nothing to drain now", extra={"reason": wait, "instances": ids})
+        return [EventSummary(kind=HealthEvent.__name__, ignored=f"{detail.event_type_code} {wait}")]
+    until = max(end or start + timedelta(seconds=knobs.draining_ttl_seconds), now + timedelta(minutes=1))
     active = active_draining(store.get_marks(DRAINING), iso(now))
-    region = detail.event_region or event.region
-    summaries = []
     for instance_id in ids:
         if instance_id not in active:
             store.set_mark(DRAINING, instance_id, iso(until))
-        trigger = Trigger(HealthEvent.__name__, event.account, region, instance_id, True, event.id)
-        summaries.append(handle(raw, store, lister, accounts, clock, given=trigger))
-    return summaries
+    region = detail.event_region or event.region
+    triggers = [Trigger(HealthEvent.__name__, event.account, region, i, True, event.id) for i in ids]
+    outcome = handle_batch([], Deps(store, lister, accounts, clock, knobs), triggers)
+    if outcome.raised:
+        raise next(iter(outcome.raised.values()))
+    return outcome.summaries

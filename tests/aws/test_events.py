@@ -22,10 +22,11 @@ WRITES = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dyn
 
 
 def writes_beyond_observations(result: dict[str, Any]) -> dict[str, int]:
-    """The writes an event made besides recording its observation (one UpdateItem per group):
+    """The writes an event made besides recording its observation (one UpdateItem per group) and
+    where the instance is (its membership record: an UpdateItem the first time, and when it moves):
     endpoint sets, statuses, marks. An unchanged membership must make none."""
     calls = {name: count for name, count in result["aws_calls"].items() if name in WRITES}
-    calls["dynamodb:UpdateItem"] = calls.get("dynamodb:UpdateItem", 0) - result["groups"]
+    calls["dynamodb:UpdateItem"] = calls.get("dynamodb:UpdateItem", 0) - result["groups"] - result["recorded"]
     return {name: count for name, count in calls.items() if count}
 
 

@@ -21,6 +21,9 @@ at moto, `runtime.reset()`), from the same seeded state every time:
   gone past its grace period to delete;
 - the four event functions: `events.deliver` with the matching sample event
   (the tag change also creates the upstream its instance's discovery tag asks for);
+- `ec2_event_batch`: `events.handle_batch` with a batch of two events of the
+  instance (state change, spot warning), coalesced (the queue trigger's
+  ReceiveMessage, DeleteMessage and GetQueueAttributes are checked statically);
 - `api_handler`: every `chalicelib.usecases.api` function the routes call, POST /scan
   included;
 - `asg_terminate_lifecycle`: the event, then its completion scheduled on the
@@ -92,7 +95,7 @@ from chalicelib.edges.store import DynamoStore, table_definitions
 from chalicelib.edges.store import chunks as store_chunks
 from chalicelib.edges.store.chunks import encode_endpoints
 from chalicelib.render import eds
-from chalicelib.usecases import admin, api, lifecycle, scan, tag_discovery
+from chalicelib.usecases import admin, api, events, lifecycle, scan, tag_discovery
 from chalicelib.usecases.replies import Reply
 from devtools import policies as gen
 from devtools import stack
@@ -548,6 +551,22 @@ def api_work(moto: IamMoto) -> None:
     reply(admin.delete_upstream(store, NS, "extra"), 200, "DELETE /upstreams")
 
 
+def event_batch_work(moto: IamMoto) -> None:
+    """The event queue's consumer: a batch (a state change and a spot warning of the instance),
+    coalesced: one DescribeInstances per group, every group's sets updated."""
+    raws = [
+        json.loads(json.dumps(load_event(EVENT_FIXTURES[kind])).replace("i-abcd1111", moto.instance_id))
+        for kind in ("ec2_state_change", "ec2_spot_interruption")
+    ]
+    outcome = events.handle_batch(raws, runtime.event_deps())
+    expect(
+        outcome.failed == []
+        and all(s.errors == 0 and s.groups == 3 and s.changed == 3 for s in outcome.summaries)
+        and outcome.aws_calls.get("ec2:DescribeInstances") == 3,
+        f"event batch: {[s.as_dict() for s in outcome.summaries]} {outcome.aws_calls}",
+    )
+
+
 WORK: dict[str, Callable[[IamMoto], None]] = {
     "api_handler": api_work,
     "scheduled_scan": plan_work,
@@ -555,6 +574,7 @@ WORK: dict[str, Callable[[IamMoto], None]] = {
     **{function: event_work(fixture) for function, fixture in EVENT_FIXTURES.items()},
     "asg_terminate_lifecycle": terminate_lifecycle_work,
     "asg_drain_complete": drain_complete_work,
+    gen.EVENT_FUNCTION: event_batch_work,
 }
 
 

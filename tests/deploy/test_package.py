@@ -123,7 +123,12 @@ def test_prod_template_sends_failed_events_to_the_queue(
         destination = config["Properties"]["DestinationConfig"]["OnFailure"]["Destination"]
         assert destination == {"Fn::GetAtt": ["FailedInvocationsQueue", "Arn"]}
     queues = {queue["Properties"]["QueueName"] for queue in of_type(template, "AWS::SQS::Queue").values()}
-    assert queues == {"ec2-eds-prod-failed-invocations", "ec2-eds-prod-drain"}
+    assert queues == {
+        "ec2-eds-prod-failed-invocations",
+        "ec2-eds-prod-drain",
+        "ec2-eds-prod-events",  # the EC2 events, batched to ec2_event_batch
+        "ec2-eds-prod-events-dlq",  # what failed there 3 times
+    }
     groups = {g["Properties"]["LogGroupName"] for g in of_type(template, "AWS::Logs::LogGroup").values()}
     assert groups == {f"/aws/lambda/{gen.function_name('prod', function)}" for function in gen.FUNCTIONS}
 
@@ -215,6 +220,20 @@ def test_private_api_variant_packages_and_lints(tmp_path: Path) -> None:
     assert "security" not in paths["/endpoints/{namespace}/{name}"]["get"]  # READ_ROUTES_AUTH=none
     assert paths["/upstreams/{namespace}/{name}"]["put"]["security"] == [{"sigv4": []}]  # admin stays signed
     cfn_lint(tmp_path / "out" / "sam.json")
+
+
+def test_prod_template_batches_the_event_queue_and_reports_partial_failures(
+    packaged: Callable[[str], tuple[Path, dict[str, Any]]],
+) -> None:
+    """ec2_event_batch reads the event queue in batches (at most 2 s of window) and reports failed
+    messages alone (ReportBatchItemFailures, merged into Chalice's SQS event source)."""
+    _, template = packaged("prod")
+    function = of_type(template, "AWS::Serverless::Function")[gen.cfn_name(gen.EVENT_FUNCTION)]
+    (event,) = function["Properties"]["Events"].values()
+    assert event["Type"] == "SQS" and event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert 0 < event["Properties"]["MaximumBatchingWindowInSeconds"] <= 2 and event["Properties"]["BatchSize"] > 10
+    assert "ec2-eds-prod-events" in json.dumps(event["Properties"]["Queue"])
+    assert function["Properties"]["Environment"]["Variables"]["EVENT_QUEUE"] == "ec2-eds-prod-events"
 
 
 def test_prod_template_consumes_the_drain_queue(packaged: Callable[[str], tuple[Path, dict[str, Any]]]) -> None:

@@ -104,7 +104,7 @@ def test_functions_are_the_apps() -> None:
         name for name, source in handlers.items() if type(source).__name__ != "SQSEventConfig"
     }
     queued = {source.name: source for source in handlers.values() if type(source).__name__ == "SQSEventConfig"}
-    assert set(queued) == {gen.DRAIN_FUNCTION, gen.SCAN_FUNCTION}
+    assert set(queued) == {gen.DRAIN_FUNCTION, gen.SCAN_FUNCTION, gen.EVENT_FUNCTION}
     assert queued[gen.DRAIN_FUNCTION].batch_size == 1 and queued[gen.SCAN_FUNCTION].batch_size == 1
     for stage in gen.STAGES:  # the queue the trigger names is the stage's, which the merge template creates
         assert stage_environment(stage, ROOT)["DRAIN_QUEUE"] == gen.drain_queue_name(stage) == f"ec2-eds-{stage}-drain"
@@ -113,6 +113,36 @@ def test_functions_are_the_apps() -> None:
         assert template["ScanQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 3
         assert template["ScanQueue"]["Properties"]["VisibilityTimeout"] >= gen.SCAN_FUNCTION_TIMEOUT
         assert template[gen.cfn_name(gen.SCAN_FUNCTION)]["DependsOn"] == ["ScanQueue"]
+        assert stage_environment(stage, ROOT)["EVENT_QUEUE"] == gen.event_queue_name(stage) == f"ec2-eds-{stage}-events"
+    # The event queue is read in batches, waiting at most 2 s for one to fill (the latency it adds).
+    assert queued[gen.EVENT_FUNCTION].batch_size > 10
+    assert 0 < queued[gen.EVENT_FUNCTION].maximum_batching_window_in_seconds <= 2
+
+
+def test_the_event_queue_takes_the_ec2_events_and_keeps_what_fails() -> None:
+    """The merge template: rules for each queued kind target the queue (allowed by its policy, for
+    those rules alone), failures go to the dead-letter queue after a few receives, the consumer
+    reports failures per message, and the direct rules of the queued kinds are disabled."""
+    for stage in gen.STAGES:
+        resources = gen.merge_template(stage)["Resources"]
+        queue = resources["EventQueue"]["Properties"]
+        assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["EventDeadLetterQueue", "Arn"]}
+        rules = {name: r for name, r in resources.items() if r.get("Type") == "AWS::Events::Rule"}
+        assert sorted(r["Properties"]["EventPattern"]["detail-type"][0] for r in rules.values()) == sorted(
+            gen.EVENT_PATTERNS[pattern]["detail-type"][0] for pattern in gen.QUEUED_PATTERNS.values()
+        )
+        assert all(
+            r["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": ["EventQueue", "Arn"]} for r in rules.values()
+        )
+        (statement,) = resources["EventQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == [{"Fn::GetAtt": [name, "Arn"]} for name in rules]
+        consumer = resources[gen.cfn_name(gen.EVENT_FUNCTION)]
+        (source,) = consumer["Properties"]["Events"].values()
+        assert source["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        assert consumer["Properties"]["FunctionName"] == gen.function_name(stage, gen.EVENT_FUNCTION)
+        for function in gen.QUEUED_FUNCTIONS:
+            (direct,) = resources[gen.cfn_name(function)]["Properties"]["Events"].values()
+            assert direct["Properties"]["State"] == "DISABLED"
 
 
 def test_assume_role_pattern_is_configurable() -> None:
@@ -259,6 +289,10 @@ def _sqs_scoped(s: Scoped) -> None:
     if s.sid == "FailureDestination":
         assert s.function in gen.ASYNC_FUNCTIONS and s.actions == ["sqs:SendMessage"]
         assert s.resources == [f"arn:aws:sqs:*:*:ec2-eds-{s.stage}-failed-invocations"]
+        return
+    if s.sid == "EventQueue":  # consumed by Lambda's trigger only
+        assert s.function == gen.EVENT_FUNCTION and s.actions == sorted(SQS_TRIGGER_ACTIONS)
+        assert s.resources == [f"arn:aws:sqs:*:*:ec2-eds-{s.stage}-events"]
         return
     if s.sid == "ScanQueue":  # the planner sends the groups' tasks; a worker consumes them, sends continuations
         assert s.resources == [f"arn:aws:sqs:*:*:ec2-eds-{s.stage}-scan"]

@@ -30,6 +30,8 @@ LAYERS = {
 PURE = ("chalicelib.domain", "chalicelib.render")
 # Use cases every other use case may call: shared steps (stored upstreams resolved, the reply and its
 # limits) and tag discovery (run by scans and events).
+# A use case's own helper modules, used by it alone.
+OWN_HELPERS = {"chalicelib.usecases.events": {"chalicelib.usecases.event_sets"}}
 SHARED_USE_CASES = {"chalicelib.usecases.upstreams", "chalicelib.usecases.replies", "chalicelib.usecases.tag_discovery"}
 
 
@@ -94,9 +96,17 @@ def test_no_use_case_reaches_into_another(module: str) -> None:
     others = {
         target
         for target in GRAPH[module]["ours"]
-        if target.startswith("chalicelib.usecases.") and target != module and target not in SHARED_USE_CASES
+        if target.startswith("chalicelib.usecases.")
+        and target != module
+        and target not in SHARED_USE_CASES | OWN_HELPERS.get(module, set())
     }
     assert others == set()
+
+
+def test_own_helpers_are_used_by_their_use_case_alone() -> None:
+    for owner, helpers in OWN_HELPERS.items():
+        users = {module for module in GRAPH if helpers & GRAPH[module]["ours"]} - {owner}
+        assert users == set(), f"{sorted(helpers)} belong to {owner}"
 
 
 def test_no_import_cycle() -> None:

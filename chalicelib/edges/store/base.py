@@ -7,7 +7,9 @@ Kinds (all in two DynamoDB tables, partition key `id`):
 - observation logs: `~seen/<group id>` -> when an event last observed each instance of a group;
 - the scan record `~scan` (`ScanRecord`: the latest planned scan, the groups behind);
 - marks: `~draining`, `~missing` (small maps of key -> time);
-- named accounts.
+- named accounts;
+- membership records (endpoints table): `~in/<group id>/<instance id>` -> the sets of the group an
+  event left the instance in (a superset of those that hold it), when, and the tags it saw.
 
 `Store` is all of them, which is what the composition root hands to the use cases.
 """
@@ -28,6 +30,7 @@ SCAN_MARKS_ID = "~scan"
 OBSERVATIONS_PREFIX = "~seen/"  # + a group's id: the group's observation log
 SEEN_PREFIX = "seen:"  # + an instance id: an attribute of an observation log
 ACCOUNT_PREFIX = "~account/"
+MEMBERSHIP_PREFIX = "~in/"  # + a group's id + "/" + an instance id: the instance's membership record
 ANY = "*"  # `expect` of an unconditional write
 
 
@@ -67,6 +70,35 @@ class Observations:
 
     version: int = 0
     seen: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """An instance's membership record in one group: the sets that may hold it (every set an event
+    put it in, kept until an event took it out again), when the last event observed it, and the
+    tags that event saw."""
+
+    keys: frozenset[str]
+    at: str
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+class MembershipIndex(Protocol):
+    def holding(self, group: str, instance_id: str) -> Holding | None:
+        """The instance's record (read consistently), None when no event has recorded it."""
+        ...
+
+    def hold(
+        self, group: str, instance_id: str, keys: Iterable[str], at: str, tags: tuple[tuple[str, str], ...]
+    ) -> None:
+        """Before writing sets: add `keys` to the record, and note `at` and `tags` unless a newer
+        observation is recorded (then only the keys are added: a record only ever grows here)."""
+        ...
+
+    def release(self, group: str, instance_id: str, keys: Iterable[str], at: str) -> None:
+        """After writing sets: take `keys` out of the record, only if `at` is still its newest
+        observation (a newer observer may be putting the instance back in)."""
+        ...
 
 
 class Upstreams(Protocol):
@@ -161,5 +193,5 @@ class Accounts(Protocol):
     def delete_account(self, name: str) -> bool: ...
 
 
-class Store(Upstreams, EndpointSets, ObservationLog, Marks, Accounts, Protocol):
+class Store(Upstreams, EndpointSets, ObservationLog, MembershipIndex, Marks, Accounts, Protocol):
     """Every kind of data: what the composition root builds (DynamoDB or memory)."""

@@ -27,11 +27,13 @@ from chalicelib.domain.status import PENDING, ScanRecord, Status, StoredUpstream
 from chalicelib.edges.store.base import (
     ACCOUNT_PREFIX,
     ANY,
+    MEMBERSHIP_PREFIX,
     OBSERVATIONS_PREFIX,
     SCAN_MARKS_ID,
     SEEN_PREFIX,
     Conflict,
     Guard,
+    Holding,
     Observations,
     Outcome,
 )
@@ -254,7 +256,11 @@ class DynamoStore:
 
     def endpoint_digests(self) -> dict[str, str]:
         items = self._scan(self.endpoints_table, ProjectionExpression="id, digest", ConsistentRead=True)
-        return {item["id"]["S"]: item["digest"]["S"] for item in items if "#" not in item["id"]["S"]}
+        return {
+            item["id"]["S"]: item["digest"]["S"]
+            for item in items
+            if "#" not in item["id"]["S"] and not item["id"]["S"].startswith("~")  # sets, not chunks or records
+        }
 
     def set_digests(self, keys: Iterable[str]) -> dict[str, str]:
         """The digests of these sets (those that exist), read consistently, heads only."""
@@ -464,6 +470,71 @@ class DynamoStore:
             except ClientError as err:
                 if not _conditional_failed(err):
                     raise  # else observed again meanwhile: the next scan prunes
+
+    # -- membership records: which sets of a group an event left an instance in -------------------------
+    #
+    # `~in/<group>/<instance>` in the endpoints table: `keys` (a string set, absent when empty), `at`,
+    # `tags` (JSON). `hold` only adds keys; `release` removes them only for the newest observation.
+
+    @staticmethod
+    def _membership_key(group: str, instance_id: str) -> dict[str, Any]:
+        return {"id": {"S": f"{MEMBERSHIP_PREFIX}{group}/{instance_id}"}}
+
+    def holding(self, group: str, instance_id: str) -> Holding | None:
+        item = self._db.get_item(
+            TableName=self.endpoints_table, Key=self._membership_key(group, instance_id), ConsistentRead=True
+        ).get("Item")
+        if not item or "at" not in item:
+            return None
+        tags = tuple((str(key), str(value)) for key, value in json.loads(item.get("tags", {}).get("S", "[]")))
+        return Holding(frozenset(item.get("keys", {}).get("SS", ())), item["at"]["S"], tags)
+
+    def hold(
+        self, group: str, instance_id: str, keys: Iterable[str], at: str, tags: tuple[tuple[str, str], ...]
+    ) -> None:
+        added = sorted(set(keys))
+        values: dict[str, Any] = {":at": {"S": at}, ":tags": {"S": json.dumps([list(pair) for pair in tags])}}
+        adding = ""
+        if added:
+            values[":keys"] = {"SS": added}
+            adding = " ADD #k :keys"
+        try:
+            self._db.update_item(
+                TableName=self.endpoints_table,
+                Key=self._membership_key(group, instance_id),
+                UpdateExpression="SET #at = :at, tags = :tags" + adding,
+                ConditionExpression="attribute_not_exists(#at) OR #at < :at",
+                ExpressionAttributeNames={"#at": "at", **({"#k": "keys"} if added else {})},
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as err:
+            if not _conditional_failed(err):
+                raise
+            if added:  # a newer observation is recorded: the record still only grows
+                self._db.update_item(
+                    TableName=self.endpoints_table,
+                    Key=self._membership_key(group, instance_id),
+                    UpdateExpression="ADD #k :keys",
+                    ExpressionAttributeNames={"#k": "keys"},
+                    ExpressionAttributeValues={":keys": {"SS": added}},
+                )
+
+    def release(self, group: str, instance_id: str, keys: Iterable[str], at: str) -> None:
+        gone = sorted(set(keys))
+        if not gone:
+            return
+        try:
+            self._db.update_item(
+                TableName=self.endpoints_table,
+                Key=self._membership_key(group, instance_id),
+                UpdateExpression="DELETE #k :keys",
+                ConditionExpression="#at = :at",
+                ExpressionAttributeNames={"#k": "keys", "#at": "at"},
+                ExpressionAttributeValues={":keys": {"SS": gone}, ":at": {"S": at}},
+            )
+        except ClientError as err:
+            if not _conditional_failed(err):
+                raise  # else a newer observation is being applied: the record keeps the keys
 
     def _delete_keys(self, keys: list[str]) -> None:
         for key in keys:

@@ -13,7 +13,7 @@ from chalicelib.domain.endpoints import EndpointSet
 from chalicelib.domain.names import upstream_key
 from chalicelib.domain.spec import Upstream
 from chalicelib.domain.status import PENDING, ScanRecord, Status, StoredUpstream, stored
-from chalicelib.edges.store.base import ANY, Conflict, Guard, Observations, Outcome
+from chalicelib.edges.store.base import ANY, Conflict, Guard, Holding, Observations, Outcome
 from chalicelib.edges.store.chunks import encode_document
 
 
@@ -28,7 +28,9 @@ class MemoryStore:
         self.marks_by_kind: dict[str, dict[str, str]] = {}
         self.accounts: dict[str, Account] = {}
         self.logs: dict[str, Observations] = {}
+        self.holdings: dict[tuple[str, str], Holding] = {}
         self.writes = 0
+        self.reads = 0  # reads of endpoint sets and membership records (what an event costs)
 
     def put_upstream(self, upstream: Upstream, now: str, expect: str | None = ANY) -> str:
         from chalicelib.domain.models import StatusItem, wire  # as DynamoStore: polls never load the models
@@ -90,6 +92,7 @@ class MemoryStore:
                 item["status"] = wire(StatusItem.of(status))
 
     def get_endpoint_set(self, namespace: str, name: str) -> EndpointSet | None:
+        self.reads += 1
         return self.sets.get(f"{namespace}/{name}")
 
     def endpoint_versions(self, keys: Iterable[str]) -> dict[str, str]:
@@ -167,6 +170,29 @@ class MemoryStore:
     def get_scan_record(self) -> ScanRecord:
         with self._lock:
             return ScanRecord(self.scan.planned, dict(self.scan.behind), dict(self.scan.listed))
+
+    def holding(self, group: str, instance_id: str) -> Holding | None:
+        self.reads += 1
+        return self.holdings.get((group, instance_id))
+
+    def hold(
+        self, group: str, instance_id: str, keys: Iterable[str], at: str, tags: tuple[tuple[str, str], ...]
+    ) -> None:
+        with self._lock:
+            self.writes += 1
+            old = self.holdings.get((group, instance_id))
+            if old is None or old.at < at:
+                self.holdings[(group, instance_id)] = Holding(frozenset(keys) | (old.keys if old else set()), at, tags)
+            else:
+                self.holdings[(group, instance_id)] = Holding(old.keys | frozenset(keys), old.at, old.tags)
+
+    def release(self, group: str, instance_id: str, keys: Iterable[str], at: str) -> None:
+        with self._lock:
+            old = self.holdings.get((group, instance_id))
+            gone = frozenset(keys)
+            if old is not None and old.at == at and old.keys & gone:
+                self.writes += 1
+                self.holdings[(group, instance_id)] = Holding(old.keys - gone, old.at, old.tags)
 
     def get_scan_marks(self) -> dict[str, str]:
         return self.get_scan_record().as_marks()
