@@ -686,10 +686,10 @@ def test_policy_is_enough_and_no_action_is_spare(
 # These runs show both, once for each service and path the policies grant: the action removed, the
 # same work fails on the very call that needs it.
 REMOVALS = [
-    ("scheduled_scan", "ec2:DescribeInstances"),
-    ("scheduled_scan", "ec2:DescribeInstanceStatus"),
-    ("scheduled_scan", "sts:AssumeRole"),
-    ("scheduled_scan", "secretsmanager:GetSecretValue"),
+    ("scan_group", "ec2:DescribeInstances"),
+    ("scan_group", "ec2:DescribeInstanceStatus"),
+    ("scan_group", "sts:AssumeRole"),
+    ("scan_group", "secretsmanager:GetSecretValue"),
     ("ec2_state_change", "dynamodb:ConditionCheckItem"),
     ("api_handler", "dynamodb:BatchGetItem"),
     ("asg_terminate_lifecycle", "autoscaling:DescribeLifecycleHooks"),

@@ -128,6 +128,8 @@ def test_prod_template_sends_failed_events_to_the_queue(
         "ec2-eds-prod-drain",
         "ec2-eds-prod-events",  # the EC2 events, batched to ec2_event_batch
         "ec2-eds-prod-events-dlq",  # what failed there 3 times
+        "ec2-eds-prod-scan",  # the scan's group tasks, consumed by scan_group
+        "ec2-eds-prod-scan-dead-letters",  # what failed there 3 times
     }
     groups = {g["Properties"]["LogGroupName"] for g in of_type(template, "AWS::Logs::LogGroup").values()}
     assert groups == {f"/aws/lambda/{gen.function_name('prod', function)}" for function in gen.FUNCTIONS}
