@@ -538,9 +538,7 @@ def api_work(moto: IamMoto) -> None:
     request = {"resource_names": ["web-secret_gloo-system"], "type_url": eds.CLA_TYPE}
     reply(api.discovery_endpoints(store, json.dumps(request).encode()), 200, "POST /v3/discovery:endpoints")
     reply(api.prometheus_targets(store, NS, "web-role"), 200, "GET /prometheus/targets")
-    summary = reply(
-        admin.scan_summary(scan.full_scan(store, runtime.inventory(), runtime.now).as_dict()), 200, "POST /scan"
-    )
+    summary = reply(admin.scan_summary(runtime.full_scan().as_dict()), 200, "POST /scan")
     expect(  # extra's set is new too
         summary["errors"] == 0
         and "health_errors" not in summary
