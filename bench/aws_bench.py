@@ -461,17 +461,12 @@ TYPE_URLS = {
 def _legacy_head(endpoint_set: Any) -> dict[str, Any]:
     """A head as every version before small heads wrote it: the first 350 KB of records inline."""
     from chalicelib.edges.store.chunks import encode_endpoints, split
+    from chalicelib.edges.store.dynamo import head_attributes
 
     parts = split(encode_endpoints(endpoint_set.endpoints))
     assert len(parts) == 1, "the legacy layout is measured on sets that fit one item"
     return {
-        "id": {"S": endpoint_set.key},
-        "namespace": {"S": endpoint_set.namespace},
-        "name": {"S": endpoint_set.name},
-        "region": {"S": endpoint_set.region},
-        "version": {"S": endpoint_set.version},
-        "digest": {"S": endpoint_set.digest},
-        "count": {"N": str(len(endpoint_set.endpoints))},
+        **head_attributes(endpoint_set),
         "chunks": {"N": "1"},
         "write": {"S": "legacy"},
         "body": {"B": parts[0]},

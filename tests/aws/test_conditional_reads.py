@@ -173,13 +173,7 @@ def test_a_set_written_before_heads_were_small_still_serves_and_answers_304(dyna
     boto3.client("dynamodb", region_name="us-east-1").put_item(
         TableName=dynamo_store.endpoints_table,
         Item={
-            "id": {"S": endpoint_set.key},
-            "namespace": {"S": endpoint_set.namespace},
-            "name": {"S": endpoint_set.name},
-            "region": {"S": endpoint_set.region},
-            "version": {"S": endpoint_set.version},
-            "digest": {"S": endpoint_set.digest},
-            "count": {"N": str(len(endpoint_set.endpoints))},
+            **dynamo.head_attributes(endpoint_set),
             "chunks": {"N": "1"},
             "write": {"S": "before"},
             "body": {"B": encode_endpoints(endpoint_set.endpoints)},

@@ -52,6 +52,19 @@ def _conditional_failed(err: ClientError) -> bool:
     return err.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
+def head_attributes(endpoint_set: EndpointSet) -> dict[str, Any]:
+    """What a set's head says of it, whatever the layout of its records (every writer of a head uses this)."""
+    return {
+        "id": {"S": endpoint_set.key},
+        "namespace": {"S": endpoint_set.namespace},
+        "name": {"S": endpoint_set.name},
+        "region": {"S": endpoint_set.region},
+        "version": {"S": endpoint_set.version},
+        "digest": {"S": endpoint_set.digest},
+        "count": {"N": str(len(endpoint_set.endpoints))},
+    }
+
+
 class DynamoStore:
     """`Store` over two DynamoDB tables, through the low-level client."""
 
@@ -292,13 +305,7 @@ class DynamoStore:
                 "ExpressionAttributeValues": {":expected": {"S": expected_digest}},
             }
         item: dict[str, Any] = {
-            "id": {"S": endpoint_set.key},
-            "namespace": {"S": endpoint_set.namespace},
-            "name": {"S": endpoint_set.name},
-            "region": {"S": endpoint_set.region},
-            "version": {"S": endpoint_set.version},
-            "digest": {"S": endpoint_set.digest},
-            "count": {"N": str(len(endpoint_set.endpoints))},
+            **head_attributes(endpoint_set),
             # Chunks are named by this write, not by content: two writers of the same content
             # must never share (and so never delete) each other's chunks.
             "write": {"S": uuid.uuid4().hex},
