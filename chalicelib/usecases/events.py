@@ -749,10 +749,14 @@ def handle_batch(raws: list[Any], deps: Deps, given: list[Trigger] | None = None
         if isinstance(p, Trigger) and p.instance_id in delivery.failed
     }
     failed = sorted(set(raised) | {position for position, summary in enumerate(summaries) if summary.errors})
-    for summary in summaries:
+    handled = [summary for p, summary in zip(parsed, summaries) if isinstance(p, Trigger)]
+    for summary in handled:  # a rejected event was logged and counted as such by `_parse`
         logger.info("event handled", extra={"summary": summary.as_dict()})
-    count("EventsHandled", len(summaries))
-    count("EventIndexFallbacks", sum(summary.fallbacks for summary in summaries))
+    if handled:
+        count("EventsHandled", len(handled))
+    fallbacks = sum(summary.fallbacks for summary in handled)
+    if fallbacks:
+        count("EventIndexFallbacks", fallbacks)
     return BatchOutcome(summaries, failed, raised, counter.as_dict())
 
 

@@ -126,7 +126,6 @@ BLOCKS: dict[tuple[str, str], Use] = {
         "a transcript of make run's gateway; tests/envoy/test_make_run.py runs its steps against `make run` itself "
         "(instances answer in turn, stop + event takes web-1 out, retagging adds web-6, /shop answers)",
     ),
-    (ARCHITECTURE, "entry points app.py (Chalice routes, EventBridge rules, schedule) chalic"): Use(TEXT, "a diagram"),
     (README, "SCAN_INTERVAL=300 make run"): Use(SERVICE, "make run with a long scan interval"),
     (README, ".venv/bin/python -m devtools.fleet stop web-2"): Use(
         LIVE,

@@ -192,6 +192,9 @@ def dynamo_leaks() -> set[str]:
     return leaks
 
 
+SCAN_QUEUE = "ec2-eds-dev-scan"  # the dev stage's scan queue
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -228,6 +231,14 @@ class Driver:
             source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
         )
         self.answers.payload("scheduled_scan", self.client.lambda_.invoke("scheduled_scan", event).payload)
+        # the plan's messages, each run by the group worker as the scan queue would
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.get_queue_url(QueueName=SCAN_QUEUE)["QueueUrl"]
+        while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            for message in messages:
+                sqs_event = self.client.events.generate_sqs_event([message["Body"]], queue_name=SCAN_QUEUE)
+                self.answers.payload("scan_group", self.client.lambda_.invoke("scan_group", sqs_event).payload)
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
     def deliver_every_event(self, instance_id: str) -> None:
         for handler, sample in (
@@ -260,7 +271,8 @@ def test_no_secret_and_no_external_id_spreads(
     for name, value in SECRETS.items():
         world.secret(name, value)
     web = world.launch(2)
-    boto3.client("sqs", region_name="us-east-1").create_queue(QueueName="ec2-eds-dev-drain")  # as deployed
+    for queue in ("ec2-eds-dev-drain", SCAN_QUEUE):  # as deployed
+        boto3.client("sqs", region_name="us-east-1").create_queue(QueueName=queue)
 
     with Client(app) as client:  # it sets the stage's variables: ours come after
         # Each failure once, without client-side rate limiting: what is said about it is the point.
