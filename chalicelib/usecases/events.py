@@ -749,7 +749,7 @@ def handle_batch(raws: list[Any], deps: Deps, given: list[Trigger] | None = None
         if isinstance(p, Trigger) and p.instance_id in delivery.failed
     }
     failed = sorted(set(raised) | {position for position, summary in enumerate(summaries) if summary.errors})
-    handled = [summary for p, summary in zip(parsed, summaries) if isinstance(p, Trigger)]
+    handled = [summary for p, summary in zip(parsed, summaries, strict=True) if isinstance(p, Trigger)]
     for summary in handled:  # a rejected event was logged and counted as such by `_parse`
         logger.info("event handled", extra={"summary": summary.as_dict()})
     if handled:
