@@ -113,6 +113,7 @@ def put_upstream(namespace, name):
             header("content-type"),
             runtime.now(),
             runtime.apply_now,
+            runtime.settings().max_body_bytes,
         )
     )
 
@@ -134,7 +135,11 @@ def list_accounts():
 
 @app.route("/accounts/{name}", methods=["PUT"], content_types=YAML_OR_JSON, authorizer=ADMIN)
 def put_account(name):
-    return respond(admin.put_account(runtime.store(), name, body(), header("content-type"), runtime.apply_now))
+    return respond(
+        admin.put_account(
+            runtime.store(), name, body(), header("content-type"), runtime.apply_now, runtime.settings().max_body_bytes
+        )
+    )
 
 
 @app.route("/accounts/{name}", methods=["GET"], authorizer=ADMIN)
@@ -165,7 +170,12 @@ def envoy_eds():
 
 @app.route("/v3/discovery:clusters", methods=["POST"])
 def envoy_cds():
-    return respond(api.discovery_clusters(runtime.store(), body(), header("host")))
+    conf = runtime.settings()
+    return respond(
+        api.discovery_clusters(
+            runtime.store(), body(), header("host"), conf.cds_eds_cluster, conf.cds_eds_refresh_seconds
+        )
+    )
 
 
 @app.route("/prometheus/targets", methods=["GET"], authorizer=READ)

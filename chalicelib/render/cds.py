@@ -25,6 +25,7 @@ from chalicelib.domain.spec import Upstream
 from chalicelib.render.eds import _field
 
 # A name Envoy can give a static cluster: what it sends as Host, so what the EDS config must name.
+DEFAULT_REFRESH_SECONDS = 5.0  # CDS_EDS_REFRESH_SECONDS' default
 API_CLUSTER = re.compile(r"[A-Za-z0-9._:\[\]-]{1,253}")
 
 

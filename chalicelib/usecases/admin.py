@@ -13,7 +13,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from chalicelib.config import settings
 from chalicelib.domain import models
 from chalicelib.domain.accounts import parse_account
 from chalicelib.domain.names import label_problem, upstream_key
@@ -22,6 +21,8 @@ from chalicelib.domain.status import StoredUpstream, last_scan
 from chalicelib.domain.times import iso
 from chalicelib.edges.store import DocumentTooLarge, Store
 from chalicelib.usecases.replies import RESPONSE_BUDGET, Reply, error, ok, part_bytes, path_names, wire_bytes
+
+MAX_BODY_BYTES = 1024 * 1024  # MAX_BODY_BYTES' default; the entry points pass the stage's
 
 Apply = Callable[[set[str]], Any]  # reconcile these upstreams' groups now (a narrowed scan)
 
@@ -56,6 +57,7 @@ def put_upstream(
     content_type: str | None,
     now: datetime,
     apply: Apply | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Reply:
     """Store the document and, with `apply`, reconcile its group at once so the change is served
     now; an unchanged document writes nothing and keeps its status and set."""
@@ -63,7 +65,7 @@ def put_upstream(
     if bad:
         return bad
     try:
-        upstream = parse_upstream(load_one(body, content_type, settings().max_body_bytes), namespace, name)
+        upstream = parse_upstream(load_one(body, content_type, max_body_bytes), namespace, name)
     except SpecError as err:
         return error(err.status, err.message, err.field)
     previous = store.get_upstream(namespace, name)
@@ -119,13 +121,18 @@ def _users(store: Store, name: str) -> list[Upstream]:
 
 
 def put_account(
-    store: Store, name: str, body: bytes | str, content_type: str | None, apply: Apply | None = None
+    store: Store,
+    name: str,
+    body: bytes | str,
+    content_type: str | None,
+    apply: Apply | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Reply:
     bad = _account_name(name)
     if bad:
         return bad
     try:
-        account = parse_account(load_one(body, content_type, settings().max_body_bytes), name)
+        account = parse_account(load_one(body, content_type, max_body_bytes), name)
     except SpecError as err:
         return error(err.status, err.message, err.field)
     users = _users(store, name)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 
-from chalicelib.config import settings
 from chalicelib.domain.endpoints import EndpointSet
 from chalicelib.domain.names import cluster_name, parse_cluster_name, upstream_key
 from chalicelib.domain.status import ERROR, StoredUpstream
@@ -182,12 +181,18 @@ def discovery_endpoints(store: Store, raw_body: bytes | None) -> Reply:
     return ok(text)
 
 
-def discovery_clusters(store: Store, raw_body: bytes | None, host: str | None) -> Reply:
-    """Envoy REST-JSON CDS: one EDS cluster per upstream, polling the API cluster; 304 when current."""
-    conf = settings()
+def discovery_clusters(
+    store: Store,
+    raw_body: bytes | None,
+    host: str | None,
+    eds_cluster: str | None = None,
+    refresh_seconds: float = cds.DEFAULT_REFRESH_SECONDS,
+) -> Reply:
+    """Envoy REST-JSON CDS: one EDS cluster per upstream, polling the API cluster (`eds_cluster`, else
+    the one the request's Host names) every `refresh_seconds`; 304 when current."""
     try:
         request = cds.parse_request(raw_body)
-        source = cds.EdsSource(cds.api_cluster(conf.cds_eds_cluster, host), conf.cds_eds_refresh_seconds)
+        source = cds.EdsSource(cds.api_cluster(eds_cluster, host), refresh_seconds)
     except cds.CdsRequestError as err:
         return error(400, str(err))
     upstreams = [entry.upstream for entry in store.list_upstreams() if entry.upstream is not None]

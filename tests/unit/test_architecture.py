@@ -128,3 +128,21 @@ def test_no_import_cycle() -> None:
 
     for module in sorted(GRAPH):
         visit(module)
+
+
+def reads_settings(path: Path) -> list[int]:
+    """The lines where `path` calls `settings()` (the process environment's settings)."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "settings"
+    ]
+
+
+@pytest.mark.parametrize("module", sorted(name for name in GRAPH if name.startswith(tuple(LAYERS))))
+def test_only_the_entry_points_and_runtime_read_the_settings(module: str) -> None:
+    """The layers get their settings passed in (`runtime` builds them), so a test can give any."""
+    path = ROOT / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = ROOT / module.replace(".", "/") / "__init__.py"
+    assert reads_settings(path) == [], f"{module} reads settings() itself"

@@ -81,7 +81,9 @@ def test_a_setting_names_another_api_cluster(store: MemoryStore, monkeypatch: py
     monkeypatch.setenv("CDS_EDS_CLUSTER", "ec2-eds-internal")
     monkeypatch.setenv("CDS_EDS_REFRESH_SECONDS", "0.5")
     config.reset()
-    (cluster, _) = strict(json.loads(api.discovery_clusters(store, request(), "127.0.0.1").text()))
+    conf = config.settings()  # as app.py passes them
+    reply = api.discovery_clusters(store, request(), "127.0.0.1", conf.cds_eds_cluster, conf.cds_eds_refresh_seconds)
+    (cluster, _) = strict(json.loads(reply.text()))
     api_source = cluster.eds_cluster_config.eds_config.api_config_source
     assert api_source.cluster_names == ["ec2-eds-internal"]
     assert (api_source.refresh_delay.seconds, api_source.refresh_delay.nanos) == (0, 500_000_000)
