@@ -36,6 +36,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """On a pytest-xdist worker under `--dist loadgroup`, every test carries its group in its node id
+    (that is how xdist schedules groups). If it does not, groups are split across workers and tests that
+    share the loopback fleet collide: fail rather than run the suite that way."""
+    if getattr(item.config.option, "loadgroup", False) and "@" not in item.nodeid:
+        pytest.fail(
+            "pytest-xdist did not group this test: this pytest and pytest-xdist do not work together "
+            "(requirements-dev.txt pins the pair that does)",
+            pytrace=False,
+        )
+
+
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No test sees the developer's AWS settings or another test's cached clients."""

@@ -347,9 +347,9 @@ def localise(command: str, demo: LocalStack, tmp: Path) -> str:
     aws_port = demo.endpoint.rsplit(":", 1)[1]
     python = shlex.quote(sys.executable)
     command = command.replace("127.0.0.1:8000", f"127.0.0.1:{port}").replace("127.0.0.1:5000", f"127.0.0.1:{aws_port}")
+    command = re.sub(r"(?<![\w./-])/tmp/", f"{tmp}/", command)  # the doc's /tmp, before paths of this machine go in
     command = command.replace(".venv/bin/python", python)
-    command = re.sub(r"(^|[;&|]\s*|\s)python(?= -m | devtools/)", lambda m: m.group(1) + python, command, flags=re.M)
-    return command.replace("/tmp/", f"{tmp}/")
+    return re.sub(r"(^|[;&|]\s*|\s)python(?= -m | devtools/)", lambda m: m.group(1) + python, command, flags=re.M)
 
 
 def run_bash(script: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
