@@ -381,22 +381,28 @@ def _goal_against_best(results: dict[str, Any], c: int, goal: Goal) -> None:
 
 
 def _best_note(results: dict[str, Any], point: dict[str, Any]) -> str:
-    """Plain words: with the best config the requests are even; what ec2-eds has beyond them."""
-    ours, best = point["ec2eds"], point["prometheus_best"]
+    """Plain words: with the best config the listings are even; what ec2-eds has beyond them, and what not."""
+    ours, best, per = point["ec2eds"], point["prometheus_best"], point.get("prometheus", {})
     event = results.get("freshness", {}).get("by_refresh_delay", {}).get("1", {}).get("stop_to_unrouted_by_event")
     fresh = f"a stopped instance out of Envoy in {event['median_s']} s (median)" if event else "within seconds"
+    memory = (
+        f" Prometheus' resident memory: {best['resident_mb']} MB against {per['resident_mb']} MB per upstream "
+        "(it keeps every target a job drops, U x fleet)."
+        if "resident_mb" in per
+        else ""
+    )
     return (
-        f"one ec2_sd_configs entry per group shared by every job ({best['discoverers']} discoverers for "
+        f"one ec2_sd_configs entry per group shared by every job ({best['discoverers']} discoverer(s) for "
         f"{point['U']} jobs, relabel keep per job): Prometheus makes about as many DescribeInstances as ec2-eds, "
-        f"{best['describe_instances'] - best['continuation_pages']} listings to {ours['groups']} (requests "
-        f"{best['describe_instances']} to {ours['describe_instances']}: it sends no MaxResults, so moto pages it by "
-        "100 where ec2-eds asks 1000; EC2 answers it in one unpaginated response). It filters client-side too, so "
-        "it downloads the whole running fleet like ec2-eds. ec2-eds still wins on: freshness by events "
-        f"({fresh}, where Prometheus waits for its refresh interval, 60 s by default), per-upstream status "
-        "(state, reason, AWS error code, endpoints, last scan, where Prometheus has one refresh-failure counter "
-        "per mechanism and its log), error isolation (a document that no longer validates is Rejected alone, "
-        "where one bad job makes Prometheus refuse the whole configuration reload), and serving Envoy (EDS, "
-        "CDS, ETags and 304s)"
+        f"{best['describe_instances'] - best['continuation_pages']} listing(s) to {ours['groups']} (requests "
+        f"{best['describe_instances']} to {ours['describe_instances']} only because it sends no MaxResults, so "
+        "moto pages it by 100 where ec2-eds asks 1000; EC2 answers it in one unpaginated response). It filters "
+        "client-side too, so it downloads the whole running fleet like ec2-eds: no win on requests or bytes."
+        f"{memory} ec2-eds still wins on freshness by events ({fresh}, where Prometheus waits for its refresh "
+        "interval, 60 s by default), per-upstream status (state, reason, AWS error code, endpoints, last scan, "
+        "where Prometheus has one refresh-failure counter per mechanism and its log), error isolation (a "
+        "document that no longer validates is Rejected alone, where one bad job makes Prometheus refuse the "
+        "whole configuration reload), and serving Envoy (EDS, CDS, ETags and 304s)"
     )
 
 
