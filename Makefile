@@ -14,8 +14,9 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-# pytest-xdist workers: one per core. Tests that share a fixed loopback resource run in one
-# worker (`xdist_group`, scheduled by `--dist loadgroup`).
+# pytest-xdist workers: one per core. A module's tests run in one worker (`xdist_group`, scheduled by
+# `--dist loadgroup`), so its module-scoped stacks start once; each worker's demo fleets live on loopback
+# subnets of their own (DEMO_FLEET_NET, tests/conftest.py).
 TEST_WORKERS ?= auto
 XDIST := -n $(TEST_WORKERS) --dist loadgroup
 # The inner loop: pure units, the model, and the AWS code against moto in-process.

@@ -16,9 +16,11 @@ like any other but are never contacted.
 
 from __future__ import annotations
 
+import functools
 import http.server
 import ipaddress
 import json
+import os
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -60,7 +62,19 @@ FLEET = (
 )
 
 
-VPC_CIDR, PUBLIC_CIDR, PRIVATE_CIDR = "127.0.0.0/16", "127.0.1.0/24", "127.0.2.0/24"
+def _fleet_net() -> int:
+    """DEMO_FLEET_NET=N: the fleet's subnets are 127.0.N.0/24 (public) and 127.0.N+1.0/24 (private).
+
+    Two demo fleets on one machine (two `make run`s, the test suite's parallel workers) each take their
+    own N, so that their instances never draw the same loopback address (and port 8080 on it)."""
+    raw = os.environ.get("DEMO_FLEET_NET", "1")
+    if not raw.isdigit() or not 1 <= int(raw) <= 253:
+        raise SystemExit(f"DEMO_FLEET_NET={raw!r}: a number from 1 to 253 (the third octet of 127.0.N.0/24)")
+    return int(raw)
+
+
+VPC_CIDR = "127.0.0.0/16"
+PUBLIC_CIDR, PRIVATE_CIDR = f"127.0.{_fleet_net()}.0/24", f"127.0.{_fleet_net() + 1}.0/24"
 
 
 def loopback_subnets(ec2: Any) -> tuple[str, str]:
@@ -253,7 +267,8 @@ class InstanceServers:
                 changes.append(f"{name}: cannot listen on {key[0]}:{key[1]}: {err.strerror}")
                 continue
             server.daemon_threads = True
-            threading.Thread(target=server.serve_forever, name=f"instance-{name}", daemon=True).start()
+            serve = functools.partial(server.serve_forever, poll_interval=0.05)  # a stop waits one poll
+            threading.Thread(target=serve, name=f"instance-{name}", daemon=True).start()
             self.servers[key] = (server, name)
             changes.append(f"{name} answers on {key[0]}:{key[1]}")
         return changes

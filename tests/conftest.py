@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,12 @@ from tests import profiles
 
 profiles.load()  # HYPOTHESIS_PROFILE, else CI=true: ci; else dev (tests/profiles.py)
 
-# Tests that serve the demo fleet's instances on their loopback addresses (devtools.fleet.InstanceServers on
-# port 8080): moto draws those addresses at random, so two such tests at once could draw the same one. They
-# share one pytest-xdist group: one worker runs them, one after another (`make test`: --dist loadgroup).
-LOOPBACK_FLEET = pytest.mark.xdist_group("loopback-fleet")
+# Each pytest-xdist worker serves its demo fleets on loopback subnets of its own (devtools.fleet:
+# 127.0.N.0/24 and 127.0.N+1.0/24), inherited by the stacks, `make run`s and benches it starts: two
+# workers' instances never draw the same address, so tests with stand-in servers on port 8080 run at once.
+# (Set before any test module imports devtools.fleet, which reads it.)
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+os.environ["DEMO_FLEET_NET"] = str(1 + 2 * int(_WORKER)) if _WORKER.isdigit() and int(_WORKER) < 120 else "1"
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "upstreams"

@@ -15,7 +15,6 @@ import pytest
 from bench import aws_bench, prometheus
 from bench.proxy import operation
 from chalicelib import config
-from tests.conftest import LOOPBACK_FLEET
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +69,6 @@ def test_the_proxy_names_query_and_json_operations_by_signing_service() -> None:
     assert operation(json_call, "/", b"{}")[0] == "dynamodb:GetItem"
 
 
-@LOOPBACK_FLEET
 def test_freshness_runs_end_to_end_through_a_real_envoy() -> None:
     """bench/freshness.py at its smallest: one change per figure, one refresh_delay; figures present, not judged."""
     import json

@@ -38,10 +38,9 @@ import pytest
 import requests
 
 from devtools import stack
-from tests.conftest import LOOPBACK_FLEET
 from tests.e2e.conftest import LocalStack, seeded_stack
 
-pytestmark = [pytest.mark.e2e, LOOPBACK_FLEET]
+pytestmark = pytest.mark.e2e
 ROOT = stack.PROJECT_DIR
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "sidecar" / "README.md"]
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)

@@ -12,10 +12,9 @@ import requests
 import yaml
 
 from devtools import envoy_local, stack
-from tests.conftest import LOOPBACK_FLEET
 from tests.envoy.conftest import REFRESH, Gateway
 
-pytestmark = [pytest.mark.e2e, LOOPBACK_FLEET]
+pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 

@@ -25,10 +25,9 @@ from chalicelib.domain.spec import Credentials
 from chalicelib.edges.inventory import Ec2Inventory, InstanceHealth, ScheduledEvent
 from chalicelib.usecases.scan import full_scan
 from devtools import envoy_local, fleet
-from tests.conftest import LOOPBACK_FLEET
 from tests.envoy.conftest import REFRESH, Gateway
 
-pytestmark = [pytest.mark.e2e, LOOPBACK_FLEET]
+pytestmark = pytest.mark.e2e
 
 
 @dataclass
@@ -154,7 +153,7 @@ def ipv6_servers(names: list[tuple[str, str]]) -> Iterator[list[int]]:
     """An HTTP server on ::1 (and nowhere else) per (name, instance id), on a free port each."""
     servers = [_Ipv6Server(("::1", 0), fleet._who(name, instance_id)) for name, instance_id in names]
     for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         yield [int(server.server_address[1]) for server in servers]
     finally:

@@ -12,9 +12,8 @@ import pytest
 import requests
 
 from devtools import envoy_local, run, stack
-from tests.conftest import LOOPBACK_FLEET
 
-pytestmark = [pytest.mark.e2e, LOOPBACK_FLEET]
+pytestmark = pytest.mark.e2e
 ROUTED = ("ec2-legacy-private_gloo-system", "web_shop")  # the gateway's routes: loopback upstreams only
 
 

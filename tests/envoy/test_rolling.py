@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 
 from devtools import envoy_local, stack
-from tests.conftest import LOOPBACK_FLEET
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600), LOOPBACK_FLEET]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
