@@ -108,12 +108,7 @@ def scan_knobs() -> scan.ScanKnobs:
         draining_ttl_seconds=conf.draining_ttl_seconds,
         page_size=conf.scan_page_size,
         pages_per_invocation=conf.scan_pages_per_invocation,
-        discovery=DiscoveryKnobs(
-            enabled=conf.discovery_enabled,
-            tag_key=conf.discovery_tag_key,
-            port_tag_key=conf.discovery_port_tag_key,
-            grace_seconds=conf.discovery_grace_seconds,
-        ),
+        discovery=DiscoveryKnobs.of(conf),
     )
 
 

@@ -225,10 +225,12 @@ class EventSettings:
     drain_lead_seconds: int = 600
     # Values of one `instance-id` filter in a DescribeInstances call: EC2 takes at most 200 per filter.
     describe_batch: int = 200
+    discovery: tag_discovery.DiscoveryKnobs = tag_discovery.DEFAULTS  # the tag keys a tag change is read by
 
     @classmethod
     def of(cls, conf: Settings) -> EventSettings:
-        return cls(conf.discovery_enabled, conf.draining_ttl_seconds, conf.drain_lead_seconds)
+        knobs = tag_discovery.DiscoveryKnobs.of(conf)
+        return cls(conf.discovery_enabled, conf.draining_ttl_seconds, conf.drain_lead_seconds, discovery=knobs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -684,7 +686,8 @@ def _catalog(deps: Deps, triggers: list[Trigger], now: datetime) -> tuple[list[S
     if deps.knobs.discovery_enabled and tagged:
         known = store.list_accounts()
         for trigger in tagged:
-            discovered += _discover_from(store, trigger, stored, known, _describer(deps, trigger), now)
+            describe = _describer(deps, trigger)
+            discovered += _discover_from(store, trigger, stored, known, describe, now, deps.knobs.discovery)
         if discovered:
             stored = store.list_upstreams()
     resolved, _ = resolve_entries(store, stored, known)  # the scan reports unresolved ones
@@ -789,6 +792,7 @@ def _discover_from(
     known: list[Account],
     describe: Callable[[GroupKey], Instance | None | DiscoveryError],
     now: datetime,
+    knobs: tag_discovery.DiscoveryKnobs,
 ) -> list[str]:
     """A tag change that asks for an upstream no one has yet creates it, with an empty set to fill."""
     existing = {entry.key for entry in stored}
@@ -797,10 +801,10 @@ def _discover_from(
         if account.accountId != trigger.account or group.region != trigger.region:
             continue
         instance = describe(group)
-        names = tag_discovery.requested_name(instance) if isinstance(instance, Instance) else None
+        names = tag_discovery.requested_name(instance, knobs) if isinstance(instance, Instance) else None
         if names is None or f"{names[0]}/{names[1]}" in existing:
             continue
-        upstream = parse_upstream(tag_discovery.document(*names, account.name, group.region))
+        upstream = parse_upstream(tag_discovery.document(*names, account.name, group.region, knobs))
         try:
             store.put_upstream(upstream, iso(now), None)  # only if no one (a user, a scan) made it meanwhile
         except Conflict:

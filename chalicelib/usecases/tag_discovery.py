@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.domain.accounts import Account
 from chalicelib.domain.endpoints import Instance, tag_value
@@ -24,6 +24,9 @@ from chalicelib.domain.status import MISSING, StoredUpstream
 from chalicelib.domain.times import iso
 from chalicelib.edges.store import Conflict, Store
 from chalicelib.observability import logger
+
+if TYPE_CHECKING:
+    from chalicelib.config import Settings
 
 DISCOVERED_LABEL = "ec2-eds/discovered"
 CHANGE_KINDS = ("created", "updated", "removed", "refused")  # the fields of DiscoveryChanges
@@ -37,6 +40,12 @@ class DiscoveryKnobs:
     tag_key: str = "ec2-eds/upstream"
     port_tag_key: str = "ec2-eds/port"
     grace_seconds: int = 300
+
+    @classmethod
+    def of(cls, conf: Settings) -> DiscoveryKnobs:
+        return cls(
+            conf.discovery_enabled, conf.discovery_tag_key, conf.discovery_port_tag_key, conf.discovery_grace_seconds
+        )
 
 
 DEFAULTS = DiscoveryKnobs()

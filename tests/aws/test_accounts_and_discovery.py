@@ -255,6 +255,27 @@ def test_a_tag_change_event_creates_the_upstream_without_a_scan(discovering: Any
     assert served("shop", "web") == {instance: 8443}
 
 
+def test_a_tag_change_event_reads_the_configured_tag_keys(discovering: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DISCOVERY_TAG_KEY and DISCOVERY_PORT_TAG_KEY hold for events as for scans."""
+    monkeypatch.setenv("DISCOVERY_TAG_KEY", "team/service")
+    monkeypatch.setenv("DISCOVERY_PORT_TAG_KEY", "team/port")
+    runtime.reset()
+    default_keys = launch_one(discovering, {"ec2-eds/upstream": "shop/old", "ec2-eds/port": "8443"})
+    instance = launch_one(discovering, {"team/service": "shop/web", "team/port": "9090"})
+    for each in (default_keys, instance):
+        raw = copy.deepcopy(load_event("tag-change.json"))
+        raw["account"] = MEMBER
+        raw["resources"] = [f"arn:aws:ec2:us-east-1:{MEMBER}:instance/{each}"]
+        result = runtime.deliver(raw)
+        assert result.get("discovered", []) == ([] if each == default_keys else ["shop/web"])
+    assert runtime.store().get_upstream("shop", "old") is None
+    assert served("shop", "web") == {instance: 9090}
+    entry = runtime.store().get_upstream("shop", "web")
+    assert entry is not None and entry.document["spec"]["awsEc2"]["filters"] == [
+        {"kvPair": {"key": "team/service", "value": "shop/web"}}
+    ]
+
+
 def test_discovery_is_off_unless_enabled(aws: None) -> None:
     runtime.store().put_account(Account.model_validate({**ACCOUNT, "name": "member"}))
     launch_one(member_ec2(), {"ec2-eds/upstream": "shop/web"})
