@@ -127,7 +127,8 @@ def _seeded_emulator(logs: Path) -> tuple[stack.Process, str, str]:
             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         )
         sqs = session.client("sqs", endpoint_url=endpoint)
-        sqs.create_queue(QueueName=_stage_variables()["DRAIN_QUEUE"])  # as deployed (the merge template's)
+        for queue in ("DRAIN_QUEUE", "SCAN_QUEUE", "EVENT_QUEUE"):  # as deployed (the merge template's)
+            sqs.create_queue(QueueName=_stage_variables()[queue])
         instance = ids.get("web-1") or next(iter(ids.values()))
     except BaseException:
         process.stop()
