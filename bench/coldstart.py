@@ -110,17 +110,7 @@ def _seeded_emulator(logs: Path) -> tuple[stack.Process, str, str]:
     try:
         env = stack.aws_environment(endpoint, dict(os.environ))
         env["POWERTOOLS_METRICS_DISABLED"] = "true"
-        seeding = subprocess.run(
-            [sys.executable, "-m", "devtools.fleet", "seed"],
-            cwd=stack.PROJECT_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if seeding.returncode != 0:
-            raise RuntimeError(f"devtools.fleet seed failed: {seeding.stderr.strip()[-600:]}")
-        ids = json.loads(seeding.stdout.strip().splitlines()[-1])
+        ids = stack.seed_fleet(env)
         session = boto3.Session(
             region_name="us-east-1",
             aws_access_key_id=env["AWS_ACCESS_KEY_ID"],

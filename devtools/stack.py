@@ -6,6 +6,7 @@ what the tests drive is what a developer sees.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -109,6 +110,22 @@ def start_moto(port: int, log: Path | None = None) -> tuple[Process, str]:
         process.stop()  # never left running when it did not come up in time
         raise
     return process, endpoint
+
+
+def seed_fleet(env: dict[str, str], timeout: float = 300) -> dict[str, str]:
+    """`devtools.fleet seed` against the emulator `env` points at (the demo fleet, secrets and
+    upstreams): {member name: instance id}. Raises with the tail of its stderr when it fails."""
+    seeding = subprocess.run(
+        [sys.executable, "-m", "devtools.fleet", "seed"],
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if seeding.returncode != 0:
+        raise RuntimeError(f"devtools.fleet seed failed: {seeding.stderr.strip()[-2000:]}")
+    return dict(json.loads(seeding.stdout.strip().splitlines()[-1]))
 
 
 def start_chalice(port: int, env: dict[str, str], stage: str = "dev", log: Path | None = None) -> tuple[Process, str]:

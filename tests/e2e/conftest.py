@@ -59,16 +59,7 @@ def seeded_stack(logs: Path, **settings: str) -> Iterator[LocalStack]:
         env["POWERTOOLS_METRICS_DISABLED"] = "true"
         env["SECRET_CACHE_SECONDS"] = "0"  # the tests change secrets between scans
         env.update(settings)
-        seeding = subprocess.run(
-            [sys.executable, "-m", "devtools.fleet", "seed"],
-            cwd=stack.PROJECT_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert seeding.returncode == 0, seeding.stderr
-        ids = json.loads(seeding.stdout.strip().splitlines()[-1])
+        ids = stack.seed_fleet(env, timeout=120)
         api, base = stack.start_chalice(stack.free_port(), env, log=logs / "chalice.log")
         yield LocalStack(base, endpoint, env, ids)
     finally:

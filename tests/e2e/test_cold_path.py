@@ -28,15 +28,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     try:
         env = stack.aws_environment(endpoint)
         env["POWERTOOLS_METRICS_DISABLED"] = "true"
-        seeding = subprocess.run(
-            [sys.executable, "-m", "devtools.fleet", "seed"],
-            cwd=stack.PROJECT_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert seeding.returncode == 0, seeding.stderr
+        stack.seed_fleet(env, timeout=120)
         yield env
     finally:
         moto.stop()
