@@ -176,35 +176,13 @@ def apply(
     """
     changes = DiscoveryChanges()
     missing = store.get_marks(MISSING)
-    for key, upstream in desired.items():
-        entry = entries.get(key)
-        if entry is not None and not is_discovered(entry):
-            changes.refused.append(key)
-            continue
-        if entry is None or entry.document.get("spec") != upstream.document["spec"]:
-            # Conditional on what was read: a user's PUT meanwhile always wins.
-            try:
-                store.put_upstream(upstream, iso(now), None if entry is None else entry.generation)
-            except Conflict:
-                changes.refused.append(key)
-                continue
-            (changes.created if entry is None else changes.updated).append(key)
-        if key in missing:
-            store.forget_marks(MISSING, [key])
-    grace = timedelta(seconds=knobs.grace_seconds)
-    for key, entry in entries.items():
-        if not is_discovered(entry) or key in desired or holder(entry) not in listed:
-            continue
-        since = missing.get(key)
-        if since is None:
-            store.set_mark(MISSING, key, iso(now))
-        elif since <= iso(now - grace):
-            try:  # only the discovered document read: a user who adopted it meanwhile keeps it
-                store.delete_upstream(entry.namespace, entry.name, entry.generation)
-                changes.removed.append(key)
-            except Conflict:
-                changes.refused.append(key)
-            store.forget_marks(MISSING, [key])
+    _create_or_update(store, entries, desired, missing, now, changes)
+    absent = {
+        key: entry
+        for key, entry in entries.items()
+        if is_discovered(entry) and key not in desired and holder(entry) in listed
+    }
+    _remove_absent(store, absent, missing, now, timedelta(seconds=knobs.grace_seconds), changes)
     # deleted by hand, or adopted by a user, meanwhile
     stale = {key for key in missing if key not in entries or not is_discovered(entries[key])} - set(changes.removed)
     if stale:
@@ -220,3 +198,51 @@ def apply(
             },
         )
     return changes
+
+
+def _create_or_update(
+    store: Store,
+    entries: dict[str, StoredUpstream],
+    desired: dict[str, Upstream],
+    missing: dict[str, str],
+    now: datetime,
+    changes: DiscoveryChanges,
+) -> None:
+    """Write each asked-for upstream whose document differs; one a user defined under the name is refused."""
+    for key, upstream in desired.items():
+        entry = entries.get(key)
+        if entry is not None and not is_discovered(entry):
+            changes.refused.append(key)
+            continue
+        if entry is None or entry.document.get("spec") != upstream.document["spec"]:
+            # Conditional on what was read: a user's PUT meanwhile always wins.
+            try:
+                store.put_upstream(upstream, iso(now), None if entry is None else entry.generation)
+            except Conflict:
+                changes.refused.append(key)
+                continue
+            (changes.created if entry is None else changes.updated).append(key)
+        if key in missing:
+            store.forget_marks(MISSING, [key])
+
+
+def _remove_absent(
+    store: Store,
+    absent: dict[str, StoredUpstream],
+    missing: dict[str, str],
+    now: datetime,
+    grace: timedelta,
+    changes: DiscoveryChanges,
+) -> None:
+    """Mark each discovered upstream no listing asks for missing; remove it once missing for `grace`."""
+    for key, entry in absent.items():
+        since = missing.get(key)
+        if since is None:
+            store.set_mark(MISSING, key, iso(now))
+        elif since <= iso(now - grace):
+            try:  # only the discovered document read: a user who adopted it meanwhile keeps it
+                store.delete_upstream(entry.namespace, entry.name, entry.generation)
+                changes.removed.append(key)
+            except Conflict:
+                changes.refused.append(key)
+            store.forget_marks(MISSING, [key])
