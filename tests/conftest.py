@@ -26,6 +26,29 @@ _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
 os.environ["DEMO_FLEET_NET"] = str(1 + 2 * int(_WORKER)) if _WORKER.isdigit() and int(_WORKER) < 120 else "1"
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _one_data_loader_per_process() -> None:
+    """Every botocore session in the test process shares one data loader (the parsed service models,
+    endpoints and rulesets: megabytes of JSON). A deployed function builds its sessions once per
+    container; here moto gives every test a fresh default session and every `runtime.reset()` a fresh
+    core session, each of which would parse that JSON again (a third of the in-process tests' time)."""
+    import botocore.loaders
+    import botocore.session
+
+    shared = botocore.loaders.create_loader(os.environ.get("AWS_DATA_PATH"))
+
+    def register(self: botocore.session.Session) -> None:
+        self._components.lazy_register_component("data_loader", lambda: shared)
+
+    botocore.session.Session._register_data_loader = register  # type: ignore[method-assign]
+
+
+_one_data_loader_per_process()
+# Nothing here describes images: moto's 1,300 default AMIs, built again for every region of every test,
+# are most of an EC2 backend's start (the instances' `ImageId` needs no image behind it).
+os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+
 EXAMPLES = ROOT / "examples" / "upstreams"
 EVENTS = Path(__file__).resolve().parent / "fixtures" / "events"
 
