@@ -472,7 +472,7 @@ def _legacy_head(endpoint_set: Any) -> dict[str, Any]:
     from chalicelib.edges.store.chunks import encode_endpoints, split
     from chalicelib.edges.store.dynamo import head_attributes
 
-    parts = split(encode_endpoints(endpoint_set.endpoints))
+    parts = split(encode_endpoints(endpoint_set.records()))
     assert len(parts) == 1, "the legacy layout is measured on sets that fit one item"
     return {
         **head_attributes(endpoint_set),

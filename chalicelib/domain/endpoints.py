@@ -7,6 +7,7 @@ store can skip writes that would change nothing.
 
 from __future__ import annotations
 
+import bisect
 import gc
 import hashlib
 import ipaddress
@@ -69,8 +70,7 @@ class Endpoint:
     def sort_key(self) -> tuple[Any, ...]:
         """IPv4 before IPv6, each by numeric address; then port and instance. What else is
         in the address field sorts last, as text."""
-        version, number = address_order(self.address)
-        return (version, number, self.port, self.instance_id)
+        return (*address_order(self.address), self.port, self.instance_id)
 
     def public(self) -> dict[str, Any]:
         """The entry of `GET /endpoints/{namespace}/{name}`, as the README documents it."""
@@ -122,16 +122,21 @@ class EndpointSet:
     endpoints: tuple[Endpoint, ...]
     version: str = field(default="")
     digest: str = field(default="")
+    # Each endpoint's sort key and canonical JSON, in order, once made (by `_assemble` or the first
+    # `entries()`): `with_member` and the store reuse them, so replacing one endpoint is not O(set) JSON.
+    _entries: tuple[_Entry, ...] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def build(cls, namespace: str, name: str, region: str, endpoints: Iterable[Endpoint]) -> EndpointSet:
-        ordered = tuple(_ordered(list(endpoints), Endpoint.sort_key, lambda endpoint: endpoint))
-        return cls(namespace, name, region, ordered, content_version(region, ordered), content_digest(region, ordered))
+        return cls._assemble(namespace, name, region, [_entry_of(endpoint) for endpoint in endpoints])
 
     @classmethod
     def _assemble(cls, namespace: str, name: str, region: str, entries: list[_Entry]) -> EndpointSet:
         """`build` from entries whose sort key and JSON were made once per listing."""
-        entries = _ordered(entries, _ORDER, _ENDPOINT)
+        return cls._of_ordered(namespace, name, region, sorted(entries, key=_ORDER))
+
+    @classmethod
+    def _of_ordered(cls, namespace: str, name: str, region: str, entries: list[_Entry]) -> EndpointSet:
         return cls(
             namespace,
             name,
@@ -139,7 +144,26 @@ class EndpointSet:
             tuple(map(_ENDPOINT, entries)),
             _hash(region, list(map(_PUBLIC, entries))),
             _hash(region, list(map(_RECORD, entries))),
+            tuple(entries),
         )
+
+    def entries(self) -> tuple[_Entry, ...]:
+        """The endpoints with their sort keys and JSON (made on the first call for a set read back)."""
+        if self._entries is None:
+            object.__setattr__(self, "_entries", tuple(map(_entry_of, self.endpoints)))
+        return self._entries  # type: ignore[return-value]
+
+    def records(self) -> list[bytes]:
+        """Each endpoint's `record()` in canonical JSON, in order: what the store writes."""
+        return list(map(_RECORD, self.entries()))
+
+    def with_member(self, instance_id: str, endpoint: Endpoint | None) -> EndpointSet:
+        """The set with the instance's endpoint replaced by `endpoint` (None: taken out); the same
+        set as `build` of those endpoints, in O(log n) sort keys and no JSON but the new endpoint's."""
+        kept = [entry for entry in self.entries() if entry.endpoint.instance_id != instance_id]
+        if endpoint is not None:
+            bisect.insort(kept, _entry_of(endpoint), key=_ORDER)
+        return self._of_ordered(self.namespace, self.name, self.region, kept)
 
     @property
     def key(self) -> str:
@@ -189,42 +213,25 @@ def content_digest(region: str, endpoints: Sequence[Endpoint]) -> str:
     return _hash(region, [_canonical(endpoint.record()).encode() for endpoint in endpoints])
 
 
-def address_order(address: str) -> tuple[int, Any]:
-    """(4 or 6, the address as an integer) for an IP address, else (9, the text).
+def address_order(address: str) -> tuple[int, int, str]:
+    """(4 or 6, the address as an integer, its IPv6 scope or "") for an IP address, else (9, 0, the text).
 
-    An integer orders as `ipaddress` orders addresses of one family. A scoped IPv6 address
-    (`fe80::1%eth0`, which EC2 never reports) keeps its `ipaddress` object, whose comparison
-    also weighs the scope; `ordered` sorts a set that mixes both kinds as objects.
+    An integer orders as `ipaddress` orders addresses of one family. The scope (`fe80::1%eth0`,
+    which EC2 never reports) comes after the number, an unscoped address first: a total order,
+    so equal content sorts the same whatever order it came in.
     """
     if _IPV4.fullmatch(address):  # most are: read it without `ipaddress`' parser
-        return (4, int.from_bytes(socket.inet_aton(address), "big"))
+        return (4, int.from_bytes(socket.inet_aton(address), "big"), "")
     try:
         ip: Any = ipaddress.ip_address(address)
     except ValueError:
-        return (9, address)
-    return (ip.version, ip if "%" in address else int(ip))
+        return (9, 0, address)
+    return (ip.version, int(ip), getattr(ip, "scope_id", None) or "")
 
 
 # Dotted-quad IPv4 exactly as `ipaddress` reads it (ASCII digits, no leading zero, at most 255).
 _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
 _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
-
-
-def _ordered(items: list[Any], key: Any, endpoint: Any) -> list[Any]:
-    """`items` in the endpoints' order: by `key`, or (when scoped and unscoped IPv6 addresses
-    meet, which `key` cannot compare) as `ipaddress` objects throughout."""
-    try:
-        return sorted(items, key=key)
-    except TypeError:
-        return sorted(items, key=lambda item: _exact_key(endpoint(item)))
-
-
-def _exact_key(endpoint: Endpoint) -> tuple[Any, ...]:
-    try:
-        ip: Any = ipaddress.ip_address(endpoint.address)
-        return (ip.version, ip, endpoint.port, endpoint.instance_id)
-    except ValueError:
-        return (9, endpoint.address, endpoint.port, endpoint.instance_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,6 +502,19 @@ _PUBLIC = operator.attrgetter("public")
 _RECORD = operator.attrgetter("record")
 
 
+def _entry_of(endpoint: Endpoint) -> _Entry:
+    """An endpoint made elsewhere (an event, a set read back) as an entry: its JSON encoded now."""
+    return _Entry(
+        endpoint,
+        endpoint.health,
+        endpoint.sort_key(),
+        _canonical(endpoint.public()).encode(),
+        _canonical(endpoint.record()).encode(),
+        False,
+        False,
+    )
+
+
 def _entry(upstream: Upstream, instance: Instance, health: str, facts: _Facts) -> _Entry | None:
     """What `_endpoint` makes, with the endpoint's JSON spliced from the instance's facts."""
     spec = upstream.ec2
@@ -533,11 +553,10 @@ def _entry(upstream: Upstream, instance: Instance, health: str, facts: _Facts) -
     )
     public = head + ',"instance_id":' + _json(instance.instance_id) + metadata_json + port_json + tail
     record = head + "," + facts.before_metadata + metadata_json + port_json + facts.after_port + tail
-    version, number = address_order(address)
     return _Entry(
         endpoint,
         health,
-        (version, number, endpoint.port, instance.instance_id),
+        (*address_order(address), endpoint.port, instance.instance_id),
         public.encode(),
         record.encode(),
         spec.portTag is not None and port is None,

@@ -371,9 +371,7 @@ def desired_set(
     entry: StoredUpstream, current: EndpointSet, instance_id: str, endpoint: Endpoint | None
 ) -> EndpointSet:
     """The set with one instance's membership replaced."""
-    kept = [e for e in current.endpoints if e.instance_id != instance_id]
-    endpoint = keep_unhealthy(endpoint, current)
-    return EndpointSet.build(entry.namespace, entry.name, current.region, kept + ([endpoint] if endpoint else []))
+    return current.with_member(instance_id, keep_unhealthy(endpoint, current))
 
 
 def keep_unhealthy(endpoint: Endpoint | None, current: EndpointSet) -> Endpoint | None:

@@ -176,7 +176,7 @@ def test_a_set_written_before_heads_were_small_still_serves_and_answers_304(dyna
             **dynamo.head_attributes(endpoint_set),
             "chunks": {"N": "1"},
             "write": {"S": "before"},
-            "body": {"B": encode_endpoints(endpoint_set.endpoints)},
+            "body": {"B": encode_endpoints(endpoint_set.records())},
         },
     )
 

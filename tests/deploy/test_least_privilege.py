@@ -284,7 +284,7 @@ def seed(moto: IamMoto) -> None:
     store.put_upstream(gone, "2026-01-01T00:00:00Z")
     store.set_mark(MISSING, gone.key, "2026-01-01T00:00:00Z")
     big = EndpointSet.build(NS, "web-default", REGION, fake_endpoints(BIG_SET, 1))
-    assert len(encode_endpoints(big.endpoints)) > 2 * store_chunks.CHUNK_BYTES
+    assert len(encode_endpoints(big.records())) > 2 * store_chunks.CHUNK_BYTES
     assert store.put_endpoint_set(big, None)
     for number, name in enumerate(("web-secret", "web-role", "deleted", GONE), start=2):
         assert store.put_endpoint_set(EndpointSet.build(NS, name, REGION, fake_endpoints(1, number)), None)

@@ -13,6 +13,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from chalicelib.domain.endpoints import (
     DRAINING,
@@ -427,3 +429,48 @@ def test_one_upstream_does_not_change_another() -> None:
     alone = reconcile(UPSTREAMS[1:2], FLEET)["team-a/front"][0]
     together = reconcile(UPSTREAMS, FLEET)["team-a/front"][0]
     assert public_bytes(alone) == public_bytes(together)
+
+
+# Addresses that sort every way the set sorts: IPv4, IPv6 (scoped and not, so the fallback order
+# is taken), and text that is no address at all.
+ADDRESSES = ["10.0.0.1", "10.0.0.2", "9.255.255.255", "::1", "fe80::1", "fe80::1%eth0", "fe80::2%eth1", "host"]
+
+
+@st.composite
+def endpoints_by_instance(draw: st.DrawFn) -> dict[str, Endpoint]:
+    ids = draw(st.lists(st.sampled_from([f"i-{n}" for n in range(8)]), unique=True, max_size=8))
+    return {
+        instance_id: endpoint(
+            draw(st.sampled_from(ADDRESSES)),
+            port=draw(st.integers(1, 3)),
+            instance_id=instance_id,
+            health=draw(st.sampled_from([HEALTHY, DRAINING])),
+            tags=draw(st.lists(st.tuples(st.sampled_from("ab"), st.text(max_size=3)), max_size=2).map(tuple)),
+        )
+        for instance_id in ids
+    }
+
+
+@given(
+    endpoints_by_instance(),
+    st.lists(st.tuples(st.sampled_from([f"i-{n}" for n in range(10)]), st.sampled_from([None, *ADDRESSES]))),
+)
+def test_replacing_members_one_by_one_is_the_set_built_at_once(
+    start: dict[str, Endpoint], steps: list[tuple[str, str | None]]
+) -> None:
+    """What an event writes (the stored set with one instance's endpoint replaced, reusing the other
+    endpoints' JSON) is, to the byte, the set built from those endpoints at once: order, version, digest
+    and the stored records."""
+    current = EndpointSet.build("ns", "web", "us-east-1", start.values())
+    members = dict(start)
+    for instance_id, address in steps:
+        replacement = None if address is None else endpoint(address, port=2, instance_id=instance_id)
+        current = current.with_member(instance_id, replacement)
+        members.pop(instance_id, None)
+        if replacement is not None:
+            members[instance_id] = replacement
+        built = EndpointSet.build("ns", "web", "us-east-1", members.values())
+        assert (current.endpoints, current.version, current.digest) == (built.endpoints, built.version, built.digest)
+        assert current.records() == [
+            json.dumps(e.record(), sort_keys=True, separators=(",", ":")).encode() for e in built.endpoints
+        ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import ipaddress
+import itertools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -43,9 +44,12 @@ OLD_MAX_WEIGHT = 10_000
 
 
 def old_sort_key(endpoint: Endpoint) -> tuple[Any, ...]:
+    """The old order (`ipaddress` objects), made total: it tied a scoped IPv6 address with its plain twin
+    whatever their ports and instances, leaving them in the order they came; the scope now breaks the
+    tie (plain first), then port and instance."""
     try:
         ip: Any = ipaddress.ip_address(endpoint.address)
-        return (ip.version, ip, endpoint.port, endpoint.instance_id)
+        return (ip.version, int(ip), getattr(ip, "scope_id", None) or "", endpoint.port, endpoint.instance_id)
     except ValueError:
         return (9, endpoint.address, endpoint.port, endpoint.instance_id)
 
@@ -281,19 +285,26 @@ def test_build_from_endpoints_matches_the_old_algorithm(
         assert (built.endpoints, built.version, built.digest) == old_build(upstream.ec2.region, given_endpoints)
 
 
-def test_scoped_and_plain_ipv6_in_one_set_sort_as_before() -> None:
-    """`ipaddress` orders a scoped address among plain ones by number and ties them with their
-    equal plain address: the cheap integer key cannot compare the two kinds, so such a set
-    (which EC2 never gives) is ordered the old way."""
+def test_scoped_and_plain_ipv6_in_one_set_sort_the_same_whatever_order_they_came_in() -> None:
+    """A scoped address sorts by number, after its plain twin (by scope), then by port and instance: equal
+    content is one order, one version, however it arrived (which EC2 never tests: it reports no scope)."""
     listed = [("fe80::1%eth1", "i-9"), ("fe80::2", "i-3"), ("fe80::1", "i-5"), ("10.0.0.1", "i-4")]
-    listed += [("fe80::1%eth0", "i-1"), ("x", "i-0")]  # ties that instance ids alone would order otherwise
+    listed += [("fe80::1%eth0", "i-1"), ("x", "i-0"), ("fe80::1%eth0", "i-0")]
     endpoints = [
         Endpoint(address=address, port=80, instance_id=instance_id, zone="a") for address, instance_id in listed
     ]
     built = EndpointSet.build("ns", "name", "us-east-1", endpoints)
-    assert (built.endpoints, built.version, built.digest) == old_build("us-east-1", endpoints)
-    assert [e.address for e in built.endpoints][:1] == ["10.0.0.1"]
-    assert built.endpoints[-1].address == "x"
+    assert [(e.address, e.instance_id) for e in built.endpoints] == [
+        ("10.0.0.1", "i-4"),
+        ("fe80::1", "i-5"),
+        ("fe80::1%eth0", "i-0"),
+        ("fe80::1%eth0", "i-1"),
+        ("fe80::1%eth1", "i-9"),
+        ("fe80::2", "i-3"),
+        ("x", "i-0"),
+    ]
+    for order in itertools.permutations(endpoints):
+        assert EndpointSet.build("ns", "name", "us-east-1", order) == built
 
 
 def test_the_collector_is_off_while_paused_and_restored_after() -> None:

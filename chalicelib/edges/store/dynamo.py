@@ -310,7 +310,7 @@ class DynamoStore:
             # must never share (and so never delete) each other's chunks.
             "write": {"S": uuid.uuid4().hex},
         }
-        parts = head_parts(encode_endpoints(endpoint_set.endpoints), item)  # the head stays under 1 KB
+        parts = head_parts(encode_endpoints(endpoint_set.records()), item)  # the head stays under 1 KB
         item["chunks"] = {"N": str(len(parts))}
         item["body"] = {"B": parts[0]}
         chunk_keys = self._chunk_keys(item)
