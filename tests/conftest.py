@@ -53,10 +53,23 @@ EXAMPLES = ROOT / "examples" / "upstreams"
 EVENTS = Path(__file__).resolve().parent / "fixtures" / "events"
 
 
+# The folders in the order their modules are handed to workers: those that start real processes (and take
+# longest) first, the quick in-process ones last, so no worker is left with a long module while the other idles.
+FOLDER_ORDER = ("envoy", "e2e", "bench", "deploy", "reliability", "sidecar", "aws", "model", "unit")
+
+
+def _folder_rank(item: pytest.Item) -> int:
+    parts = item.nodeid.split("/")
+    folder = parts[1] if len(parts) > 2 and parts[0] == "tests" else ""
+    return FOLDER_ORDER.index(folder) if folder in FOLDER_ORDER else len(FOLDER_ORDER)
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test module without an explicit group is its own group: under `--dist loadgroup` its tests stay in
-    one worker, so its module-scoped fixtures (a moto server, a `chalice local`) start once."""
+    one worker, so its module-scoped fixtures (a moto server, a `chalice local`) start once. The slow folders
+    come first (FOLDER_ORDER; a stable sort: each module's tests keep their order)."""
+    items.sort(key=_folder_rank)
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))

@@ -103,6 +103,23 @@ class _Given(CredentialProvider):  # type: ignore[misc]
         return self._credentials
 
 
+_loaders: list[Any] = []  # the first session's data loader, which every later session of the process shares
+_loaders_lock = threading.Lock()
+
+
+def new_session() -> botocore.session.Session:
+    """A botocore session with the process's one data loader: the service models, endpoints and rules
+    (megabytes of JSON) are parsed once per process, not once per session (a CLI run, a test, an
+    identity)."""
+    session = botocore.session.get_session()
+    with _loaders_lock:
+        if _loaders:
+            session.register_component("data_loader", _loaders[0])
+        else:
+            _loaders.append(session.get_component("data_loader"))
+    return session
+
+
 class ClientFactory:
     """One boto3 client per (service, region, identity), made on first use."""
 
@@ -140,7 +157,7 @@ class ClientFactory:
 
     def _new_client(self, service: str, region: str, identity: Identity | None) -> Any:
         if self._core is None:
-            self._core = botocore.session.get_session()
+            self._core = new_session()
             self._session = boto3.session.Session(botocore_session=self._core)
         assert self._session is not None
         if identity is None:
@@ -155,11 +172,9 @@ class ClientFactory:
     def _identity_session(self, identity: Identity) -> botocore.session.Session:
         """A botocore session whose credentials are the identity's (botocore takes a credentials
         object only through a session's credential provider); the service models are shared."""
-        assert self._core is not None
         session = self._sessions.get(identity.key)
         if session is None:
-            session = botocore.session.get_session()
-            session.register_component("data_loader", self._core.get_component("data_loader"))
+            session = new_session()
             session.register_component("credential_provider", CredentialResolver([_Given(identity.credentials)]))
             self._sessions[identity.key] = session
         return session

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import subprocess
@@ -59,8 +60,10 @@ def seeded_stack(logs: Path, **settings: str) -> Iterator[LocalStack]:
         env["POWERTOOLS_METRICS_DISABLED"] = "true"
         env["SECRET_CACHE_SECONDS"] = "0"  # the tests change secrets between scans
         env.update(settings)
-        ids = stack.seed_fleet(env, timeout=120)
-        api, base = stack.start_chalice(stack.free_port(), env, log=logs / "chalice.log")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # `chalice local` starts while the fleet is seeded
+            seeding = pool.submit(stack.seed_fleet, env, 120)
+            api, base = stack.start_chalice(stack.free_port(), env, log=logs / "chalice.log")
+            ids = seeding.result()
         yield LocalStack(base, endpoint, env, ids)
     finally:
         if api is not None:
