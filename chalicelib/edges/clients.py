@@ -149,7 +149,9 @@ class ClientFactory:
     def _config(self) -> Config:
         conf = self._conf
         return Config(
-            retries={"mode": conf.retry_mode, "max_attempts": conf.max_attempts},
+            # total_max_attempts is AWS_MAX_ATTEMPTS as botocore reads it: attempts, the first included
+            # (its `max_attempts` key counts retries, one attempt more than the setting says)
+            retries={"mode": conf.retry_mode, "total_max_attempts": conf.max_attempts},
             connect_timeout=conf.connect_timeout,
             read_timeout=conf.read_timeout,
             user_agent_extra="ec2-eds",

@@ -89,6 +89,26 @@ def test_throttled_assume_role_and_get_secret_value_are_retried_and_nothing_is_l
     never_shrinks.check()
 
 
+@pytest.mark.parametrize("attempts", [1, 3])
+def test_aws_max_attempts_is_the_number_of_attempts_first_included(
+    world: World, faults: Faults, monkeypatch: pytest.MonkeyPatch, attempts: int
+) -> None:
+    """AWS_MAX_ATTEMPTS=N: N requests for a call that keeps failing, as the README and botocore's own
+    variable say (botocore's `max_attempts` config key counts retries: it would send N + 1)."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", str(attempts))
+    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+    runtime.reset()
+    key = world.put("web")
+    world.launch(1)
+    throttled = faults.add("ec2:DescribeInstances", code="RequestLimitExceeded", message="Request limit exceeded.")
+
+    summary = world.scan()
+
+    assert throttled.hits == attempts
+    assert summary.as_dict()["aws_calls"]["ec2:DescribeInstances"] == attempts
+    assert world.status(key)["state"] == "Error"
+
+
 # --- one broken group, every other group fresh ---------------------------------------------------------
 
 
