@@ -1,7 +1,7 @@
 """Zero failed requests while every instance of a group is replaced, behind a real Envoy.
 
 The scenario is `bench.rolling` (run here in its own interpreter, with a short refresh_delay and
-drain period): a 4-instance loopback group behind Envoy (REST EDS, no retry policy), a client
+drain period): a 3-instance loopback group (the bench has 4) behind Envoy (REST EDS, no retry policy), a client
 sending steady requests through it, every instance replaced one by one through the ASG terminate
 lifecycle path (DRAINING, the SQS drain queue, CompleteLifecycleAction) and once by spot warnings.
 No request is sent while Envoy holds a host outside loopback (the scenario's client checks
@@ -20,12 +20,14 @@ import pytest
 from devtools import envoy_local, stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+INSTANCES = 3
 
 
 @pytest.fixture(scope="module")
 def rolled() -> dict[str, Any]:
     answer = subprocess.run(
         [sys.executable, "-m", "bench.rolling", "--refresh-delay", "0.3", "--drain", "1", "--spot-warning", "1.5"]
+        + ["--instances", str(INSTANCES)]
         + ["--scenarios", "lifecycle,spot"],
         cwd=stack.PROJECT_DIR,
         env=envoy_local.no_proxy_environment(),
@@ -41,7 +43,7 @@ def rolled() -> dict[str, Any]:
 def test_no_request_fails_while_every_instance_is_replaced(rolled: dict[str, Any], path: str) -> None:
     figures = rolled[path]
     assert figures["refused"] is None  # the client ran to the end: Envoy never held a non-loopback host
-    assert figures["instances_replaced"] == 4
+    assert figures["instances_replaced"] == INSTANCES
     assert figures["requests"] > 100
     assert figures["failed"] == 0, figures["failures"]
 
@@ -50,10 +52,10 @@ def test_no_request_fails_while_every_instance_is_replaced(rolled: dict[str, Any
 def test_envoy_stopped_choosing_each_instance_before_it_went(rolled: dict[str, Any], path: str) -> None:
     """Envoy showed every replaced host DRAINING (or had dropped it) before its server stopped."""
     margins = rolled[path]["envoy_margin"]["samples_s"]
-    assert len(margins) == 4 and all(margin > 0 for margin in margins), margins
+    assert len(margins) == INSTANCES and all(margin > 0 for margin in margins), margins
 
 
 def test_each_lifecycle_action_is_completed_once_with_continue(rolled: dict[str, Any]) -> None:
-    assert rolled["lifecycle"]["completions"] == ["CONTINUE"] * 4
-    assert len(rolled["lifecycle"]["event_to_completion"]["samples_s"]) == 4
+    assert rolled["lifecycle"]["completions"] == ["CONTINUE"] * INSTANCES
+    assert len(rolled["lifecycle"]["event_to_completion"]["samples_s"]) == INSTANCES
     assert rolled["spot"]["completions"] == []  # a spot interruption has no hook to complete
