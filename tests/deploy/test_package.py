@@ -21,7 +21,8 @@ from devtools import policies as gen
 
 from .packaging import environment, package
 
-pytestmark = pytest.mark.deploy
+# One xdist group: the two modules share the session's packages (tests/deploy/conftest.py) in one worker.
+pytestmark = [pytest.mark.deploy, pytest.mark.xdist_group("deploy-packages")]
 ROOT = gen.PROJECT_DIR
 CFN_LINT = str(Path(sys.executable).with_name("cfn-lint"))
 CONFIG = json.loads((ROOT / ".chalice" / "config.json").read_text())
@@ -168,16 +169,14 @@ def test_api_gateways_own_errors_answer_in_the_one_error_shape(
     assert responses["MISSING_AUTHENTICATION_TOKEN"]["StatusCode"] == "403"
 
 
-@pytest.mark.parametrize("stage", gen.STAGES)
-def test_packaged_template_lints_clean(stage: str, packaged: Callable[[str], tuple[Path, dict[str, Any]]]) -> None:
-    path, _ = packaged(stage)
-    cfn_lint(path)
-
-
-@pytest.mark.parametrize("template", sorted(p.name for p in gen.DEPLOY_DIR.glob("*.json")))
-def test_deploy_templates_lint_clean(template: str) -> None:
-    """The member-account template and the EDS exposure templates."""
-    cfn_lint(gen.DEPLOY_DIR / template)
+def test_every_packaged_and_deploy_template_lints_clean(
+    packaged: Callable[[str], tuple[Path, dict[str, Any]]],
+) -> None:
+    """Each stage's packaged template, the member-account template and the EDS exposure templates, in one
+    cfn-lint run as `make cfn-lint` lints (it checks each file on its own and names it in any finding)."""
+    templates = sorted(gen.DEPLOY_DIR.glob("*.json"))
+    assert len(templates) >= 4, templates
+    cfn_lint(*(packaged(stage)[0] for stage in gen.STAGES), *templates)
 
 
 def test_deploy_holds_the_exposure_and_member_templates() -> None:

@@ -24,7 +24,8 @@ from devtools import tracing_layer
 
 from .packaging import environment
 
-pytestmark = pytest.mark.deploy
+# One xdist group: the two modules share the session's packages (tests/deploy/conftest.py) in one worker.
+pytestmark = [pytest.mark.deploy, pytest.mark.xdist_group("deploy-packages")]
 ZIP_LIMIT = 6_000_000
 RUNTIME_PROVIDED = {"boto3", "botocore", "s3transfer", "dateutil", "urllib3"}
 TRACING_ONLY = {"aws_xray_sdk", "wrapt"}
