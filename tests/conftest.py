@@ -44,7 +44,19 @@ def _one_data_loader_per_process() -> None:
     botocore.session.Session._register_data_loader = register  # type: ignore[method-assign]
 
 
+def _one_kms_key_per_spec() -> None:
+    """moto's KMS makes an RSA-2048 private key for every key, symmetric ones included, and each table
+    created with KMS encryption (as `bootstrap` creates them) makes a key: 40 % of the in-process `aws`
+    fixture's time. Nothing here signs with them: one key per key spec per process serves them all."""
+    import functools
+
+    from moto.kms import models
+
+    models.generate_private_key = functools.cache(models.generate_private_key)  # type: ignore[attr-defined]
+
+
 _one_data_loader_per_process()
+_one_kms_key_per_spec()
 # Nothing here describes images: moto's 1,300 default AMIs, built again for every region of every test,
 # are most of an EC2 backend's start (the instances' `ImageId` needs no image behind it).
 os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
