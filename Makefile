@@ -19,7 +19,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 # subnets of their own (DEMO_FLEET_NET, tests/conftest.py).
 TEST_WORKERS ?= auto
 XDIST := -n $(TEST_WORKERS) --dist loadgroup
-# The inner loop: pure units, the model, and the AWS code against moto in-process.
+# The inner loop: pure units, the model, and the AWS code against moto in-process (none uses schemathesis,
+# whose pytest plugin takes seconds to load in every worker: test-fast leaves it out).
 FAST_TESTS := tests/unit tests/model tests/aws
 
 ## test: the whole suite (unit, moto, end-to-end with real processes), in parallel
@@ -29,7 +30,7 @@ test: venv
 ## test-fast: unit and in-process moto tests only (no real processes), in parallel
 .PHONY: test-fast
 test-fast: venv
-	$(PY) -m pytest $(XDIST) -m "not e2e and not deploy" $(FAST_TESTS) $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -p no:schemathesis -m "not e2e and not deploy" $(FAST_TESTS) $(PYTEST_ARGS)
 
 ## run: the service on the embedded default (moto server + chalice local) on 127.0.0.1:8000
 run: venv
