@@ -42,6 +42,36 @@ def _one_data_loader_per_process() -> None:
         self._components.lazy_register_component("data_loader", lambda: shared)
 
     botocore.session.Session._register_data_loader = register  # type: ignore[method-assign]
+    _one_client_class_per_service()
+    _handler_signatures_checked_once()
+
+
+def _one_client_class_per_service() -> None:
+    """A client class (a method per operation: 600 for EC2) is built once per service and process, as the
+    shared loader gives every session the same service description; botocore builds it per client, and the
+    tests make a thousand clients (fresh sessions in every test). Same class, same behaviour."""
+    import botocore.client
+
+    build = botocore.client.ClientCreator._create_client_class
+    made: dict[tuple[str, int], type] = {}
+
+    def create_client_class(self: botocore.client.ClientCreator, service_name: str, service_model: Any) -> type:
+        key = (service_name, id(service_model._service_description))
+        if key not in made:
+            made[key] = build(self, service_name, service_model)
+        return made[key]
+
+    botocore.client.ClientCreator._create_client_class = create_client_class  # type: ignore[method-assign]
+
+
+def _handler_signatures_checked_once() -> None:
+    """Every new botocore session registers its ~150 built-in handlers, checking each one's signature with
+    `inspect` (a tenth of the in-process tests' time): check each handler once per process."""
+    import functools
+
+    import botocore.hooks
+
+    botocore.hooks.accepts_kwargs = functools.cache(botocore.hooks.accepts_kwargs)  # type: ignore[attr-defined]
 
 
 def _one_kms_key_per_spec() -> None:

@@ -24,6 +24,7 @@ from chalicelib.domain.endpoints import Endpoint, EndpointSet
 from chalicelib.render import eds
 from sidecar import agent as sidecar_agent
 from sidecar.agent import Agent, Backoff, Config, ConfigError, Outcome, ShapeError, Upstream, to_discovery_response
+from tests.profiles import examples
 from tests.sidecar.conftest import CLA_TYPE, FakeApi, Reply, endpoint_body, flatten, parse_eds_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,7 +129,7 @@ ENDPOINT_OBJECTS = st.builds(
 )
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=examples(50), deadline=None)
 @given(endpoints=st.lists(ENDPOINT_OBJECTS, max_size=6), region=st.sampled_from(["us-east-1", "eu-west-1"]))
 def test_the_file_holds_what_rest_eds_serves_for_the_same_set(endpoints: list[Endpoint], region: str) -> None:
     """One renderer: the sidecar's file for a `GET /endpoints` body is the server's REST EDS answer for that set."""

@@ -36,6 +36,7 @@ from chalicelib.domain.endpoints import (
 )
 from chalicelib.domain.filters import Matcher, TagIndex
 from chalicelib.domain.spec import Upstream, parse_upstream
+from tests.profiles import examples
 
 # --- the algorithm as it was (frozen: do not "fix" it, it is the reference) ----------------
 
@@ -240,7 +241,7 @@ def check(upstream: Upstream, got: tuple[EndpointSet, Any], want: dict[str, Any]
 # --- the properties ---------------------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(data=st.data(), fleet=fleets(), upstreams=upstream_lists())
 def test_reconcile_matches_the_old_algorithm_byte_for_byte(
     data: st.DataObject, fleet: list[Instance], upstreams: list[Upstream]
@@ -252,7 +253,7 @@ def test_reconcile_matches_the_old_algorithm_byte_for_byte(
         check(upstream, result[upstream.key], old_reconcile_one(fleet, upstream, draining, unhealthy))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(data=st.data(), fleet=fleets(), upstreams=upstream_lists())
 def test_one_index_serves_scans_with_changing_health(
     data: st.DataObject, fleet: list[Instance], upstreams: list[Upstream]
@@ -268,7 +269,7 @@ def test_one_index_serves_scans_with_changing_health(
             check(upstream, got, old_reconcile_one(fleet, upstream, draining, unhealthy))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(fleet=fleets(), upstreams=upstream_lists(), data=st.data())
 def test_build_from_endpoints_matches_the_old_algorithm(
     fleet: list[Instance], upstreams: list[Upstream], data: st.DataObject
