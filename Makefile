@@ -25,19 +25,20 @@ XDIST := -n $(TEST_WORKERS) --dist loadgroup
 # whose pytest plugin takes seconds to load in every worker: test-fast leaves it out).
 FAST_TESTS := tests/unit tests/model tests/aws
 
-# Bytecode, pytest's rewritten test modules included, goes to one tree of its own that outlives the run, even
-# where PYTHONDONTWRITEBYTECODE is set (then every worker and every child process compiled them again): the
-# second run of test-fast takes 61 s instead of 75. Never inside chalicelib/, which `chalice package` zips.
-TEST_ENV := PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(CURDIR)/.pytest_cache/pycache
+# test-fast keeps bytecode, pytest's rewritten test modules included, in a tree of its own that outlives the
+# run, even where PYTHONDONTWRITEBYTECODE is set (then every worker compiled them again): its second run takes
+# 61 s instead of 75. (Not for `make test`, run once on a fresh machine: compiling every library into that
+# tree cost it 80 s of CPU.) Never inside chalicelib/, which `chalice package` zips.
+FAST_ENV := PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(CURDIR)/.pytest_cache/pycache
 
 ## test: the whole suite (unit, moto, end-to-end with real processes), in parallel
 test: venv
-	$(TEST_ENV) $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 ## test-fast: unit and in-process moto tests only (no real processes), in parallel
 .PHONY: test-fast
 test-fast: venv
-	$(TEST_ENV) $(PY) -m pytest $(XDIST) -p no:schemathesis -m "not e2e and not deploy" $(FAST_TESTS) $(PYTEST_ARGS)
+	$(FAST_ENV) $(PY) -m pytest $(XDIST) -p no:schemathesis -m "not e2e and not deploy" $(FAST_TESTS) $(PYTEST_ARGS)
 
 ## run: the service on the embedded default (moto server + chalice local) on 127.0.0.1:8000
 run: venv
