@@ -85,8 +85,18 @@ def _one_kms_key_per_spec() -> None:
     models.generate_private_key = functools.cache(models.generate_private_key)  # type: ignore[attr-defined]
 
 
+def _one_default_session() -> None:
+    """moto replaces boto3's default session at every `mock_aws()` (each test): the tests' own `boto3.client`
+    calls, which arrange fleets and tables, then build a session each time. They use fake credentials and name
+    their region, so one default session serves them all (moto's `reset_boto3_session` setting)."""
+    from moto.core.config import default_user_config
+
+    default_user_config.setdefault("core", {})["reset_boto3_session"] = False  # type: ignore[typeddict-item]
+
+
 _one_data_loader_per_process()
 _one_kms_key_per_spec()
+_one_default_session()
 # Nothing here describes images: moto's 1,300 default AMIs, built again for every region of every test,
 # are most of an EC2 backend's start (the instances' `ImageId` needs no image behind it).
 os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
