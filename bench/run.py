@@ -1135,6 +1135,14 @@ def _render_goals(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def _print_goals(check: Callable[[Any, Callable[..., None]], None], section: Any) -> None:
+    """The goal rows `check` finds in `section`, one line each, met or MISSED."""
+    found: list[tuple[Any, ...]] = []
+    check(section, lambda *values: found.append(values))
+    for name, target, measured, met, *_ in found:
+        print(f"{name}: {measured} (goal {target}): {'met' if met else 'MISSED'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(BENCH_DIR / "results.json"), help="where to write the results")
@@ -1161,6 +1169,11 @@ def main(argv: list[str] | None = None) -> int:
         help="only what a 200 and a 304 cost on DynamoDB (about a minute): merged into --out, its table printed",
     )
     parser.add_argument(
+        "--events",
+        action="store_true",
+        help="only 3b/3c, what an event and a burst cost (bench/events_bench.py, about 80 s): merged into --out",
+    )
+    parser.add_argument(
         "--calls",
         action="store_true",
         help="only scenario 1, calls per scan beside Prometheus' two configurations (minutes): merged into --out",
@@ -1171,14 +1184,19 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print("\n".join(_render_calls(results)))
         return 0
+    if args.events:
+        out = Path(args.out)
+        results = json.loads(out.read_text()) if out.exists() else {}
+        results["events_scale"] = events_scale()
+        results["events_scale_generated"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        _print_goals(_event_goals, results["events_scale"])
+        return 0
     if args.polls:
         results = polls_only(args, Path(args.out))
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print("\n".join(_poll_table(results)))
-        found: list[tuple[Any, ...]] = []
-        _poll_goal(results, lambda *values: found.append(values))
-        for name, target, measured, met, *_ in found:
-            print(f"{name}: {measured} (goal {target}): {'met' if met else 'MISSED'}")
+        _print_goals(_poll_goal, results)
         return 0
     if args.show:
         earlier = json.loads(Path(args.show).read_text())
