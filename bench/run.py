@@ -165,12 +165,7 @@ def polls_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     finally:
         emulator.stop()
         shutil.rmtree(logs, ignore_errors=True)
-    results = json.loads(out.read_text()) if out.exists() else {}
-    results["polls"], results["serving_reads"] = rows, reads
-    results["polls_generated"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with contextlib.suppress(KeyError):  # a results file of a full run: its goals again, these figures in
-        results["goals"] = goals(results)
-    return results
+    return merged(out, "polls_generated", polls=rows, serving_reads=reads)
 
 
 def calls_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -200,11 +195,22 @@ def calls_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     finally:
         emulator.stop()
         shutil.rmtree(logs, ignore_errors=True)
+    found = {"binary": path, "version": prometheus.version(path)} if path else {"skipped": "no binary"}
+    return merged(out, "calls_generated", calls_per_scan=calls, prometheus=found)
+
+
+def events_only(out: Path) -> dict[str, Any]:
+    """`--events`: only 3b/3c, what an event and a burst cost (bench/events_bench.py), merged into the results file."""
+    return merged(out, "events_scale_generated", events_scale=events_scale())
+
+
+def merged(out: Path, stamp: str, **sections: Any) -> dict[str, Any]:
+    """The results file `out` (empty without one) with `sections` replaced, dated by `stamp`, and, for the
+    file of a full run, its goals evaluated again with these figures in."""
     results = json.loads(out.read_text()) if out.exists() else {}
-    results["calls_per_scan"] = calls
-    results["prometheus"] = {"binary": path, "version": prometheus.version(path)} if path else {"skipped": "no binary"}
-    results["calls_generated"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with contextlib.suppress(KeyError):  # a results file of a full run: its goals again, these figures in
+    results.update(sections)
+    results[stamp] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with contextlib.suppress(KeyError):
         results["goals"] = goals(results)
     return results
 
@@ -1185,11 +1191,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(_render_calls(results)))
         return 0
     if args.events:
-        out = Path(args.out)
-        results = json.loads(out.read_text()) if out.exists() else {}
-        results["events_scale"] = events_scale()
-        results["events_scale_generated"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        results = events_only(Path(args.out))
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         _print_goals(_event_goals, results["events_scale"])
         return 0
     if args.polls:

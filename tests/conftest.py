@@ -42,8 +42,6 @@ def _one_data_loader_per_process() -> None:
         self._components.lazy_register_component("data_loader", lambda: shared)
 
     botocore.session.Session._register_data_loader = register  # type: ignore[method-assign]
-    _one_client_class_per_service()
-    _handler_signatures_checked_once()
 
 
 def _one_client_class_per_service() -> None:
@@ -95,6 +93,8 @@ def _one_default_session() -> None:
 
 
 _one_data_loader_per_process()
+_one_client_class_per_service()  # keyed by the shared loader's service descriptions
+_handler_signatures_checked_once()
 _one_kms_key_per_spec()
 _one_default_session()
 # Nothing here describes images: moto's 1,300 default AMIs, built again for every region of every test,

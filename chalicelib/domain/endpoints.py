@@ -208,11 +208,6 @@ def content_version(region: str, endpoints: Sequence[Endpoint]) -> str:
     return _hash(region, [_canonical(endpoint.public()).encode() for endpoint in endpoints])
 
 
-def content_digest(region: str, endpoints: Sequence[Endpoint]) -> str:
-    """Every stored field's digest, Prometheus labels included."""
-    return _hash(region, [_canonical(endpoint.record()).encode() for endpoint in endpoints])
-
-
 def address_order(address: str) -> tuple[int, int, str]:
     """(4 or 6, the address as an integer, its IPv6 scope or "") for an IP address, else (9, 0, the text).
 
