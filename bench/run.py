@@ -204,6 +204,18 @@ def events_only(out: Path) -> dict[str, Any]:
     return merged(out, "events_scale_generated", events_scale=events_scale())
 
 
+def scale_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """`--scale`: only section 9, the scan fanned out over a simulated organisation, merged into the results file."""
+    logs = Path(tempfile.mkdtemp(prefix="ec2-eds-bench-"))
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            figures = scale_run(args, logs)
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
+    return merged(out, "scale_generated", scale=figures)
+
+
 def merged(out: Path, stamp: str, **sections: Any) -> dict[str, Any]:
     """The results file `out` (empty without one) with `sections` replaced, dated by `stamp`, and, for the
     file of a full run, its goals evaluated again with these figures in."""
@@ -1184,7 +1196,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only scenario 1, calls per scan beside Prometheus' two configurations (minutes): merged into --out",
     )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="only section 9, the scan fanned out (--scale-groups, --scale-instances; the full size takes about "
+        "20 minutes): merged into --out",
+    )
     args = parser.parse_args(argv)
+    if args.scale:
+        results = scale_only(args, Path(args.out))
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print("\n".join(_render_scale(results)))
+        _print_goals(_goals_scale, results)
+        return 0
     if args.calls:
         results = calls_only(args, Path(args.out))
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

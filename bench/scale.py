@@ -27,6 +27,7 @@ from typing import Any
 
 import boto3
 
+from bench import progress
 from chalicelib import runtime
 from chalicelib.domain.spec import parse_upstream
 from chalicelib.edges import clients
@@ -134,6 +135,8 @@ def seed(shape: Shape) -> dict[str, Any]:
         seeded["groups"].append({"group": n, "region": region, "instances": launched})
         seeded["upstreams"] += per_group
         seeded["instances"] += launched
+        if (n + 1) % 10 == 0 or n + 1 == shape.groups:
+            progress(f"9 scale: seeded {n + 1} of {shape.groups} groups, {seeded['instances']:,} instances")
     return seeded
 
 
@@ -170,6 +173,8 @@ def queues() -> tuple[Any, str, str]:
 def deliver(sqs: Any, url: str, lister: InstanceLister, run: Run) -> None:
     """Lambda's SQS trigger, batch size 1: until the queue is empty, one invocation per message."""
     while True:
+        if run.invocations and len(run.invocations) % 25 == 0:
+            progress(f"9 scale: {len(run.invocations)} worker invocations")
         answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=0)
         messages = answer.get("Messages", [])
         if not messages:
