@@ -208,6 +208,9 @@ def scale_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """`--scale`: only section 9, the scan fanned out over a simulated organisation, merged into the results file."""
     logs = Path(tempfile.mkdtemp(prefix="ec2-eds-bench-"))
     os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
+    from chalicelib.observability import logger
+
+    logger.setLevel("ERROR")  # a line per set written otherwise
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             figures = scale_run(args, logs)

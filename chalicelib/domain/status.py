@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,13 +56,64 @@ def stored(
     namespace: str, name: str, document: dict[str, Any], status: Status, updated_at: str, generation: str = ""
 ) -> StoredUpstream:
     """Re-validate a stored document, so a document that no longer parses is `Rejected`, not a crash."""
-    generation = generation or updated_at  # items written before generations existed
+    return _entry(namespace, name, document, _parse(document, namespace, name), status, updated_at, generation)
+
+
+def _parse(document: dict[str, Any], namespace: str, name: str) -> Upstream | SpecError:
     try:
-        upstream = parse_upstream(document, namespace, name)
-        return StoredUpstream(namespace, name, document, status, updated_at, upstream, generation=generation)
+        return parse_upstream(document, namespace, name)
     except SpecError as err:
-        rejected = Status(REJECTED, err.message)
-        return StoredUpstream(namespace, name, document, rejected, updated_at, None, err, status, generation)
+        return err
+
+
+def _entry(
+    namespace: str,
+    name: str,
+    document: dict[str, Any],
+    parsed: Upstream | SpecError,
+    status: Status,
+    updated_at: str,
+    generation: str,
+) -> StoredUpstream:
+    generation = generation or updated_at  # items written before generations existed
+    if isinstance(parsed, SpecError):
+        rejected = Status(REJECTED, parsed.message)
+        return StoredUpstream(namespace, name, document, rejected, updated_at, None, parsed, status, generation)
+    return StoredUpstream(namespace, name, document, status, updated_at, parsed, generation=generation)
+
+
+class ParsedDocuments:
+    """`stored` for a store that reads its whole catalog again and again: each document is validated once per
+    content, not once per read (a warm function lists every upstream for each event batch and each scan plan;
+    validating 1,000 documents was most of an event's CPU).
+
+    Keyed by the upstream's name and the document exactly as stored (its JSON text or compressed bytes), so
+    an edited document is a new key and is validated afresh; the parsed `Upstream` is immutable and the
+    document is never mutated by its readers. Bounded: past `limit` documents the memo starts over.
+    """
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self.limit = limit
+        self._parsed: dict[tuple[str, str, str | bytes], tuple[dict[str, Any], Upstream | SpecError]] = {}
+
+    def stored(
+        self,
+        namespace: str,
+        name: str,
+        raw: str | bytes,
+        decode: Callable[[str | bytes], dict[str, Any]],
+        status: Status,
+        updated_at: str,
+        generation: str = "",
+    ) -> StoredUpstream:
+        key = (namespace, name, raw)
+        found = self._parsed.get(key)
+        if found is None:
+            if len(self._parsed) >= self.limit:
+                self._parsed.clear()
+            document = decode(raw)
+            found = self._parsed[key] = (document, _parse(document, namespace, name))
+        return _entry(namespace, name, *found, status, updated_at, generation)
 
 
 def active_draining(marks: dict[str, str], now: str) -> frozenset[str]:

@@ -23,7 +23,7 @@ from chalicelib.domain.accounts import Account
 from chalicelib.domain.endpoints import EndpointSet
 from chalicelib.domain.names import upstream_key
 from chalicelib.domain.spec import Upstream
-from chalicelib.domain.status import PENDING, ScanRecord, Status, StoredUpstream, stored
+from chalicelib.domain.status import PENDING, ParsedDocuments, ScanRecord, Status, StoredUpstream
 from chalicelib.edges.store.base import (
     ACCOUNT_PREFIX,
     ANY,
@@ -72,6 +72,7 @@ class DynamoStore:
         self._db = client
         self.upstreams_table = upstreams_table
         self.endpoints_table = endpoints_table
+        self._documents = ParsedDocuments()
 
     # -- upstreams -------------------------------------------------------------
 
@@ -100,14 +101,20 @@ class DynamoStore:
             raise
         return item.generation
 
-    @staticmethod
-    def _load(attributes: dict[str, Any]) -> StoredUpstream:
+    def _load(self, attributes: dict[str, Any]) -> StoredUpstream:
         """An upstream's item, as this version and every previous one wrote it (see `UpstreamItem`)."""
         from chalicelib.domain.models import UpstreamItem
 
         item = UpstreamItem.model_validate(from_item(attributes))
-        document = decode_document(item.document)
-        return stored(item.namespace, item.name, document, item.stored_status(), item.updated_at, item.generation)
+        return self._documents.stored(
+            item.namespace,
+            item.name,
+            item.document,
+            decode_document,
+            item.stored_status(),
+            item.updated_at,
+            item.generation,
+        )
 
     def get_upstream(self, namespace: str, name: str) -> StoredUpstream | None:
         answer = self._db.get_item(

@@ -12,7 +12,7 @@ from chalicelib.domain.accounts import Account
 from chalicelib.domain.endpoints import EndpointSet
 from chalicelib.domain.names import upstream_key
 from chalicelib.domain.spec import Upstream
-from chalicelib.domain.status import PENDING, ScanRecord, Status, StoredUpstream, stored
+from chalicelib.domain.status import PENDING, ParsedDocuments, ScanRecord, Status, StoredUpstream
 from chalicelib.edges.store.base import ANY, Conflict, Guard, Holding, Observations, Outcome
 from chalicelib.edges.store.chunks import encode_document
 
@@ -23,6 +23,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.upstreams: dict[str, dict[str, Any]] = {}
+        self._documents = ParsedDocuments()
         self.sets: dict[str, EndpointSet] = {}
         self.scan = ScanRecord()
         self.marks_by_kind: dict[str, dict[str, str]] = {}
@@ -55,10 +56,11 @@ class MemoryStore:
     def _load(self, item: dict[str, Any]) -> StoredUpstream:
         from chalicelib.domain.models import StatusItem
 
-        return stored(
+        return self._documents.stored(
             item["namespace"],
             item["name"],
-            json.loads(item["document"]),
+            item["document"],
+            json.loads,
             StatusItem.model_validate(item["status"]).status(),
             item["updatedAt"],
             item.get("generation", ""),
