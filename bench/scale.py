@@ -29,7 +29,7 @@ import boto3
 
 from bench import progress
 from chalicelib import runtime
-from chalicelib.domain.spec import parse_upstream
+from chalicelib.domain.spec import GroupKey, parse_upstream
 from chalicelib.edges import clients
 from chalicelib.edges.inventory import InstanceLister
 
@@ -48,6 +48,7 @@ REGIONS = (
 NOW = "2026-12-01T00:00:00Z"
 WRITES = ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem")
 SCHEDULE_SECONDS = 300.0
+MEMBER_ACCOUNTS = 210_000_000_000  # member account n is this + n
 
 
 class InvocationTimeout(BaseException):  # noqa: N818 - what ends an invocation, not an error the code handles
@@ -55,13 +56,14 @@ class InvocationTimeout(BaseException):  # noqa: N818 - what ends an invocation,
 
 
 class Hanging:
-    """The real lister, except that listing `region` never returns (as far as the invocation can tell)."""
+    """The real lister, except that listing one group (its credentials and region) never returns (as far as the
+    invocation can tell); other groups of that region, under other credentials, list as usual."""
 
-    def __init__(self, inner: InstanceLister, region: str) -> None:
-        self.inner, self.region = inner, region
+    def __init__(self, inner: InstanceLister, group: GroupKey) -> None:
+        self.inner, self.group = inner, group
 
     def list_page(self, credentials: Any, region: str, token: str | None, page_size: int = 1000) -> Any:
-        if region == self.region:
+        if GroupKey(credentials, region) == self.group:
             raise InvocationTimeout(region)
         return self.inner.list_page(credentials, region, token, page_size)  # type: ignore[attr-defined]
 
@@ -99,12 +101,29 @@ def group_regions(shape: Shape) -> list[str]:
     return [REGIONS[n % len(REGIONS)] for n in range(shape.groups)]
 
 
+def group_key(n: int) -> GroupKey:
+    """Group `n`: its credentials, as the scan sees them, and its region."""
+    spec = {"region": REGIONS[n % len(REGIONS)], **credentials_of(n)}
+    upstream = parse_upstream({"metadata": {"name": "probe", "namespace": "org"}, "spec": {"awsEc2": spec}})
+    return upstream.group
+
+
+HUNG = 2  # the group whose worker times out
+
+
 def credentials_of(n: int) -> dict[str, Any]:
     if n == 1:
         return {"secretRef": {"namespace": "shop", "name": "missing"}}
     if n >= len(REGIONS):
-        return {"roleArn": f"arn:aws:iam::123456789012:role/ec2-eds-member-{n // len(REGIONS)}"}
+        return {"roleArn": f"arn:aws:iam::{member_account(n)}:role/ec2-eds-member"}
     return {}
+
+
+def member_account(n: int) -> str:
+    """The account of group `n`'s role: one member account per ten groups (one group per region in each), so a
+    group lists its own account's instances only (moto keeps one EC2 per account and region, and answers an
+    assumed role's requests from the role's account)."""
+    return str(MEMBER_ACCOUNTS + n // len(REGIONS))
 
 
 def sizes(shape: Shape) -> list[int]:
@@ -121,7 +140,7 @@ def seed(shape: Shape) -> dict[str, Any]:
     seeded: dict[str, Any] = {"groups": [], "upstreams": 0, "instances": 0}
     store = runtime.store()
     for n, (region, count) in enumerate(zip(regions, sizes(shape), strict=True)):
-        ec2 = boto3.client("ec2", region_name=region)
+        ec2 = _ec2_of(n, region)
         launched = _launch(ec2, count, per_group, f"g{n}", shape.batch)
         for u in range(per_group):
             spec = {
@@ -138,6 +157,22 @@ def seed(shape: Shape) -> dict[str, Any]:
         if (n + 1) % 10 == 0 or n + 1 == shape.groups:
             progress(f"9 scale: seeded {n + 1} of {shape.groups} groups, {seeded['instances']:,} instances")
     return seeded
+
+
+def _ec2_of(n: int, region: str) -> Any:
+    """EC2 in group `n`'s account: the function's own, or its role's, assumed as the scan assumes it."""
+    role = credentials_of(n).get("roleArn")
+    if not role:
+        return boto3.client("ec2", region_name=region)
+    found = boto3.client("sts", region_name=region).assume_role(RoleArn=role, RoleSessionName="bench-seed")
+    keys = found["Credentials"]
+    return boto3.client(
+        "ec2",
+        region_name=region,
+        aws_access_key_id=keys["AccessKeyId"],
+        aws_secret_access_key=keys["SecretAccessKey"],
+        aws_session_token=keys["SessionToken"],
+    )
 
 
 def _launch(ec2: Any, count: int, upstreams: int, tag: str, size: int) -> int:
@@ -237,7 +272,9 @@ def simulate(shape: Shape) -> dict[str, Any]:
     runtime.reset()
     seeded = seed(shape)
     sqs, url, dead = queues()
-    lister = Hanging(runtime.inventory(), group_regions(shape)[2]) if shape.groups > 2 else runtime.inventory()
+    lister: InstanceLister = runtime.inventory()
+    if shape.groups > HUNG:
+        lister = Hanging(lister, group_key(HUNG))  # type: ignore[assignment]
     run = Run()
     cpu, wall = time.process_time(), time.perf_counter()
     planned = runtime.plan_scan()

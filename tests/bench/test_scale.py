@@ -1,8 +1,9 @@
 """The scale simulation, small: the scheduled scan fanned out over the scan queue, on moto in-process.
 
-6 groups, 300 instances, 12 upstreams: one group's secret is missing (its listing fails), one
+13 groups, 300 instances, 26 upstreams: one group's secret is missing (its listing fails), one
 group's worker is killed at every try as a Lambda timeout would (SQS hands its message to the
-dead-letter queue after 3 receives), one group is half the fleet and continues from its page
+dead-letter queue after 3 receives) while another group of its region, under a role, is served
+as usual, one group is half the fleet and continues from its page
 token over several invocations (5 reservations of 10 instances a page on moto, one page per
 invocation). Behaviour only: no time is asserted.
 """
@@ -21,7 +22,7 @@ def test_the_scan_fans_out_by_group_continues_big_groups_isolates_failures_and_s
 ) -> None:
     fastmoto.patch()  # moto's tag lookup in constant time: the same answers, faster
     monkeypatch.setenv("SCAN_PAGE_SIZE", "5")  # restored after the test
-    shape = scale.Shape(groups=6, instances=300, upstreams=12, big_share=0.5, page_size=5, pages_per_invocation=1)
+    shape = scale.Shape(groups=13, instances=300, upstreams=26, big_share=0.5, page_size=5, pages_per_invocation=1)
     result = scale.simulate(shape)
     every_group_is_written_but_the_failing_and_the_timed_out_one(result)
     the_big_group_continues_from_its_page_token_and_writes_only_once_complete(result)
@@ -47,7 +48,7 @@ def every_group_is_written_but_the_failing_and_the_timed_out_one(result: dict[st
 
 
 def the_big_group_continues_from_its_page_token_and_writes_only_once_complete(result: dict[str, Any]) -> None:
-    big = [i for i in result["invocations"] if i["group"].startswith("us-east-1|")]
+    big = [i for i in result["invocations"] if i["group"] == group(0)]
     # 150 instances, 50 a page, one page per invocation: two continuations, then the listing is applied.
     assert [i["outcome"] for i in big] == ["continued", "continued", "ok"]
     served = {key: v["served"] for key, v in result["written"].items() if key.startswith("org/g0-")}
@@ -55,12 +56,21 @@ def the_big_group_continues_from_its_page_token_and_writes_only_once_complete(re
 
 
 def a_timed_out_group_goes_to_the_dead_letter_queue_and_delays_no_other(result: dict[str, Any]) -> None:
-    outcomes = [(i["group"].split("|")[0], i["outcome"]) for i in result["invocations"]]
-    hanging = scale.group_regions(scale.Shape())[2]
-    assert [o for region, o in outcomes if region == hanging] == ["timed out"] * 3
-    assert len(result["dead_letters"]) == 1 and result["dead_letters"][0].startswith(hanging)
-    failed = [o for region, o in outcomes if region == scale.group_regions(scale.Shape())[1]]
+    outcomes = [(i["group"], i["outcome"]) for i in result["invocations"]]
+    assert [o for key, o in outcomes if key == group(2)] == ["timed out"] * 3
+    assert result["dead_letters"] == [group(2)]
+    # group 12 lists the same region under a role: its worker is not the one killed
+    assert [o for key, o in outcomes if key == group(12)] == ["ok"]
+    assert all(
+        v["state"] == "Accepted" and v["served"] for k, v in result["written"].items() if k.startswith("org/g12-")
+    )
+    failed = [o for key, o in outcomes if key == group(1)]
     assert failed == ["failed"]  # recorded once, not retried: the next scan tries again
+
+
+def group(n: int) -> str:
+    """Group `n`'s key as the scan queue's messages name it."""
+    return str(scale.group_key(n))
 
 
 def a_scan_that_changes_nothing_writes_one_item(result: dict[str, Any]) -> None:
