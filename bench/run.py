@@ -204,6 +204,29 @@ def events_only(out: Path) -> dict[str, Any]:
     return merged(out, "events_scale_generated", events_scale=events_scale())
 
 
+def first_scan_run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    """2b: the first full scan of one group of 100,000 instances x 1,000 upstreams (bench/scale.py)."""
+    from . import scale
+
+    shape = replace(scale.FIRST_SCAN_SHAPE, instances=args.first_scan_instances)
+    return scale.first_scan_scenario(logs, args.plain_moto, shape)
+
+
+def first_scan_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """`--first-scan`: only 2b, merged into the results file."""
+    logs = Path(tempfile.mkdtemp(prefix="ec2-eds-bench-"))
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
+    from chalicelib.observability import logger
+
+    logger.setLevel("ERROR")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            figures = first_scan_run(args, logs)
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
+    return merged(out, "first_scan_generated", first_scan=figures)
+
+
 def scale_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """`--scale`: only section 9, the scan fanned out over a simulated organisation, merged into the results file."""
     logs = Path(tempfile.mkdtemp(prefix="ec2-eds-bench-"))
@@ -256,6 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         {"skipped": "--skip-package"} if args.skip_package else timed("6 package size", seconds, coldstart.package_size)
     )
     results["scale"] = timed("9 scale: the scan fanned out", seconds, lambda: scale_run(args, logs))
+    results["first_scan"] = timed("2b the first full scan", seconds, lambda: first_scan_run(args, logs))
     results["freshness"] = timed("7 freshness through Envoy", seconds, freshness)
     results["rolling"] = timed("8 rolling replacement through Envoy", seconds, rolling)
     results["goals"] = goals(results)
@@ -335,6 +359,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     for section in (
         _goals_calls,
         _goals_steady_state,
+        _goals_first_scan,
         _goals_events,
         _goals_reconcile,
         _goals_serving_and_cold_start,
@@ -501,6 +526,22 @@ def _goals_scale(results: dict[str, Any], goal: Goal) -> None:
         scale["upstreams_written"] == healthy and scale["dead_letters"] == 1,
     )
     goal("6 unchanged scan: DynamoDB items written", "<= 1", str(scale["steady_writes"]), scale["steady_writes"] <= 1)
+
+
+def _goals_first_scan(results: dict[str, Any], goal: Goal) -> None:
+    """2b: the first full scan's CPU (issue 14 goal 2)."""
+    scan = results.get("first_scan")
+    if not scan:
+        return
+    met = scan["cpu_s"] <= 60.0
+    goal(
+        f"2 first full scan, {scan['instances']:,} instances x {scan['upstreams']:,} upstreams: CPU in total",
+        "<= 60 s",
+        f"{scan['cpu_s']:.1f} s (listing {scan['listing_cpu_s']:.1f} s, reconcile and writes "
+        f"{scan['reconcile_and_writes_cpu_s']:.1f} s; before: 288 s)",
+        met,
+        "" if met else f"missed by {scan['cpu_s'] / 60:.2f}x",
+    )
 
 
 def _goals_events(results: dict[str, Any], goal: Goal) -> None:
@@ -718,6 +759,7 @@ def render(results: dict[str, Any]) -> str:
         _render_header,
         _render_calls,
         _render_steady_state,
+        _render_first_scan,
         _render_events,
         _render_reconcile,
         _render_serving,
@@ -739,6 +781,20 @@ def _render_scale(results: dict[str, Any]) -> list[str]:
     return [
         "",
         "**Scan fanned out** (bench/scale.py; one group per invocation, times on moto):",
+        "",
+        *_table(["figure", "value"], rows).splitlines(),
+    ]
+
+
+def _render_first_scan(results: dict[str, Any]) -> list[str]:
+    """2b: the first full scan of one large group."""
+    scan = results.get("first_scan")
+    if not scan:
+        return []
+    rows = [[key, value if not isinstance(value, float) else f"{value:.2f}"] for key, value in scan.items()]
+    return [
+        "",
+        "**First full scan** (bench/scale.py's first_scan; CPU of the scanning process, moto's not counted):",
         "",
         *_table(["figure", "value"], rows).splitlines(),
     ]
@@ -1205,7 +1261,21 @@ def main(argv: list[str] | None = None) -> int:
         help="only section 9, the scan fanned out (--scale-groups, --scale-instances; the full size takes about "
         "20 minutes): merged into --out",
     )
+    parser.add_argument(
+        "--first-scan-instances", type=int, default=100_000, help="instances of 2b, the first full scan"
+    )
+    parser.add_argument(
+        "--first-scan",
+        action="store_true",
+        help="only 2b, the first full scan of 100,000 instances x 1,000 upstreams (minutes): merged into --out",
+    )
     args = parser.parse_args(argv)
+    if args.first_scan:
+        results = first_scan_only(args, Path(args.out))
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results["first_scan"], indent=2))
+        _print_goals(_goals_first_scan, results)
+        return 0
     if args.scale:
         results = scale_only(args, Path(args.out))
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -17,17 +17,19 @@ server whose tables exist (`make bench` starts one), prints the figures as JSON.
 from __future__ import annotations
 
 import argparse
+import gc
 import heapq
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
 
-from bench import progress
+from bench import progress, workload
 from chalicelib import runtime
 from chalicelib.domain.spec import GroupKey, parse_upstream
 from chalicelib.edges import clients
@@ -87,6 +89,8 @@ class Shape:
     pages_per_invocation: int = 1
     concurrency: int = 50  # Lambda concurrency assumed for the completion estimate
     batch: int = 10  # instances per reservation (moto's MaxResults counts reservations, AWS's instances)
+    workload: bool = False  # the bench's tag model and filters, not one `app` tag per upstream
+    label: str = "9 scale"
 
 
 @dataclass
@@ -133,21 +137,24 @@ def sizes(shape: Shape) -> list[int]:
 
 
 def seed(shape: Shape) -> dict[str, Any]:
-    """Instances (one reservation per page-size batch) and upstreams: every group's upstreams share
-    its listing; an upstream selects by its `app` tag."""
+    """Instances (one reservation per page-size batch) and upstreams: every group's upstreams share its
+    listing. An upstream selects by its `app` tag, or, with `shape.workload`, by 1 to 3 filters drawn from
+    the bench's tag model (`bench/workload.py`), each batch of instances carrying one of its tag sets."""
     regions = group_regions(shape)
     per_group = max(1, shape.upstreams // shape.groups)
     seeded: dict[str, Any] = {"groups": [], "upstreams": 0, "instances": 0}
     store = runtime.store()
     for n, (region, count) in enumerate(zip(regions, sizes(shape), strict=True)):
         ec2 = _ec2_of(n, region)
-        launched = _launch(ec2, count, per_group, f"g{n}", shape.batch)
-        for u in range(per_group):
-            spec = {
-                "region": region,
-                "filters": [{"kvPair": {"key": "app", "value": f"g{n}-{u}"}}],
-                **credentials_of(n),
-            }
+        if shape.workload:
+            tag_sets = workload_tags(-(-count // shape.batch), seed=n)
+            filter_sets = workload.filter_sets(tag_sets, per_group)
+        else:
+            tag_sets = [{"app": f"g{n}-{b % per_group}"} for b in range(-(-count // shape.batch))]
+            filter_sets = [[{"kvPair": {"key": "app", "value": f"g{n}-{u}"}}] for u in range(per_group)]
+        launched = _launch(ec2, count, tag_sets, shape.batch)
+        for u, filters in enumerate(filter_sets):
+            spec = {"region": region, "filters": filters, **credentials_of(n)}
             store.put_upstream(
                 parse_upstream({"metadata": {"name": f"g{n}-{u}", "namespace": "org"}, "spec": {"awsEc2": spec}}), NOW
             )
@@ -155,8 +162,16 @@ def seed(shape: Shape) -> dict[str, Any]:
         seeded["upstreams"] += per_group
         seeded["instances"] += launched
         if (n + 1) % 10 == 0 or n + 1 == shape.groups:
-            progress(f"9 scale: seeded {n + 1} of {shape.groups} groups, {seeded['instances']:,} instances")
+            progress(f"{shape.label}: seeded {n + 1} of {shape.groups} groups, {seeded['instances']:,} instances")
     return seeded
+
+
+def workload_tags(count: int, seed: int) -> list[dict[str, str]]:
+    """The tag model's tag sets, less what RunInstances refuses (`aws:` keys) and the unique `Name`."""
+    return [
+        {key: value for key, value in tags.items() if key != "Name" and not key.startswith("aws:")}
+        for tags in workload.fleet_tags(count, seed=seed)
+    ]
 
 
 def _ec2_of(n: int, region: str) -> Any:
@@ -175,20 +190,22 @@ def _ec2_of(n: int, region: str) -> Any:
     )
 
 
-def _launch(ec2: Any, count: int, upstreams: int, tag: str, size: int) -> int:
-    """Instances in batches (a reservation each), the batches spread over the group's upstreams."""
+def _launch(ec2: Any, count: int, tag_sets: list[dict[str, str]], size: int) -> int:
+    """Instances in batches (a reservation each), batch `b` tagged with `tag_sets[b]`."""
     launched = 0
     while launched < count:
         batch = min(size, count - launched)
-        app = f"{tag}-{(launched // size) % upstreams}"
+        tags = tag_sets[launched // size]
         ec2.run_instances(
             ImageId="ami-12c6146b",
             MinCount=batch,
             MaxCount=batch,
             InstanceType="t3.micro",
-            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "app", "Value": app}]}],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
         )
         launched += batch
+        if launched % 20_000 < size:
+            progress(f"launched {launched:,} of {count:,} instances of a group")
     return launched
 
 
@@ -209,7 +226,7 @@ def deliver(sqs: Any, url: str, lister: InstanceLister, run: Run) -> None:
     """Lambda's SQS trigger, batch size 1: until the queue is empty, one invocation per message."""
     while True:
         if run.invocations and len(run.invocations) % 25 == 0:
-            progress(f"9 scale: {len(run.invocations)} worker invocations")
+            progress(f"{len(run.invocations)} worker invocations")
         answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=0)
         messages = answer.get("Messages", [])
         if not messages:
@@ -346,7 +363,79 @@ BENCH_SHAPE = Shape(
 
 
 def scenario(logs: Any, plain_moto: bool, shape: Shape = BENCH_SHAPE) -> dict[str, Any]:
-    """`make bench`: the simulation on its own emulator (moto's server over HTTP, tables made here)."""
+    """`make bench` section 9: the simulation on its own emulator."""
+    return on_emulator(logs, plain_moto, lambda: summary(simulate(shape)))
+
+
+FIRST_SCAN_SHAPE = Shape(
+    groups=1,
+    instances=100_000,
+    upstreams=1_000,
+    big_share=1.0,
+    page_size=10,  # reservations of 100: pages of 1,000 instances, as EC2's largest
+    pages_per_invocation=0,  # as deployed: as many pages as the invocation's time allows
+    batch=100,
+    workload=True,
+    label="2 first scan",
+)
+
+
+class TimedLister:
+    """The real lister, the CPU of its DescribeInstances pages (request, botocore's parse, Instances) counted."""
+
+    def __init__(self, inner: InstanceLister) -> None:
+        self.inner, self.cpu_s, self.pages = inner, 0.0, 0
+
+    def list_page(self, credentials: Any, region: str, token: str | None, page_size: int = 1000) -> Any:
+        started = time.process_time()
+        try:
+            return self.inner.list_page(credentials, region, token, page_size)  # type: ignore[attr-defined]
+        finally:
+            self.cpu_s += time.process_time() - started
+            self.pages += 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def first_scan(shape: Shape = FIRST_SCAN_SHAPE) -> dict[str, Any]:
+    """Issue 14 goal 2: the first full scan of one group, the deployed way (planner, then the group's worker
+    invocations), its CPU in this process: listing (requests and botocore's parse), then reconcile and writes.
+    The emulator's own CPU is not counted (it is another process)."""
+    os.environ["SCAN_PAGE_SIZE"] = str(shape.page_size)
+    os.environ["SCAN_PAGES_PER_INVOCATION"] = str(shape.pages_per_invocation)
+    runtime.reset()
+    seeded = seed(shape)
+    sqs, url, _ = queues()
+    lister = TimedLister(runtime.inventory())
+    run = Run()
+    gc.collect()
+    cpu, wall = time.process_time(), time.perf_counter()
+    runtime.plan_scan()
+    deliver(sqs, url, lister, run)  # type: ignore[arg-type]
+    cpu_s, wall_s = time.process_time() - cpu, time.perf_counter() - wall
+    written = written_upstreams()
+    return {
+        "instances": seeded["instances"],
+        "upstreams": seeded["upstreams"],
+        "invocations": len(run.invocations),
+        "pages": lister.pages,
+        "cpu_s": round(cpu_s, 2),
+        "listing_cpu_s": round(lister.cpu_s, 2),
+        "reconcile_and_writes_cpu_s": round(cpu_s - lister.cpu_s, 2),
+        "wall_s": round(wall_s, 1),
+        "upstreams_accepted": sum(1 for v in written.values() if v["state"] == "Accepted"),
+        "endpoints_served": sum(v["served"] or 0 for v in written.values()),
+    }
+
+
+def first_scan_scenario(logs: Any, plain_moto: bool, shape: Shape = FIRST_SCAN_SHAPE) -> dict[str, Any]:
+    """`make bench` section 2b: the first full scan on its own emulator."""
+    return on_emulator(logs, plain_moto, lambda: first_scan(shape))
+
+
+def on_emulator(logs: Any, plain_moto: bool, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`work` against an emulator of its own (moto's server over HTTP, the tables made here)."""
     from chalicelib import config
     from chalicelib.edges.store import table_definitions
     from devtools import stack
@@ -364,7 +453,7 @@ def scenario(logs: Any, plain_moto: bool, shape: Shape = BENCH_SHAPE) -> dict[st
         db = boto3.client("dynamodb", region_name="us-east-1")
         for definition in table_definitions(conf.upstreams_table, conf.endpoints_table):
             db.create_table(**definition)
-        return summary(simulate(shape))
+        return work()
     finally:
         emulator.stop()
 

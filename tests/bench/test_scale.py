@@ -10,11 +10,14 @@ invocation). Behaviour only: no time is asserted.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from bench import fastmoto, scale
+from bench import fastmoto, scale, workload
+from chalicelib.domain.filters import Matcher
+from chalicelib.domain.spec import parse_upstream
 
 
 def test_the_scan_fans_out_by_group_continues_big_groups_isolates_failures_and_steady_writes_one_item(
@@ -77,3 +80,26 @@ def a_scan_that_changes_nothing_writes_one_item(result: dict[str, Any]) -> None:
     steady = result["steady"]
     assert steady["writes"] == 1, steady["calls"]  # the planner's scan record
     assert steady["calls"]["dynamodb:UpdateItem"] == 1
+
+
+def test_the_first_scan_bench_serves_every_upstream_its_matching_instances(
+    aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bench's first full scan (issue 14 goal 2), small: one group, the tag model's filters; every
+    upstream Accepted, and served as many endpoints as instances its filters match (counted here from
+    the tag sets the instances were launched with)."""
+    fastmoto.patch()
+    for name in ("SCAN_PAGE_SIZE", "SCAN_PAGES_PER_INVOCATION"):
+        monkeypatch.setenv(name, "")  # set by first_scan; restored after the test
+    shape = replace(scale.FIRST_SCAN_SHAPE, instances=600, upstreams=20, batch=20, page_size=5)
+    result = scale.first_scan(shape)
+    assert result["instances"] == 600 and result["upstreams"] == 20
+    assert result["upstreams_accepted"] == 20
+    assert result["pages"] == 6  # 30 reservations, 5 a page: every page listed once
+    tag_sets = scale.workload_tags(30, seed=0)
+    expected = 0
+    for filters in workload.filter_sets(tag_sets, 20):
+        matcher = Matcher.compile(parse_upstream(workload.upstream_document("probe", filters)).ec2.filters)
+        expected += sum(20 for tags in tag_sets if matcher.matches(tuple(tags.items())))
+    assert result["endpoints_served"] == expected > 0
+    assert result["cpu_s"] >= result["listing_cpu_s"] > 0
