@@ -65,7 +65,8 @@ def _environment(endpoint: str) -> dict[str, str]:
     return env
 
 
-def _once(case: str, env: dict[str, str], function: str | None = None) -> dict[str, Any]:
+def once(case: str, env: dict[str, str], function: str | None = None) -> dict[str, Any]:
+    """One cold start of `case` (a key of `first_invocation.CASES`, `boto3` or `floor`) in a fresh interpreter."""
     run_env = dict(env)
     if function:
         run_env["AWS_LAMBDA_FUNCTION_NAME"] = function
@@ -105,8 +106,9 @@ def _by_package(env: dict[str, str]) -> list[dict[str, Any]]:
     ]
 
 
-def _seeded_emulator(logs: Path) -> tuple[stack.Process, str, str]:
-    """moto's server with the demo fleet and upstreams (`devtools.fleet seed`): what the polls read."""
+def seeded_emulator(logs: Path) -> tuple[stack.Process, dict[str, str]]:
+    """moto's server with the demo fleet and upstreams (`devtools.fleet seed`) and the stage's queues, and
+    the environment a dev-stage function's first invocation runs in against it (`bench.first_invocation`)."""
     process, endpoint = stack.start_moto(stack.free_port(), logs / "coldstart-moto.log")
     try:
         env = stack.aws_environment(endpoint, dict(os.environ))
@@ -124,7 +126,9 @@ def _seeded_emulator(logs: Path) -> tuple[stack.Process, str, str]:
     except BaseException:
         process.stop()
         raise
-    return process, endpoint, instance
+    env = _environment(endpoint)
+    env.update(BENCH_EVENTS_DIR=str(EVENTS_DIR), BENCH_INSTANCE_ID=instance, BENCH_SCAN_TASK=_scan_task())
+    return process, env
 
 
 def _scan_task() -> str:
@@ -151,23 +155,21 @@ def import_times(repetitions: int = 5, logs: Path | None = None) -> dict[str, An
     from .first_invocation import CASES, FLOOR
 
     logs = logs or Path(tempfile.mkdtemp(prefix="ec2-eds-coldstart-"))
-    process, endpoint, instance = _seeded_emulator(logs)
+    process, env = seeded_emulator(logs)
     try:
-        env = _environment(endpoint)
-        env.update(BENCH_EVENTS_DIR=str(EVENTS_DIR), BENCH_INSTANCE_ID=instance, BENCH_SCAN_TASK=_scan_task())
-        _once("boto3", env), _once(next(iter(CASES)), env, "api_handler")  # warm the page cache first
+        once("boto3", env), once(next(iter(CASES)), env, "api_handler")  # warm the page cache first
         boto3_s: list[float] = []
         cases: dict[str, dict[str, Any]] = {}
         for case, (function, _, _) in CASES.items():
             runs = []
             for _ in range(repetitions):
-                boto3_s.append(_once("boto3", env)["import_s"])
-                runs.append(_once(case, env, function))
+                boto3_s.append(once("boto3", env)["import_s"])
+                runs.append(once(case, env, function))
             cases[case] = {"function": function, "runs": runs}
-        floor = [_once(FLOOR, env) for _ in range(repetitions)]
+        floor = [once(FLOOR, env) for _ in range(repetitions)]
         traced = (
             [
-                _once(next(iter(CASES)), {**env, "POWERTOOLS_TRACE_DISABLED": "false"}, "api_handler")
+                once(next(iter(CASES)), {**env, "POWERTOOLS_TRACE_DISABLED": "false"}, "api_handler")
                 for _ in range(repetitions)
             ]
             if importlib.util.find_spec("aws_xray_sdk")

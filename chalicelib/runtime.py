@@ -206,6 +206,8 @@ def deliver_batch(raws: list[Any]) -> list[bool]:
     """A batch of the event queue's messages (EventBridge events), coalesced by group: for each,
     whether it failed (the queue delivers it again, then keeps it in its dead-letter queue). AWS
     Health events, which name several instances each, are delivered as `deliver` takes them."""
+    from chalicelib.usecases import events
+
     deps = event_deps()
     health = [position for position, raw in enumerate(raws) if _is_health(raw)]
     rest = [position for position in range(len(raws)) if position not in health]

@@ -7,49 +7,44 @@ with the demo fleet; the interpreter's modules are read after the answer. No tim
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from bench import coldstart
 from bench.first_invocation import CASES
-from chalicelib.config import stage_environment
-from devtools import stack
 
 POLLS = [case for case in CASES if case.startswith("api ")]
 
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    logs = tmp_path_factory.mktemp("cold")
-    moto, endpoint = stack.start_moto(stack.free_port(), logs / "moto.log")
+    moto, env = coldstart.seeded_emulator(tmp_path_factory.mktemp("cold"))
     try:
-        env = stack.aws_environment(endpoint)
-        env["POWERTOOLS_METRICS_DISABLED"] = "true"
-        stack.seed_fleet(env, timeout=120)
         yield env
     finally:
         moto.stop()
 
 
-def first_invocation(case: str, env: dict[str, str]) -> dict[str, object]:
-    answer = subprocess.run(
-        [sys.executable, "-m", "bench.first_invocation", case],
-        cwd=stack.PROJECT_DIR,
-        env={
-            **env,
-            **stage_environment("dev"),
-            "AWS_LAMBDA_FUNCTION_NAME": CASES[case][0],
-            "POWERTOOLS_TRACE_DISABLED": "true",  # a stage without tracing (no tracing layer)
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert answer.returncode == 0, answer.stderr[-2000:]
-    return dict(json.loads(answer.stdout.strip().splitlines()[-1]))
+def first_invocation(case: str, env: dict[str, str]) -> dict[str, Any]:
+    """`case`'s cold start as `make bench` times it; a handler that raises fails the test with its stderr."""
+    return coldstart.once(case, env, CASES[case][0])
+
+
+@pytest.mark.parametrize("case", [case for case in CASES if case not in POLLS])
+def test_every_function_answers_its_first_invocation_cold(case: str, seeded: dict[str, str]) -> None:
+    """Each Lambda function, imported fresh and invoked once with the event Lambda sends it, handles it: the
+    event queue's consumer reports no failed message, the scan worker lists and writes its group."""
+    answer = first_invocation(case, seeded)["answer"]
+    assert isinstance(answer, dict), answer
+    if case == "ec2_event_batch":
+        assert answer == {"batchItemFailures": []}
+    if case == "scan_group":
+        (group,) = answer["groups"]
+        assert group["failure"] is None and group["continued"] is False, group
+    if case.startswith("ec2_") and case != "ec2_event_batch":
+        assert not answer.get("errors"), answer
 
 
 @pytest.mark.parametrize("case", POLLS)
