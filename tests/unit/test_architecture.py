@@ -146,3 +146,58 @@ def test_only_the_entry_points_and_runtime_read_the_settings(module: str) -> Non
     if not path.exists():
         path = ROOT / module.replace(".", "/") / "__init__.py"
     assert reads_settings(path) == [], f"{module} reads settings() itself"
+
+
+def _bound(node: ast.AST) -> set[str]:
+    """The names an import statement binds."""
+    if isinstance(node, ast.Import | ast.ImportFrom):
+        return {alias.asname or alias.name.split(".")[0] for alias in node.names}
+    return set()
+
+
+def _annotation_nodes(tree: ast.AST) -> set[int]:
+    """Every node inside an annotation (never evaluated at run time: `from __future__ import annotations`)."""
+    found: set[int] = set()
+    for node in ast.walk(tree):
+        annotations = []
+        if isinstance(node, ast.arg | ast.AnnAssign) and node.annotation is not None:
+            annotations.append(node.annotation)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns is not None:
+            annotations.append(node.returns)
+        found.update(id(inner) for annotation in annotations for inner in ast.walk(annotation))
+    return found
+
+
+def type_only_names_used(path: Path) -> list[str]:
+    """Uses, at run time, of a name imported only under `if TYPE_CHECKING:` and not imported again in the
+    function that uses it (or a function around it): a NameError when that code first runs."""
+    tree = ast.parse(path.read_text())
+    top = {name for node in tree.body for name in _bound(node)}
+    guarded = {
+        name
+        for node in tree.body
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for inner in ast.walk(node)
+        for name in _bound(inner)
+    } - top
+    skip = _annotation_nodes(tree)
+    found: list[str] = []
+
+    def visit(node: ast.AST, imported: frozenset[str]) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            imported = imported | {name for inner in ast.walk(node) for name in _bound(inner)}
+        if isinstance(node, ast.Name) and node.id in guarded - imported and id(node) not in skip:
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.id}")
+        for child in ast.iter_child_nodes(node):
+            if not (isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)):
+                visit(child, imported)
+
+    visit(tree, frozenset())
+    return found
+
+
+@pytest.mark.parametrize("path", [*sorted(PACKAGE.rglob("*.py")), ROOT / "app.py"], ids=str)
+def test_no_name_imported_for_type_checking_alone_is_used_at_run_time(path: Path) -> None:
+    """The event queue's consumer once failed every batch cold: `runtime.deliver_batch` used `events`, which
+    runtime imports for type checking only (and lazily where used, to keep pydantic off the polls)."""
+    assert type_only_names_used(path) == []
