@@ -116,7 +116,7 @@ def reconcile_scenario() -> dict[str, Any]:
     del small
     large = workload.instances(LARGE)
     run_large = _cpu(upstreams, large)
-    paused_large = _cpu_paused(upstreams, large)
+    paused_large = min(_cpu_paused(upstreams, large) for _ in range(3))  # as the small one: the least disturbed
     run_small = min(runs_small)  # the least CPU time: the least disturbed run
     small_net, large_net = run_small[0] - run_small[2], run_large[0] - run_large[2]
     paused_ratio = paused_large / paused_small

@@ -193,12 +193,18 @@ def _canonical(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
+_HASH_SLICE = 256  # entries joined per digest update
+
+
 def _hash(region: str, items: list[bytes]) -> str:
     """The digest of `{"endpoints": [...], "region": region}` in canonical JSON (sorted keys, no
     blanks, ASCII) from the canonical JSON of each entry: the same bytes as encoding it at once,
     since JSON's encoding of a list is its items' encodings joined by commas."""
     digest = hashlib.sha256(b'{"endpoints":[')
-    digest.update(b",".join(items))
+    # joined a slice at a time: one buffer the size of a large set's JSON (megabytes) would cost more per
+    # byte than small ones (fresh memory from the system for each set); the bytes hashed are the same
+    for start in range(0, len(items), _HASH_SLICE):
+        digest.update(b"," + b",".join(items[start : start + _HASH_SLICE]) if start else b",".join(items[:_HASH_SLICE]))
     digest.update(b'],"region":' + _canonical(region).encode() + b"}")
     return digest.hexdigest()[:20]
 
@@ -365,16 +371,15 @@ def reconcile_one(
     the instance with the same options reuses it. The per-match work is a lookup.
     """
     spec = upstream.ec2
-    shared: _Shared = index.memo.get(_Shared.KEY) or index.memo.setdefault(_Shared.KEY, _Shared())
-    profile = (spec.publicIp, spec.ipv6, spec.port, spec.portTag, spec.weightTag, tuple(spec.metadataTags))
-    made, no_address = shared.entries.get(profile) or shared.entries.setdefault(profile, ({}, set()))
     instances = index.instances
+    shared: _Shared = index.memo.get(_Shared.KEY) or index.memo.setdefault(_Shared.KEY, _Shared(len(instances)))
+    profile = (spec.publicIp, spec.ipv6, spec.port, spec.portTag, spec.weightTag, tuple(spec.metadataTags))
+    made, no_address = shared.entries.get(profile) or shared.entries.setdefault(profile, shared.new_profile())
     entries: list[_Entry] = []
     skipped: list[str] = []
-    made_get = made.get
     everyone_healthy = not draining and not unhealthy
     for position in index.positions(Matcher.compile(spec.filters)):
-        entry = made_get(position)  # made only for running instances with the address
+        entry = made[position]  # made only for running instances with the address
         if entry is not None and everyone_healthy and entry.health == HEALTHY:
             entries.append(entry)
             continue
@@ -452,16 +457,21 @@ class _Shared:
     """Per-listing memo of `reconcile_one`, kept on the listing's TagIndex."""
 
     KEY = "endpoints.reconcile_one"
-    __slots__ = ("entries", "_facts")
+    __slots__ = ("entries", "_facts", "_size")
 
-    def __init__(self) -> None:
-        # By the upstream's address/port/weight/metadata options: each instance's entry, and
+    def __init__(self, size: int) -> None:
+        # By the upstream's address/port/weight/metadata options: each instance's entry (by its position in
+        # the listing: a list, not a dict, so a large listing's lookups stay as cheap as a small one's), and
         # the positions of the instances without the address those options choose.
-        self.entries: dict[tuple[Any, ...], tuple[dict[int, _Entry], set[int]]] = {}
-        self._facts: dict[int, _Facts] = {}
+        self._size = size
+        self.entries: dict[tuple[Any, ...], tuple[list[_Entry | None], set[int]]] = {}
+        self._facts: list[_Facts | None] = [None] * size
+
+    def new_profile(self) -> tuple[list[_Entry | None], set[int]]:
+        return [None] * self._size, set()
 
     def facts(self, position: int, instance: Instance) -> _Facts:
-        found = self._facts.get(position)
+        found = self._facts[position]
         if found is None:
             found = self._facts[position] = _Facts(instance)
         return found
