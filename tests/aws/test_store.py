@@ -15,6 +15,7 @@ from chalicelib.domain.accounts import parse_account
 from chalicelib.domain.endpoints import Endpoint, EndpointSet
 from chalicelib.domain.status import ACCEPTED, ERROR, REJECTED, ScanRecord, Status
 from chalicelib.edges.store import DynamoStore, MemoryStore
+from chalicelib.edges.store.base import Guard, Outcome
 from tests.factories import upstream, upstream_document
 
 NOW = "2026-01-02T03:04:05.000000Z"
@@ -399,6 +400,67 @@ def test_a_refused_write_of_the_same_big_set_leaves_the_stored_one_readable(
     assert dynamo_store.put_endpoint_set(same, loser_expected) is False
 
     assert dynamo_store.get_endpoint_set("gloo-system", "big") == same
+
+
+def chunk_writes(store: DynamoStore) -> set[str]:
+    """The writes the stored chunk items belong to."""
+    return {item["id"]["S"].split("#")[1] for item in raw_items(store) if "#" in item["id"]["S"]}
+
+
+def head_writes(store: DynamoStore) -> set[str]:
+    """The writes of the stored set heads (of sets with chunks)."""
+    return {item["write"]["S"] for item in raw_items(store) if "#" not in item["id"]["S"] and "write" in item}
+
+
+def _guarded(store: DynamoStore, name: str) -> Guard:
+    """A guard with a check (the upstream's generation), so the write is a transaction, as events' are."""
+    return Guard(generation=store.put_upstream(upstream(name), NOW))
+
+
+def _get_items(store: DynamoStore) -> list[str]:
+    """The GetItem requests `store` makes from now on (their table's key)."""
+    seen: list[str] = []
+    store._db.meta.events.register(
+        "provide-client-params.dynamodb.GetItem", lambda params, **_: seen.append(params["Key"]["id"]["S"])
+    )
+    return seen
+
+
+def test_a_guarded_write_after_a_read_replaces_the_head_it_read_without_reading_it_again(
+    dynamo_store: DynamoStore,
+) -> None:
+    guard = _guarded(dynamo_store, "big")
+    first, second = big_set("big", random_tags=10, seed=1), big_set("big", random_tags=10, seed=2)
+    dynamo_store.put_endpoint_set(first, None)
+    assert dynamo_store.get_endpoint_set("gloo-system", "big") == first
+    gets = _get_items(dynamo_store)
+
+    assert dynamo_store.write_set(second, first.digest, guard) is Outcome.WRITTEN
+
+    assert gets == []  # the head's write was known from the read
+    assert dynamo_store.get_endpoint_set("gloo-system", "big") == second
+    assert chunk_writes(dynamo_store) == head_writes(dynamo_store)  # the first set's chunks are gone
+
+
+def test_a_guarded_write_after_a_read_refuses_a_head_rewritten_since_even_with_equal_content(
+    dynamo_store: DynamoStore,
+) -> None:
+    """Another writer (a scan, another invocation) rewrote the same content since this writer read the set:
+    the digest is unchanged but the chunks are the other write's. The write is refused (read again), never
+    written over a head whose chunks it would then delete the wrong way."""
+    guard = _guarded(dynamo_store, "big")
+    first, second = big_set("big", random_tags=10, seed=1), big_set("big", random_tags=10, seed=2)
+    dynamo_store.put_endpoint_set(first, None)
+    assert dynamo_store.get_endpoint_set("gloo-system", "big") == first
+    other = DynamoStore(dynamo_store._db, dynamo_store.upstreams_table, dynamo_store.endpoints_table)
+    assert other.put_endpoint_set(first, first.digest) is True  # equal content, a new write
+
+    assert dynamo_store.write_set(second, first.digest, guard) is Outcome.SET_CHANGED
+
+    assert dynamo_store.get_endpoint_set("gloo-system", "big") == first  # the other write, whole
+    assert dynamo_store.write_set(second, first.digest, guard) is Outcome.WRITTEN  # after reading again
+    assert dynamo_store.get_endpoint_set("gloo-system", "big") == second
+    assert chunk_writes(dynamo_store) == head_writes(dynamo_store)  # no chunk left of either earlier write
 
 
 # --- items written by the previous version (tables in production) read, and what is written reads back there

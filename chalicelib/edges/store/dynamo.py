@@ -73,6 +73,7 @@ class DynamoStore:
         self.upstreams_table = upstreams_table
         self.endpoints_table = endpoints_table
         self._documents = ParsedDocuments()
+        self._heads: dict[str, dict[str, Any]] = {}  # by set key: the head of the last read of the set
 
     # -- upstreams -------------------------------------------------------------
 
@@ -252,12 +253,21 @@ class DynamoStore:
                 return None
             keys = self._chunk_keys(answer["Item"])
             if not keys:
-                return self._set(answer["Item"])
+                return self._remembered(answer["Item"], self._set(answer["Item"]))
             chunks = self._read_chunks(keys)
             if len(chunks) == len(keys):
-                return self._set(answer["Item"], chunks)
+                return self._remembered(answer["Item"], self._set(answer["Item"], chunks))
             answer = self._db.get_item(TableName=self.endpoints_table, Key=key, ConsistentRead=True)
         raise RuntimeError(f"endpoint set {namespace}/{name} was rewritten {CHUNK_READ_ATTEMPTS} times during one read")
+
+    def _remembered(self, head: dict[str, Any], endpoint_set: EndpointSet) -> EndpointSet:
+        """The set read, its head's write remembered: a guarded write of this set that expects this digest
+        then knows which chunks it replaces without reading the head again (see `write_set`)."""
+        if "write" in head:
+            self._heads[endpoint_set.key] = {
+                key: head[key] for key in ("id", "digest", "write", "chunks") if key in head
+            }
+        return endpoint_set
 
     def list_endpoint_sets(self) -> list[EndpointSet]:
         items = self._scan(self.endpoints_table)
@@ -324,9 +334,20 @@ class DynamoStore:
         for key, part in zip(chunk_keys, parts[1:], strict=True):
             self._db.put_item(TableName=self.endpoints_table, Item={"id": {"S": key}, "body": {"B": part}})
         checks = self._guard_checks(endpoint_set, guard)
+        read = self._heads.pop(endpoint_set.key, None)
         try:
             if checks:  # the set and what it was derived from, checked and written atomically
-                old = self.get_head(endpoint_set.key)
+                if read is not None and expected_digest is not None and read["digest"]["S"] == expected_digest:
+                    # the head this writer read: replaced only if it is still that very write (so its chunks
+                    # are the ones deleted below); any other write since, even of equal content, is a conflict
+                    old: dict[str, Any] | None = read
+                    condition = {
+                        "ConditionExpression": "digest = :expected AND #w = :write",
+                        "ExpressionAttributeNames": {"#w": "write"},
+                        "ExpressionAttributeValues": {":expected": {"S": expected_digest}, ":write": read["write"]},
+                    }
+                else:
+                    old = self.get_head(endpoint_set.key)
                 self._db.transact_write_items(
                     TransactItems=[
                         *(check for check, _ in checks),
