@@ -352,13 +352,16 @@ def run_group(
         return GroupResult(task.group)
     if task.token is None and _out_of_time(time_left, knobs):
         return defer_group(store, task)
-    step = list_step(store, lister, clock, scope.key, task, knobs, time_left)
-    if isinstance(step, GroupTask):
-        return GroupResult(task.group, continuation=step)
-    with writing or contextlib.nullcontext():
-        if isinstance(step, DiscoveryError):
-            return fail_group(store, scope, task, step)
-        with collector_paused():  # its passes would walk the listing again and again
+    # The cyclic collector's passes would walk the listing again and again while it grows (page after page
+    # of botocore's answers: they doubled the listing's CPU) and while it is applied; the listing is freed
+    # when the group is done, cycles or not.
+    with collector_paused():
+        step = list_step(store, lister, clock, scope.key, task, knobs, time_left)
+        if isinstance(step, GroupTask):
+            return GroupResult(task.group, continuation=step)
+        with writing or contextlib.nullcontext():
+            if isinstance(step, DiscoveryError):
+                return fail_group(store, scope, task, step)
             return apply_listing(store, lister, scope, task, step, knobs)
 
 

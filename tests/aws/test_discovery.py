@@ -418,3 +418,33 @@ def test_an_upstream_added_after_a_scan_gets_its_last_scan_on_the_next_one(
 
     assert status(dynamo_store, "gloo-system/api")["lastScan"] is not None
     assert status(dynamo_store, "gloo-system/web")["lastScan"] is not None
+
+
+def test_the_cyclic_collector_is_off_while_a_group_is_listed_and_applied_and_on_again_after(
+    dynamo_store: DynamoStore, launch: Launch
+) -> None:
+    """A large group's pages pile up in memory: the collector's passes over them doubled the listing's CPU."""
+    import gc
+
+    from chalicelib.usecases.scan import full_scan
+
+    put(dynamo_store, "web", filters=[{"key": "gloo-id"}])
+    launch({"gloo-id": "1"}, count=3)
+    seen: list[tuple[str, bool]] = []
+    inventory = runtime.inventory()
+
+    class Watching:
+        def __getattr__(self, name: str) -> Any:
+            found = getattr(inventory, name)
+            return lambda *args, **kwargs: seen.append((name, gc.isenabled())) or found(*args, **kwargs)
+
+    write = dynamo_store.write_set
+    dynamo_store.write_set = lambda *args: seen.append(("write_set", gc.isenabled())) or write(*args)  # type: ignore[method-assign]
+
+    assert gc.isenabled()
+    summary = full_scan(dynamo_store, Watching(), runtime.now, knobs=runtime.scan_knobs())  # type: ignore[arg-type]
+
+    assert summary.changed == 1
+    assert ("list_page", False) in seen and ("write_set", False) in seen
+    assert all(enabled is False for _, enabled in seen), seen
+    assert gc.isenabled()
