@@ -262,32 +262,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "emulator": "moto.server" if args.plain_moto else "bench.fastmoto (moto.server, constant-time tag lookup)",
     }
-    try:
-        # Powertools may print EMF batches on stdout: keep them off the table.
-        with contextlib.redirect_stdout(io.StringIO()) as stray:
-            aws_scenarios(args, results, seconds, logs)
-    except BaseException:
-        progress(f"failed: the emulator's and Prometheus' logs are in {logs}")
-        raise
+    # What is measured is kept as it comes: a section that fails leaves the others in `partial` (and
+    # the per-section flags, --calls, --events, --first-scan, --scale, rerun one alone into --out).
+    partial = Path(args.out).with_suffix(".partial.json")
+
+    def kept(name: str, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException:
+            progress(f"failed in [{name}]: the sections measured so far are in {partial}; logs in {logs}")
+            raise
+        partial.write_text(json.dumps(results, indent=2) + "\n")
+
+    def section(key: str, name: str, work: Callable[[], Any]) -> None:
+        kept(name, lambda: results.__setitem__(key, timed(name, seconds, work)))
+
+    # Powertools may print EMF batches on stdout: keep them off the table.
+    with contextlib.redirect_stdout(io.StringIO()) as stray:
+        kept("1-3, 5b on the emulator", lambda: aws_scenarios(args, results, seconds, logs))
     if stray.getvalue().strip():
         (logs / "stdout.log").write_text(stray.getvalue())
-    results["events_scale"] = timed("3b events cost their change, bursts coalesce", seconds, events_scale)
-    results["reconcile"] = timed("4 pure reconcile", seconds, lambda: core("reconcile"))
-    results["serving_latency"] = timed("5 serving latency", seconds, lambda: core("serving"))
-    results["cold_start"] = timed("6 cold starts", seconds, lambda: coldstart.import_times(logs=logs))
-    results["package"] = (
-        {"skipped": "--skip-package"} if args.skip_package else timed("6 package size", seconds, coldstart.package_size)
-    )
-    results["scale"] = timed("9 scale: the scan fanned out", seconds, lambda: scale_run(args, logs))
-    results["first_scan"] = timed("2b the first full scan", seconds, lambda: first_scan_run(args, logs))
-    results["freshness"] = timed("7 freshness through Envoy", seconds, freshness)
-    results["rolling"] = timed("8 rolling replacement through Envoy", seconds, rolling)
+    section("events_scale", "3b events cost their change, bursts coalesce", events_scale)
+    section("reconcile", "4 pure reconcile", lambda: core("reconcile"))
+    section("serving_latency", "5 serving latency", lambda: core("serving"))
+    section("cold_start", "6 cold starts", lambda: coldstart.import_times(logs=logs))
+    if args.skip_package:
+        results["package"] = {"skipped": "--skip-package"}
+    else:
+        section("package", "6 package size", coldstart.package_size)
+    section("scale", "9 scale: the scan fanned out", lambda: scale_run(args, logs))
+    section("first_scan", "2b the first full scan", lambda: first_scan_run(args, logs))
+    section("freshness", "7 freshness through Envoy", freshness)
+    section("rolling", "8 rolling replacement through Envoy", rolling)
     results["goals"] = goals(results)
     results["seconds"] = {"total": round(time.monotonic() - started, 1), **seconds}
     if os.environ.get("BENCH_KEEP_LOGS"):
         results["logs"] = str(logs)
     else:
         shutil.rmtree(logs, ignore_errors=True)
+    partial.unlink(missing_ok=True)
     return results
 
 
