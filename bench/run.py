@@ -791,32 +791,23 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(line for section in sections for line in section(results))
 
 
-def _render_scale(results: dict[str, Any]) -> list[str]:
-    """9: the fanned-out scan of a simulated organisation."""
-    scale = results.get("scale")
-    if not scale:
-        return []
-    rows = [[key, value if not isinstance(value, float) else f"{value:.2f}"] for key, value in scale.items()]
-    return [
-        "",
-        "**Scan fanned out** (bench/scale.py; one group per invocation, times on moto):",
-        "",
-        *_table(["figure", "value"], rows).splitlines(),
-    ]
+def _figures(key: str, title: str) -> Callable[[dict[str, Any]], list[str]]:
+    """A section's renderer: its figures, one row each, under `title` (nothing when it was not measured)."""
+
+    def render_section(results: dict[str, Any]) -> list[str]:
+        found = results.get(key)
+        if not found:
+            return []
+        rows = [[name, value if not isinstance(value, float) else f"{value:.2f}"] for name, value in found.items()]
+        return ["", title, "", *_table(["figure", "value"], rows).splitlines()]
+
+    return render_section
 
 
-def _render_first_scan(results: dict[str, Any]) -> list[str]:
-    """2b: the first full scan of one large group."""
-    scan = results.get("first_scan")
-    if not scan:
-        return []
-    rows = [[key, value if not isinstance(value, float) else f"{value:.2f}"] for key, value in scan.items()]
-    return [
-        "",
-        "**First full scan** (bench/scale.py's first_scan; CPU of the scanning process, moto's not counted):",
-        "",
-        *_table(["figure", "value"], rows).splitlines(),
-    ]
+_render_scale = _figures("scale", "**Scan fanned out** (bench/scale.py; one group per invocation, times on moto):")
+_render_first_scan = _figures(
+    "first_scan", "**First full scan** (bench/scale.py's first_scan; CPU of the scanning process, moto's not counted):"
+)
 
 
 def _render_header(results: dict[str, Any]) -> list[str]:
