@@ -204,7 +204,9 @@ def _hash(region: str, items: list[bytes]) -> str:
     # joined a slice at a time: one buffer the size of a large set's JSON (megabytes) would cost more per
     # byte than small ones (fresh memory from the system for each set); the bytes hashed are the same
     for start in range(0, len(items), _HASH_SLICE):
-        digest.update(b"," + b",".join(items[start : start + _HASH_SLICE]) if start else b",".join(items[:_HASH_SLICE]))
+        if start:
+            digest.update(b",")
+        digest.update(b",".join(items[start : start + _HASH_SLICE]))
     digest.update(b'],"region":' + _canonical(region).encode() + b"}")
     return digest.hexdigest()[:20]
 
