@@ -40,52 +40,38 @@ POLL_SIZES = (1000, 20_000)  # what a 200 and a 304 cost on DynamoDB, per route
 STEADY_AT = (max(UPSTREAM_COUNTS), max(CREDENTIAL_GROUPS))  # the second scan: the most upstreams, every credential kind
 
 
-def core(scenario: str) -> dict[str, Any]:
-    """A pure scenario in a fresh interpreter."""
+def fresh(module: str, *args: str, timeout: int = 900) -> dict[str, Any]:
+    """`python -m bench.<module> args` in a fresh interpreter: its last line of stdout, JSON."""
     answer = subprocess.run(
-        [sys.executable, "-m", "bench.core_bench", scenario],
+        [sys.executable, "-m", f"bench.{module}", *args],
         cwd=stack.PROJECT_DIR,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=timeout,
     )
     if answer.returncode != 0:
-        raise RuntimeError(f"bench.core_bench {scenario} failed: {answer.stderr.strip()[-600:]}")
+        raise RuntimeError(f"bench.{module} {' '.join(args)} failed: {answer.stderr.strip()[-600:]}")
     return dict(json.loads(answer.stdout.strip().splitlines()[-1]))
+
+
+def core(scenario: str) -> dict[str, Any]:
+    """A pure scenario (bench/core_bench.py)."""
+    return fresh("core_bench", scenario, timeout=400)
 
 
 def freshness() -> dict[str, Any]:
-    """Scenario 7 in a fresh interpreter (bench/freshness.py): a real Envoy, loopback instances."""
-    answer = subprocess.run(
-        [sys.executable, "-m", "bench.freshness"], cwd=stack.PROJECT_DIR, capture_output=True, text=True, timeout=900
-    )
-    if answer.returncode != 0:
-        raise RuntimeError(f"bench.freshness failed: {answer.stderr.strip()[-600:]}")
-    return dict(json.loads(answer.stdout.strip().splitlines()[-1]))
+    """Scenario 7 (bench/freshness.py): a real Envoy, loopback instances."""
+    return fresh("freshness")
 
 
 def events_scale() -> dict[str, Any]:
-    """Events cost their change, bursts coalesce (bench/events_bench.py) in a fresh interpreter."""
-    answer = subprocess.run(
-        [sys.executable, "-m", "bench.events_bench"],
-        cwd=stack.PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if answer.returncode != 0:
-        raise RuntimeError(f"bench.events_bench failed: {answer.stderr.strip()[-600:]}")
-    return dict(json.loads(answer.stdout.strip().splitlines()[-1]))
+    """Events cost their change, bursts coalesce (bench/events_bench.py)."""
+    return fresh("events_bench", timeout=1800)
 
 
 def rolling() -> dict[str, Any]:
-    """Scenario 8 in a fresh interpreter (bench/rolling.py): a rolling replacement behind a real Envoy."""
-    answer = subprocess.run(
-        [sys.executable, "-m", "bench.rolling"], cwd=stack.PROJECT_DIR, capture_output=True, text=True, timeout=900
-    )
-    if answer.returncode != 0:
-        raise RuntimeError(f"bench.rolling failed: {answer.stderr.strip()[-600:]}")
-    return dict(json.loads(answer.stdout.strip().splitlines()[-1]))
+    """Scenario 8 (bench/rolling.py): a rolling replacement behind a real Envoy."""
+    return fresh("rolling")
 
 
 def timed(name: str, seconds: dict[str, float], work: Callable[[], Any]) -> Any:
