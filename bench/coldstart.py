@@ -279,15 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     cold, package = import_times(args.repetitions), package_size()
-    cold["generated"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # when measured apart from a full run
     if args.merge:
-        from .run import goals
+        from .run import save_merged
 
-        path = Path(args.merge)
-        earlier = json.loads(path.read_text()) if path.exists() else {}
-        earlier.update(cold_start=cold, package=package)
-        earlier["goals"] = goals(earlier)
-        path.write_text(json.dumps(earlier, indent=2) + "\n")
+        save_merged(Path(args.merge), "cold_start_generated", cold_start=cold, package=package)
     worst = cold["first_invocation"][cold["worst_case"]]
     print(json.dumps({"cold_start": cold, "package": package}, indent=2))
     print(

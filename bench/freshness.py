@@ -193,11 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:
         print(f"freshness failed: the logs are in {logs}", file=sys.stderr)
         raise
-    if args.merge:
-        path = Path(args.merge)
-        earlier = json.loads(path.read_text()) if path.exists() else {}
-        earlier["freshness"] = results
-        path.write_text(json.dumps(earlier, indent=2) + "\n")
+    if args.merge:  # the goals evaluated again with these figures in
+        from .run import save_merged
+
+        save_merged(Path(args.merge), "freshness_generated", freshness=results)
     print(json.dumps(results))
     return 0
 

@@ -416,11 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:
         print(f"rolling failed: the logs are in {logs}", file=sys.stderr)
         raise
-    if args.merge:
-        path = Path(args.merge)
-        earlier = json.loads(path.read_text()) if path.exists() else {}
-        earlier["rolling"] = results
-        path.write_text(json.dumps(earlier, indent=2) + "\n")
+    if args.merge:  # the goals evaluated again with these figures in
+        from .run import save_merged
+
+        save_merged(Path(args.merge), "rolling_generated", rolling=results)
     print(json.dumps(results))
     return 0
 

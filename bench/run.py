@@ -228,6 +228,13 @@ def scale_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return merged(out, "scale_generated", scale=figures)
 
 
+def save_merged(out: Path, stamp: str, **sections: Any) -> dict[str, Any]:
+    """`merged`, written back to `out` (what a section run alone with --merge does)."""
+    results = merged(out, stamp, **sections)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
 def merged(out: Path, stamp: str, **sections: Any) -> dict[str, Any]:
     """The results file `out` (empty without one) with `sections` replaced, dated by `stamp`, and, for the
     file of a full run, its goals evaluated again with these figures in."""
