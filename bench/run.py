@@ -151,7 +151,7 @@ def polls_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     finally:
         emulator.stop()
         shutil.rmtree(logs, ignore_errors=True)
-    return merged(out, "polls_generated", polls=rows, serving_reads=reads)
+    return save_merged(out, "polls_generated", polls=rows, serving_reads=reads)
 
 
 def calls_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -182,12 +182,12 @@ def calls_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         emulator.stop()
         shutil.rmtree(logs, ignore_errors=True)
     found = {"binary": path, "version": prometheus.version(path)} if path else {"skipped": "no binary"}
-    return merged(out, "calls_generated", calls_per_scan=calls, prometheus=found)
+    return save_merged(out, "calls_generated", calls_per_scan=calls, prometheus=found)
 
 
 def events_only(out: Path) -> dict[str, Any]:
     """`--events`: only 3b/3c, what an event and a burst cost (bench/events_bench.py), merged into the results file."""
-    return merged(out, "events_scale_generated", events_scale=events_scale())
+    return save_merged(out, "events_scale_generated", events_scale=events_scale())
 
 
 def first_scan_run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
@@ -210,7 +210,7 @@ def first_scan_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             figures = first_scan_run(args, logs)
     finally:
         shutil.rmtree(logs, ignore_errors=True)
-    return merged(out, "first_scan_generated", first_scan=figures)
+    return save_merged(out, "first_scan_generated", first_scan=figures)
 
 
 def scale_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -225,7 +225,7 @@ def scale_only(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             figures = scale_run(args, logs)
     finally:
         shutil.rmtree(logs, ignore_errors=True)
-    return merged(out, "scale_generated", scale=figures)
+    return save_merged(out, "scale_generated", scale=figures)
 
 
 def save_merged(out: Path, stamp: str, **sections: Any) -> dict[str, Any]:
@@ -1275,29 +1275,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.first_scan:
         results = first_scan_only(args, Path(args.out))
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(results["first_scan"], indent=2))
         _print_goals(_goals_first_scan, results)
         return 0
     if args.scale:
         results = scale_only(args, Path(args.out))
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print("\n".join(_render_scale(results)))
         _print_goals(_goals_scale, results)
         return 0
     if args.calls:
         results = calls_only(args, Path(args.out))
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print("\n".join(_render_calls(results)))
         return 0
     if args.events:
         results = events_only(Path(args.out))
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         _print_goals(_event_goals, results["events_scale"])
         return 0
     if args.polls:
         results = polls_only(args, Path(args.out))
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
         print("\n".join(_poll_table(results)))
         _print_goals(_poll_goal, results)
         return 0
