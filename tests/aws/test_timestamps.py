@@ -56,7 +56,7 @@ def outcome(parse: Any, value: Any) -> Any:
     digits=st.integers(0, 6),
 )
 def test_aws_timestamps_parse_as_botocore_parses_them(moment: datetime.datetime, digits: int) -> None:
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    text = f"{moment.year:04d}-" + moment.strftime("%m-%dT%H:%M:%S")  # strftime's %Y does not pad years < 1000
     if digits:
         text += "." + f"{moment.microsecond:06d}"[:digits]
     text += "Z"
@@ -83,6 +83,7 @@ near = st.sampled_from(
 )
 
 
+@pytest.mark.filterwarnings("ignore::dateutil.parser.UnknownTimezoneWarning")  # dateutil on hostile strings
 @settings(max_examples=examples(300))
 @given(value=st.one_of(near, st.text(max_size=40), near.map(lambda s: s[:-1]), st.integers(0, 2**31)))
 @example(value="2026-12-01T10:20:30.000Z")
