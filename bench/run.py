@@ -1287,29 +1287,22 @@ def main(argv: list[str] | None = None) -> int:
         help="only 2b, the first full scan of 100,000 instances x 1,000 upstreams (minutes): merged into --out",
     )
     args = parser.parse_args(argv)
-    if args.first_scan:
-        results = first_scan_only(args, Path(args.out))
-        print(json.dumps(results["first_scan"], indent=2))
-        _print_goals(_goals_first_scan, results)
-        return 0
-    if args.scale:
-        results = scale_only(args, Path(args.out))
-        print("\n".join(_render_scale(results)))
-        _print_goals(_goals_scale, results)
-        return 0
-    if args.calls:
-        results = calls_only(args, Path(args.out))
-        print("\n".join(_render_calls(results)))
-        return 0
-    if args.events:
-        results = events_only(Path(args.out))
-        _print_goals(_event_goals, results["events_scale"])
-        return 0
-    if args.polls:
-        results = polls_only(args, Path(args.out))
-        print("\n".join(_poll_table(results)))
-        _print_goals(_poll_goal, results)
-        return 0
+    out = Path(args.out)
+    alone: tuple[tuple[bool, Callable[[], dict[str, Any]], Any, Any], ...] = (  # (chosen, measure, table, goals)
+        (args.first_scan, lambda: first_scan_only(args, out), _render_first_scan, _goals_first_scan),
+        (args.scale, lambda: scale_only(args, out), _render_scale, _goals_scale),
+        (args.calls, lambda: calls_only(args, out), _render_calls, None),
+        (args.events, lambda: events_only(out), None, lambda found, goal: _event_goals(found["events_scale"], goal)),
+        (args.polls, lambda: polls_only(args, out), _poll_table, _poll_goal),
+    )
+    for chosen, measure, table, check in alone:
+        if chosen:  # one section alone, merged into --out: its table and goal rows
+            results = measure()
+            if table is not None:
+                print("\n".join(table(results)))
+            if check is not None:
+                _print_goals(check, results)
+            return 0
     if args.show:
         earlier = json.loads(Path(args.show).read_text())
         earlier["goals"] = goals(earlier)
