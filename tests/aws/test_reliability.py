@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib import runtime
 from chalicelib.usecases.scan import full_scan
-from tests.factories import upstream
+from tests.factories import launch, upstream
 
 SECRET_GROUPS = 4
 
@@ -18,13 +18,7 @@ SECRET_GROUPS = 4
 @pytest.fixture
 def groups(aws: None) -> list[str]:
     """Four upstreams in four credentials groups (one secret each) over two tagged instances."""
-    ec2 = boto3.client("ec2", region_name="us-east-1")
-    ec2.run_instances(
-        ImageId="ami-12c6146b",
-        MinCount=2,
-        MaxCount=2,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "app", "Value": "web"}]}],
-    )
+    launch(boto3.client("ec2", region_name="us-east-1"), {"app": "web"}, count=2)
     secrets = boto3.client("secretsmanager", region_name="us-east-1")
     names = []
     for number in range(SECRET_GROUPS):

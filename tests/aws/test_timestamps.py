@@ -20,6 +20,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from chalicelib.edges.clients import new_session, parse_timestamp
+from tests.factories import launch
 from tests.profiles import examples
 
 UTC = datetime.UTC
@@ -113,12 +114,7 @@ def recorded(client: Any, operation: str, **request: Any) -> bytes:
 )
 def test_recorded_pages_parse_as_botocore_parses_them(aws: None, operation: str, request_: dict[str, Any]) -> None:
     ec2 = boto3.client("ec2", region_name="us-east-1")
-    ec2.run_instances(
-        ImageId="ami-12c6146b",
-        MinCount=30,
-        MaxCount=30,
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "app", "Value": "web"}]}],
-    )
+    launch(ec2, {"app": "web"}, count=30)
     body = recorded(ec2, operation, **request_)
     if operation == "DescribeInstanceStatus":  # moto schedules no events: one as EC2 answers it, into each item
         body = body.replace(b"<instanceStatusSet><item>", b"<instanceStatusSet>" + EVENT).replace(
