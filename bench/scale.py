@@ -146,11 +146,12 @@ def seed(shape: Shape) -> dict[str, Any]:
     store = runtime.store()
     for n, (region, count) in enumerate(zip(regions, sizes(shape), strict=True)):
         ec2 = _ec2_of(n, region)
+        batches = -(-count // shape.batch)  # reservations, each with one tag set
         if shape.workload:
-            tag_sets = workload_tags(-(-count // shape.batch), seed=n)
+            tag_sets = workload_tags(batches, seed=n)
             filter_sets = workload.filter_sets(tag_sets, per_group)
         else:
-            tag_sets = [{"app": f"g{n}-{b % per_group}"} for b in range(-(-count // shape.batch))]
+            tag_sets = [{"app": f"g{n}-{b % per_group}"} for b in range(batches)]
             filter_sets = [[{"kvPair": {"key": "app", "value": f"g{n}-{u}"}}] for u in range(per_group)]
         launched = _launch(ec2, count, tag_sets, shape.batch)
         for u, filters in enumerate(filter_sets):
